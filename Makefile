@@ -1,0 +1,35 @@
+# cp_flatnorm developer entry points. `make test` and `make demo` work on a fresh clone:
+# they create (or reuse) .venv with a Python >= 3.12 and install the package into it.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_output
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint demo bench bench-quick clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || "$$(bin/find-python)" -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m flake8 python tests bench
+
+test: $(STAMP) lint
+	$(PY) -m pytest -n 2 --durations=10 $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m lsst.cp.pipe.sim.demo --output $(DEMO_DIR)
+
+bench: $(STAMP)
+	$(PY) -m bench.run_all
+
+bench-quick: $(STAMP)
+	$(PY) -m bench.run_all --quick
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) bench/output

@@ -1,0 +1,404 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""Separable decomposition of flat-field background levels, ``B[row, exp] = G[row] * E[exp]``.
+
+This module is the numerical core of flat normalization and knows nothing of the butler: it
+takes a matrix of measured levels (rows are detectors or amplifiers, columns are exposures) and
+optional pixel counts, and returns the exact count-weighted least-squares solution of
+
+    log B[i, j] = g[i] + e[j]
+
+with robust rejection of entries that do not fit the model.
+
+Exactness: eliminating the row unknowns from the normal equations leaves a weighted graph
+Laplacian over the columns (the Schur complement).  It is solved directly, one gauge condition
+per connected component of the row-column graph, so the result does not depend on how weakly
+the exposures are linked (an alternating-means scheme converges geometrically at a rate set by
+that linkage, and stays biased after a fixed number of sweeps).
+
+Robustness: entries whose log residual exceeds ``max(outlier_sigma * sigma, outlier_floor)``
+(``sigma`` a MAD estimate over the used entries) are rejected and the system is solved again,
+until the rejected set stops changing.  The first residuals come from a median polish so that a
+single wild entry cannot hide itself by pulling the least-squares solution.
+
+Gauge: within each connected group the row scales ``G`` are scaled so that their mean weighted
+by each row's total used pixel count is 1, and ``E`` absorbs the inverse factor.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DisconnectedDataError",
+    "EmptyColumnError",
+    "ScaleSolution",
+    "EntryFlag",
+    "solve_separable_scales",
+    "valid_entries",
+]
+
+import enum
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse
+import scipy.sparse.csgraph
+
+_MAD_TO_SIGMA = 1.4826
+_MEDIAN_POLISH_SWEEPS = 4
+
+
+class EntryFlag(enum.IntEnum):
+    """Status of one (row, exposure) entry in a solution."""
+
+    USED = 0
+    """Finite, positive, positive weight, and kept by outlier rejection."""
+    INVALID = 1
+    """Not finite, not positive, or zero/negative/non-finite weight: never entered any sum."""
+    REJECTED = 2
+    """Valid, but rejected as an outlier of the separable model."""
+
+
+class EmptyColumnError(ValueError):
+    """Raised when an exposure (column) has no valid entry to scale it by.
+
+    Attributes
+    ----------
+    columns : `list` [`int`]
+        Indices of the columns without a valid entry.
+    """
+
+    def __init__(self, columns: list[int]):
+        self.columns = columns
+        super().__init__(f"Exposure columns {columns} have no valid (finite, positive, weighted) entry.")
+
+
+class DisconnectedDataError(ValueError):
+    """Raised when the row-exposure graph splits and the caller asked for a single solution.
+
+    Attributes
+    ----------
+    row_groups, column_groups : `list` [`list` [`int`]]
+        Row and column indices of each connected group.
+    """
+
+    def __init__(self, row_groups: list[list[int]], column_groups: list[list[int]]):
+        self.row_groups = row_groups
+        self.column_groups = column_groups
+        described = "; ".join(
+            f"group {k}: rows {rows}, exposure columns {cols}"
+            for k, (rows, cols) in enumerate(zip(row_groups, column_groups))
+        )
+        super().__init__(
+            f"The detector-exposure data split into {len(row_groups)} unconnected groups whose relative "
+            f"scales cannot be measured: {described}."
+        )
+
+
+@dataclass
+class ScaleSolution:
+    """The result of `solve_separable_scales`.
+
+    Attributes
+    ----------
+    row_scales : `numpy.ndarray`, (nRows,)
+        ``G``; NaN for a row with no used entry (see ``empty_rows``).
+    column_scales : `numpy.ndarray`, (nColumns,)
+        ``E``.
+    model : `numpy.ndarray`, (nRows, nColumns)
+        ``G[i] * E[j]`` for every entry, masked or not.
+    log_residuals : `numpy.ndarray`, (nRows, nColumns)
+        ``log B - log model`` where ``B`` is valid, NaN elsewhere.
+    flags : `numpy.ndarray` of `int`, (nRows, nColumns)
+        `EntryFlag` value of every entry.
+    row_groups, column_groups : `numpy.ndarray` of `int`
+        Connected group of every row and column (-1 for a row with no used entry).
+    n_groups : `int`
+        Number of connected groups.
+    iterations : `int`
+        Solve-and-reject rounds performed.
+    converged : `bool`
+        Whether the rejected set stopped changing within the allowed rounds.
+    rms : `float`
+        Weighted RMS of the log residuals of the used entries.
+    sigma : `float`
+        Robust (MAD) scatter of the log residuals of the used entries.
+    """
+
+    row_scales: np.ndarray
+    column_scales: np.ndarray
+    model: np.ndarray
+    log_residuals: np.ndarray
+    flags: np.ndarray
+    row_groups: np.ndarray
+    column_groups: np.ndarray
+    n_groups: int
+    iterations: int
+    converged: bool
+    rms: float
+    sigma: float
+
+    @property
+    def rejected(self) -> np.ndarray:
+        """Boolean mask of the entries rejected as outliers."""
+        return self.flags == EntryFlag.REJECTED
+
+    @property
+    def used(self) -> np.ndarray:
+        """Boolean mask of the entries used in the final solution."""
+        return self.flags == EntryFlag.USED
+
+    @property
+    def empty_rows(self) -> np.ndarray:
+        """Indices of the rows with no used entry (their scale is NaN)."""
+        return np.flatnonzero(self.row_groups < 0)
+
+
+def valid_entries(levels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Return the mask of entries that may enter the fit: finite, > 0, with finite weight > 0."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(levels) & (levels > 0) & np.isfinite(weights) & (weights > 0)
+
+
+def solve_separable_scales(
+    levels: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    max_iterations: int = 10,
+    outlier_sigma: float = 5.0,
+    outlier_floor: float = 0.005,
+    allow_disconnected: bool = False,
+) -> ScaleSolution:
+    """Decompose ``levels[i, j] ~ G[i] * E[j]`` by robust weighted least squares in log space.
+
+    Parameters
+    ----------
+    levels : `numpy.ndarray`, (nRows, nColumns)
+        Measured background levels; rows are detectors or amplifiers, columns exposures.
+    weights : `numpy.ndarray`, (nRows, nColumns), optional
+        Pixel counts behind each level; 1 everywhere if `None`.
+    max_iterations : `int`, optional
+        Maximum number of solve-and-reject rounds (at least 1).
+    outlier_sigma : `float`, optional
+        Rejection threshold in units of the robust scatter of the log residuals; ``<= 0`` or
+        infinite disables rejection.
+    outlier_floor : `float`, optional
+        Log residuals at or below this are never rejected, whatever the scatter (so that
+        noise-free or nearly separable data keep every entry).
+    allow_disconnected : `bool`, optional
+        If `False`, raise `DisconnectedDataError` when the data split into groups; if `True`,
+        solve each group with its own gauge.
+
+    Returns
+    -------
+    solution : `ScaleSolution`
+
+    Raises
+    ------
+    ValueError
+        Raised if the arrays are not 2-d of the same shape, or ``max_iterations < 1``.
+    EmptyColumnError
+        Raised if a column has no valid entry.
+    DisconnectedDataError
+        Raised if the data split into groups and ``allow_disconnected`` is `False`.
+    """
+    levels, weights = _check_inputs(levels, weights, max_iterations)
+    valid = valid_entries(levels, weights)
+    empty_columns = np.flatnonzero(~valid.any(axis=0))
+    if empty_columns.size:
+        raise EmptyColumnError(empty_columns.tolist())
+
+    log_levels = np.where(valid, np.log(np.where(valid, levels, 1.0)), 0.0)
+    rejecting = np.isfinite(outlier_sigma) and outlier_sigma > 0
+    used = _reject(log_levels, valid, *_median_polish(log_levels, valid), outlier_sigma, outlier_floor) \
+        if rejecting else valid
+    converged = not rejecting
+    iterations = 0
+    while True:
+        iterations += 1
+        row_groups, column_groups, n_groups = _connected_groups(used)
+        if n_groups > 1 and not allow_disconnected:
+            raise DisconnectedDataError(*_group_members(row_groups, column_groups, n_groups))
+        weight_used = np.where(used, weights, 0.0)
+        g, e = _least_squares(log_levels, weight_used, column_groups, n_groups)
+        if not rejecting:
+            break
+        new_used = _reject(log_levels, valid, g, e, outlier_sigma, outlier_floor)
+        if np.array_equal(new_used, used):
+            converged = True
+            break
+        if iterations >= max_iterations:
+            break
+        used = new_used
+
+    g, e = _fix_gauge(g, e, weight_used, row_groups, column_groups, n_groups)
+    return _package(levels, valid, used, weight_used, g, e, row_groups, column_groups, n_groups,
+                    iterations, converged)
+
+
+def _check_inputs(
+    levels: np.ndarray, weights: np.ndarray | None, max_iterations: int
+) -> tuple[np.ndarray, np.ndarray]:
+    levels = np.asarray(levels, dtype=float)
+    if levels.ndim != 2:
+        raise ValueError(f"The level matrix must be 2-d (rows x exposures); got shape {levels.shape}.")
+    weights = np.ones_like(levels) if weights is None else np.asarray(weights, dtype=float)
+    if weights.shape != levels.shape:
+        raise ValueError(f"Weights shape {weights.shape} does not match levels shape {levels.shape}.")
+    if max_iterations < 1:
+        raise ValueError(f"max_iterations must be at least 1; got {max_iterations}.")
+    return levels, weights
+
+
+def _median_polish(log_levels: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Robust starting estimate of (g, e): alternating row and column medians of valid entries."""
+    data = np.where(used, log_levels, np.nan)
+    g = np.zeros(data.shape[0])
+    e = np.zeros(data.shape[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are expected (dead rows)
+        for _ in range(_MEDIAN_POLISH_SWEEPS):
+            g = np.nan_to_num(np.nanmedian(data - e[np.newaxis, :], axis=1))
+            e = np.nan_to_num(np.nanmedian(data - g[:, np.newaxis], axis=0))
+    return g, e
+
+
+def _reject(
+    log_levels: np.ndarray, valid: np.ndarray, g: np.ndarray, e: np.ndarray, n_sigma: float, floor: float
+) -> np.ndarray:
+    """Return the valid entries whose residual from (g, e) is within the clipping threshold."""
+    residuals = np.where(valid, log_levels - g[:, np.newaxis] - e[np.newaxis, :], np.nan)
+    good = valid & np.isfinite(residuals)
+    sigma = _robust_sigma(residuals[good])
+    threshold = max(n_sigma * sigma, floor)
+    keep = good & (np.abs(np.nan_to_num(residuals)) <= threshold)
+    # An exposure must keep at least one entry to be scaled at all; if every entry of a column
+    # looks deviant, the deviation is the exposure's own and rejecting cannot help.
+    emptied = ~keep.any(axis=0) & valid.any(axis=0)
+    keep[:, emptied] = valid[:, emptied]
+    return keep
+
+
+def _robust_sigma(values: np.ndarray) -> float:
+    if values.size == 0:
+        return 0.0
+    return float(_MAD_TO_SIGMA * np.median(np.abs(values - np.median(values))))
+
+
+def _connected_groups(used: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Label the connected groups of the bipartite row-column graph of used entries.
+
+    Rows with no used entry get label -1 and do not count as a group.
+    """
+    n_rows, n_cols = used.shape
+    rows, cols = np.nonzero(used)
+    adjacency = scipy.sparse.coo_matrix(
+        (np.ones(rows.size), (rows, n_rows + cols)), shape=(n_rows + n_cols, n_rows + n_cols)
+    )
+    _, labels = scipy.sparse.csgraph.connected_components(adjacency, directed=False)
+    column_labels = labels[n_rows:]
+    # Renumber so that groups are 0..n-1 in order of their first column.
+    _, first_index, column_groups = np.unique(column_labels, return_index=True, return_inverse=True)
+    order = np.argsort(first_index)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    column_groups = rank[column_groups]
+    label_to_group = np.full(labels.max() + 1, -1)
+    label_to_group[column_labels] = column_groups
+    row_groups = np.where(used.any(axis=1), label_to_group[labels[:n_rows]], -1)
+    return row_groups, column_groups, order.size
+
+
+def _group_members(
+    row_groups: np.ndarray, column_groups: np.ndarray, n_groups: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    return (
+        [np.flatnonzero(row_groups == k).tolist() for k in range(n_groups)],
+        [np.flatnonzero(column_groups == k).tolist() for k in range(n_groups)],
+    )
+
+
+def _least_squares(
+    log_levels: np.ndarray, weights: np.ndarray, column_groups: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact weighted least-squares (g, e), with sum(e) = 0 within each connected group.
+
+    Rows are eliminated from the normal equations, leaving ``S e = b`` with ``S`` the weighted
+    Laplacian of the column graph (nColumns x nColumns).  Adding ``v v^T`` for each group's
+    indicator vector ``v`` makes ``S`` positive definite without changing the solution within
+    the range of ``S``, and pins ``sum(e) = 0`` per group.
+    """
+    row_weight = weights.sum(axis=1)
+    inverse_row_weight = np.divide(1.0, row_weight, out=np.zeros_like(row_weight), where=row_weight > 0)
+    weighted_log = weights * log_levels
+    row_sum = weighted_log.sum(axis=1)
+    scaled = weights * inverse_row_weight[:, np.newaxis]
+    schur = np.diag(weights.sum(axis=0)) - weights.T @ scaled
+    rhs = weighted_log.sum(axis=0) - scaled.T @ row_sum
+    indicators = (column_groups[np.newaxis, :] == np.arange(n_groups)[:, np.newaxis]).astype(float)
+    schur += indicators.T @ indicators
+    e = scipy.linalg.solve(schur, rhs, assume_a="pos")
+    g = np.where(row_weight > 0, (row_sum - weights @ e) * inverse_row_weight, np.nan)
+    return g, e
+
+
+def _fix_gauge(
+    g: np.ndarray,
+    e: np.ndarray,
+    weights: np.ndarray,
+    row_groups: np.ndarray,
+    column_groups: np.ndarray,
+    n_groups: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale each group so that its count-weighted mean row scale ``G`` is 1."""
+    row_weight = weights.sum(axis=1)
+    g = g.copy()
+    e = e.copy()
+    for k in range(n_groups):
+        rows = row_groups == k
+        shift = np.log(np.average(np.exp(g[rows]), weights=row_weight[rows]))
+        g[rows] -= shift
+        e[column_groups == k] += shift
+    return g, e
+
+
+def _package(
+    levels: np.ndarray,
+    valid: np.ndarray,
+    used: np.ndarray,
+    weights: np.ndarray,
+    g: np.ndarray,
+    e: np.ndarray,
+    row_groups: np.ndarray,
+    column_groups: np.ndarray,
+    n_groups: int,
+    iterations: int,
+    converged: bool,
+) -> ScaleSolution:
+    row_scales = np.exp(g)
+    column_scales = np.exp(e)
+    model = np.outer(row_scales, column_scales)
+    with np.errstate(all="ignore"):
+        log_residuals = np.where(valid, np.log(levels) - np.log(model), np.nan)
+    flags = np.full(levels.shape, int(EntryFlag.INVALID))
+    flags[valid] = int(EntryFlag.REJECTED)
+    flags[used] = int(EntryFlag.USED)
+    used_residuals = log_residuals[used]
+    total_weight = weights[used].sum()
+    rms = float(np.sqrt(np.sum(weights[used] * used_residuals**2) / total_weight)) if total_weight else 0.0
+    return ScaleSolution(
+        row_scales=row_scales,
+        column_scales=column_scales,
+        model=model,
+        log_residuals=log_residuals,
+        flags=flags,
+        row_groups=row_groups,
+        column_groups=column_groups,
+        n_groups=n_groups,
+        iterations=iterations,
+        converged=converged,
+        rms=rms,
+        sigma=_robust_sigma(used_residuals),
+    )
