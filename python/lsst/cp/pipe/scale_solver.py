@@ -47,7 +47,8 @@ import scipy.sparse
 import scipy.sparse.csgraph
 
 _MAD_TO_SIGMA = 1.4826
-_MEDIAN_POLISH_SWEEPS = 4
+_MEDIAN_POLISH_SWEEPS = 3
+_MAD_SAMPLE_SIZE = 50_000
 
 
 class EntryFlag(enum.IntEnum):
@@ -234,7 +235,7 @@ def solve_separable_scales(
         used = new_used
 
     g, e = _fix_gauge(g, e, weight_used, row_groups, column_groups, n_groups)
-    return _package(levels, valid, used, weight_used, g, e, row_groups, column_groups, n_groups,
+    return _package(log_levels, valid, used, weight_used, g, e, row_groups, column_groups, n_groups,
                     iterations, converged)
 
 
@@ -257,12 +258,22 @@ def _median_polish(log_levels: np.ndarray, used: np.ndarray) -> tuple[np.ndarray
     data = np.where(used, log_levels, np.nan)
     g = np.zeros(data.shape[0])
     e = np.zeros(data.shape[1])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are expected (dead rows)
-        for _ in range(_MEDIAN_POLISH_SWEEPS):
-            g = np.nan_to_num(np.nanmedian(data - e[np.newaxis, :], axis=1))
-            e = np.nan_to_num(np.nanmedian(data - g[:, np.newaxis], axis=0))
+    for _ in range(_MEDIAN_POLISH_SWEEPS):
+        g = _nanmedian_last_axis(data - e[np.newaxis, :])
+        e = _nanmedian_last_axis((data - g[:, np.newaxis]).T)
     return g, e
+
+
+def _nanmedian_last_axis(data: np.ndarray) -> np.ndarray:
+    """Median over the last axis ignoring NaN (0 where all are NaN); one sort, no Python loop.
+
+    ``numpy.nanmedian`` loops over rows in Python for 2-d input and dominated the solve time.
+    """
+    ordered = np.sort(data, axis=-1)  # NaN sorts last
+    count = np.isfinite(data).sum(axis=-1)
+    low = np.take_along_axis(ordered, np.maximum(count - 1, 0)[:, np.newaxis] // 2, axis=-1)[:, 0]
+    high = np.take_along_axis(ordered, (count // 2)[:, np.newaxis], axis=-1)[:, 0]
+    return np.where(count > 0, 0.5 * (low + high), 0.0)
 
 
 def _reject(
@@ -282,8 +293,11 @@ def _reject(
 
 
 def _robust_sigma(values: np.ndarray) -> float:
+    """MAD scatter estimate; large inputs are thinned by a fixed stride (deterministic) to keep the
+    two partial sorts cheap: 50,000 samples pin the scatter to about 0.5%."""
     if values.size == 0:
         return 0.0
+    values = values[:: max(1, values.size // _MAD_SAMPLE_SIZE)]
     return float(_MAD_TO_SIGMA * np.median(np.abs(values - np.median(values))))
 
 
@@ -365,7 +379,7 @@ def _fix_gauge(
 
 
 def _package(
-    levels: np.ndarray,
+    log_levels: np.ndarray,
     valid: np.ndarray,
     used: np.ndarray,
     weights: np.ndarray,
@@ -380,9 +394,8 @@ def _package(
     row_scales = np.exp(g)
     column_scales = np.exp(e)
     model = np.outer(row_scales, column_scales)
-    with np.errstate(all="ignore"):
-        log_residuals = np.where(valid, np.log(levels) - np.log(model), np.nan)
-    flags = np.full(levels.shape, int(EntryFlag.INVALID))
+    log_residuals = np.where(valid, log_levels - g[:, np.newaxis] - e[np.newaxis, :], np.nan)
+    flags = np.full(log_levels.shape, int(EntryFlag.INVALID))
     flags[valid] = int(EntryFlag.REJECTED)
     flags[used] = int(EntryFlag.USED)
     used_residuals = log_residuals[used]

@@ -1,0 +1,1 @@
+"""A simulated mosaic camera for demonstrating and testing the flat chain (not imported by the tasks)."""
