@@ -20,7 +20,9 @@ that linkage, and stays biased after a fixed number of sweeps).
 Robustness: entries whose log residual exceeds ``max(outlier_sigma * sigma, outlier_floor)``
 (``sigma`` a MAD estimate over the used entries) are rejected and the system is solved again,
 until the rejected set stops changing.  The first residuals come from a median polish so that a
-single wild entry cannot hide itself by pulling the least-squares solution.
+single wild entry cannot hide itself by pulling the least-squares solution.  A rejection that
+would split the data into more unconnected groups than the valid entries form is not applied:
+the entries linking two sets of exposures are the only measure of their relative scale.
 
 Gauge: within each connected group the row scales ``G`` are scaled so that their mean weighted
 by each row's total used pixel count is 1, and ``E`` absorbs the inverse factor.
@@ -212,9 +214,12 @@ def solve_separable_scales(
         raise EmptyColumnError(empty_columns.tolist())
 
     log_levels = np.where(valid, np.log(np.where(valid, levels, 1.0)), 0.0)
-    rejecting = np.isfinite(outlier_sigma) and outlier_sigma > 0
-    used = _reject(log_levels, valid, *_median_polish(log_levels, valid), outlier_sigma, outlier_floor) \
-        if rejecting else valid
+    rejecting = bool(np.isfinite(outlier_sigma) and outlier_sigma > 0)
+    n_valid_groups = _connected_groups(valid)[2]
+    used = valid
+    if rejecting:
+        used = _keep_connected(_reject(log_levels, valid, *_median_polish(log_levels, valid),
+                                       outlier_sigma, outlier_floor), valid, n_valid_groups)
     converged = not rejecting
     iterations = 0
     while True:
@@ -226,7 +231,8 @@ def solve_separable_scales(
         g, e = _least_squares(log_levels, weight_used, column_groups, n_groups)
         if not rejecting:
             break
-        new_used = _reject(log_levels, valid, g, e, outlier_sigma, outlier_floor)
+        new_used = _keep_connected(_reject(log_levels, valid, g, e, outlier_sigma, outlier_floor),
+                                   used, n_valid_groups)
         if np.array_equal(new_used, used):
             converged = True
             break
@@ -290,6 +296,15 @@ def _reject(
     emptied = ~keep.any(axis=0) & valid.any(axis=0)
     keep[:, emptied] = valid[:, emptied]
     return keep
+
+
+def _keep_connected(candidate: np.ndarray, fallback: np.ndarray, n_groups: int) -> np.ndarray:
+    """Refuse a rejection that would split the data into more groups than the valid entries form.
+
+    Rejecting the only entries that link two sets of exposures would leave their relative scale
+    unmeasurable; such entries are kept (the fallback mask is returned instead).
+    """
+    return candidate if _connected_groups(candidate)[2] <= n_groups else fallback
 
 
 def _robust_sigma(values: np.ndarray) -> float:

@@ -1,0 +1,190 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""Gather per-(exposure, detector) flat statistics into the level and count matrices.
+
+The flat measurement task writes one statistics dataset per (exposure, detector) with cp_pipe's
+keys (``DETECTOR_MEDIAN``, ``DETECTOR_N``, ``AMP_NAME_i``, ``AMP_MEDIAN_i``, ``AMP_N_i``).  This
+module turns a list of them into the ``(rows, exposures)`` matrices the solver takes, where a row
+is a detector (DETECTOR level) or one amplifier of a detector (AMP level).  Amplifier values are
+placed by their *name*, looked up in the camera, so the ``_i`` order in a statistics dataset
+never decides which row a value lands in, and detectors with different amplifier counts never
+collide.
+
+Any mapping with ``get(key)`` (``lsst.pipe.base.TaskMetadata``, ``lsst.daf.base.PropertyList``,
+a `dict`) works as a statistics dataset.
+"""
+
+from __future__ import annotations
+
+__all__ = ["StatisticsMatrix", "gather_statistics"]
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+LEVELS = ("DETECTOR", "AMP")
+
+
+@dataclass
+class StatisticsMatrix:
+    """Flat levels and pixel counts arranged as (rows, exposures).
+
+    Attributes
+    ----------
+    level : `str`
+        ``"DETECTOR"`` or ``"AMP"``.
+    detectors : `list` [`int`]
+        Detector ID of each row.
+    amplifiers : `list` [`str`]
+        Amplifier name of each row (``""`` at DETECTOR level).
+    exposures : `list` [`int`]
+        Exposure ID of each column, sorted.
+    levels : `numpy.ndarray`, (nRows, nExposures)
+        Measured levels; NaN where no statistics dataset exists for the pair.
+    counts : `numpy.ndarray`, (nRows, nExposures)
+        Pixel counts behind each level; 0 where no dataset exists.
+    present : `numpy.ndarray` of `bool`, (nRows, nExposures)
+        Whether a statistics dataset was supplied for the entry.
+    """
+
+    level: str
+    detectors: list[int]
+    amplifiers: list[str]
+    exposures: list[int]
+    levels: np.ndarray
+    counts: np.ndarray
+    present: np.ndarray
+
+    def row_label(self, row: int) -> str:
+        """Describe a row as a data ID fragment, e.g. ``detector=3, amp=C10``."""
+        if self.level == "AMP":
+            return f"detector={self.detectors[row]}, amp={self.amplifiers[row]}"
+        return f"detector={self.detectors[row]}"
+
+    def entry_label(self, row: int, column: int) -> str:
+        """Describe an entry as a data ID, e.g. ``{exposure=7, detector=3, amp=C10}``."""
+        return f"{{exposure={self.exposures[column]}, {self.row_label(row)}}}"
+
+
+def gather_statistics(
+    inputMDs: Sequence[Any], inputDims: Sequence[Mapping[str, Any]], camera: Any, level: str
+) -> StatisticsMatrix:
+    """Arrange flat statistics into level and count matrices.
+
+    Parameters
+    ----------
+    inputMDs : `~collections.abc.Sequence`
+        One statistics mapping per (exposure, detector), supporting ``get(key)``.
+    inputDims : `~collections.abc.Sequence` [`~collections.abc.Mapping`]
+        The data ID of each statistics mapping; must contain ``exposure`` and ``detector``.
+    camera : afw-camera-like
+        ``camera[detectorId]`` iterates over amplifiers with ``getName()`` (AMP level only).
+    level : `str`
+        ``"DETECTOR"`` or ``"AMP"``.
+
+    Returns
+    -------
+    matrix : `StatisticsMatrix`
+
+    Raises
+    ------
+    KeyError
+        Raised if a data ID lacks ``exposure`` or ``detector``, if a statistic key is missing
+        from a dataset (naming the key and the data ID), or if a detector is not in the camera.
+    ValueError
+        Raised if the inputs are inconsistent: different lengths, the same (exposure, detector)
+        twice, or an amplifier name the camera's detector does not have (or has twice).
+    """
+    if level not in LEVELS:
+        raise ValueError(f"Unknown scaling level {level!r}; expected one of {LEVELS}.")
+    if len(inputMDs) != len(inputDims):
+        raise ValueError(f"Got {len(inputMDs)} statistics datasets but {len(inputDims)} data IDs.")
+    keys = [_exposure_detector(dims) for dims in inputDims]
+    _check_unique(keys)
+    exposures = sorted({exposure for exposure, _ in keys})
+    detectors = sorted({detector for _, detector in keys})
+    row_detectors, row_amps = _rows(detectors, camera, level)
+    row_index = {key: i for i, key in enumerate(zip(row_detectors, row_amps))}
+    column_index = {exposure: j for j, exposure in enumerate(exposures)}
+
+    shape = (len(row_detectors), len(exposures))
+    levels = np.full(shape, np.nan)
+    counts = np.zeros(shape)
+    present = np.zeros(shape, dtype=bool)
+    for md, dims, (exposure, detector) in zip(inputMDs, inputDims, keys):
+        column = column_index[exposure]
+        for amp, value, count in _entries(md, dims, detector, level, camera):
+            row = row_index[(detector, amp)]
+            levels[row, column] = value
+            counts[row, column] = count
+            present[row, column] = True
+    return StatisticsMatrix(level, row_detectors, row_amps, exposures, levels, counts, present)
+
+
+def _exposure_detector(dims: Mapping[str, Any]) -> tuple[int, int]:
+    try:
+        return int(dims["exposure"]), int(dims["detector"])
+    except KeyError as err:
+        raise KeyError(f"Input data ID {dict(dims)} has no {err} dimension; the flat statistics "
+                       "must be indexed by exposure and detector.") from None
+
+
+def _check_unique(keys: list[tuple[int, int]]) -> None:
+    seen: set[tuple[int, int]] = set()
+    for exposure, detector in keys:
+        if (exposure, detector) in seen:
+            raise ValueError(f"Flat statistics for exposure={exposure}, detector={detector} were "
+                             "supplied more than once.")
+        seen.add((exposure, detector))
+
+
+def _rows(detectors: list[int], camera: Any, level: str) -> tuple[list[int], list[str]]:
+    if level == "DETECTOR":
+        return detectors, [""] * len(detectors)
+    row_detectors: list[int] = []
+    row_amps: list[str] = []
+    for detector in detectors:
+        names = [amp.getName() for amp in _camera_detector(camera, detector)]
+        row_detectors.extend([detector] * len(names))
+        row_amps.extend(names)
+    return row_detectors, row_amps
+
+
+def _camera_detector(camera: Any, detector: int) -> Any:
+    try:
+        return camera[detector]
+    except (KeyError, IndexError, LookupError):
+        raise KeyError(f"Detector {detector} has flat statistics but is not in the camera.") from None
+
+
+def _require(md: Any, key: str, dims: Mapping[str, Any]) -> Any:
+    value = md.get(key)
+    if value is None:
+        raise KeyError(f"Flat statistics for {_describe(dims)} have no {key!r} entry.")
+    return value
+
+
+def _describe(dims: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}={v}" for k, v in dict(dims).items()) + "}"
+
+
+def _entries(
+    md: Any, dims: Mapping[str, Any], detector: int, level: str, camera: Any
+) -> list[tuple[str, float, float]]:
+    """Return (amplifier name, level, count) triples of one statistics dataset."""
+    if level == "DETECTOR":
+        return [("", float(_require(md, "DETECTOR_MEDIAN", dims)), float(_require(md, "DETECTOR_N", dims)))]
+    expected = [amp.getName() for amp in _camera_detector(camera, detector)]
+    entries = []
+    for i in range(len(expected)):
+        name = str(_require(md, f"AMP_NAME_{i}", dims))
+        entries.append((name, float(_require(md, f"AMP_MEDIAN_{i}", dims)),
+                        float(_require(md, f"AMP_N_{i}", dims))))
+    names = [name for name, _, _ in entries]
+    if sorted(names) != sorted(expected):
+        raise ValueError(f"Flat statistics for {_describe(dims)} name amplifiers {names}, but the camera's "
+                         f"detector {detector} has {expected}.")
+    return entries
