@@ -1,0 +1,117 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""Keep the benchmarks working: run ``bench.run_all --quick`` and check the pieces it relies on.
+
+Benchmarks are not tests, so nothing here asserts a time; accuracy is asserted because it does
+not depend on the machine.
+"""
+
+import re
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+
+import numpy as np
+
+import lsst.utils.tests
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.solver import (  # noqa: E402
+    baseline_measure_scales,
+    max_relative_errors,
+    oracle_scales,
+    simulate_levels,
+)
+
+
+class QuickRunTestCase(unittest.TestCase):
+    """``python -m bench.run_all --quick`` completes and prints its ratio lines."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.result = subprocess.run(
+            [sys.executable, "-m", "bench.run_all", "--quick"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        )
+
+    def test_completes(self):
+        self.assertEqual(self.result.returncode, 0, self.result.stderr)
+
+    def test_solver_lines(self):
+        for label in ("DETECTOR 27x8", "AMP 96x10"):
+            with self.subTest(label=label):
+                self.assertRegex(self.result.stdout, rf"solver {label}: speed ratio \d+\.\dx")
+                floor = re.search(rf"solver {label}: error ratio to noise floor E, G: "
+                                  r"ours ([\d.]+), ([\d.]+); baseline ([\d.]+), ([\d.]+)",
+                                  self.result.stdout)
+                self.assertIsNotNone(floor, self.result.stdout)
+                ours_e, ours_g, baseline_e, baseline_g = map(float, floor.groups())
+                # Ours is the exact solution on the entries it keeps, which (with the default
+                # rejection) are the undamaged ones; the baseline keeps the outliers.
+                self.assertLess(max(ours_e, ours_g), 1.05)
+                self.assertGreater(min(baseline_e, baseline_g), 10.0)
+
+
+class SolverPartsTestCase(unittest.TestCase):
+    """The simulation, baseline, oracle and error measure behave as documented."""
+
+    def setUp(self):
+        self.simulated = simulate_levels(400, 30, amp_level=True, seed=3)
+
+    def test_damage_fractions(self):
+        levels, counts = self.simulated.levels, self.simulated.counts
+        live = self.simulated.live_rows
+        self.assertEqual(int((~live).sum()), 1)
+        np.testing.assert_array_equal(levels[~live], 0.0)
+        missing = counts[live] == 0
+        self.assertAlmostEqual(missing.mean(), 0.10, delta=0.01)
+        self.assertTrue(np.isnan(levels[live][missing]).all())
+        failed = np.isnan(levels[live]) & ~missing
+        self.assertAlmostEqual(failed.sum() / (~missing).sum(), 0.01, delta=0.004)
+        ratio = levels / np.outer(self.simulated.row_truth, self.simulated.exposure_truth)
+        damaged = np.isfinite(ratio) & ~self.simulated.clean & live[:, np.newaxis]
+        np.testing.assert_allclose(np.abs(ratio[damaged] - 1.0), 0.25, atol=1e-3)
+        self.assertLess(np.max(np.abs(ratio[self.simulated.clean] - 1.0)), 1e-3)
+
+    def test_error_measure_ignores_gauge(self):
+        truth_g, truth_e = self.simulated.row_truth, self.simulated.exposure_truth
+        self.assertEqual(max_relative_errors(2.0 * truth_g, truth_e / 2.0, self.simulated), (0.0, 0.0))
+        exposure_error, row_error = max_relative_errors(truth_g, truth_e * 1.01, self.simulated)
+        self.assertAlmostEqual(exposure_error, 0.01, places=12)
+        self.assertEqual(row_error, 0.0)
+
+    def test_baseline_exact_on_complete_separable_data(self):
+        gains = np.array([0.9, 1.0, 1.2, 1.1])
+        lamps = np.array([1000.0, 5000.0, 20000.0])
+        counts = np.full((4, 3), 7.0)
+        row_scales, exposure_scales = baseline_measure_scales(np.outer(gains, lamps), counts)
+        np.testing.assert_allclose(row_scales, gains / gains.mean(), rtol=1e-12)
+        np.testing.assert_allclose(exposure_scales, lamps * gains.mean(), rtol=1e-12)
+
+    def test_baseline_skips_dead_row(self):
+        row_scales, _ = baseline_measure_scales(self.simulated.levels, self.simulated.counts)
+        self.assertTrue(np.isnan(row_scales[~self.simulated.live_rows]).all())
+        self.assertTrue(np.isfinite(row_scales[self.simulated.live_rows]).all())
+
+    def test_oracle_near_truth(self):
+        exposure_error, row_error = max_relative_errors(*oracle_scales(self.simulated), self.simulated)
+        # 1e-4 log noise over ~27 entries per row and ~360 per exposure.
+        self.assertLess(row_error, 1e-4)
+        self.assertLess(exposure_error, 2e-5)
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
