@@ -306,9 +306,10 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
                 "or fix their statistics."
             ) from err
         except DisconnectedDataError as err:
+            groups = self._describe_groups(matrix, err.row_groups, err.column_groups)
             raise ValueError(
                 "The flat statistics split into unconnected groups; set disconnectedPolicy='SEPARATE' "
-                f"to solve each on its own gauge. {self._describe_groups(matrix, err.row_groups, err.column_groups)}"
+                f"to solve each on its own gauge. {groups}"
             ) from err
 
     @staticmethod

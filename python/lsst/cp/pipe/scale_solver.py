@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 import enum
-import warnings
 from dataclasses import dataclass
 
 import numpy as np

@@ -1,0 +1,283 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""Tests of CpFlatNormalizationTask.run() and measureScales() on in-memory statistics."""
+
+import unittest
+
+import numpy as np
+
+import lsst.pex.config as pexConfig
+import lsst.utils.tests
+from lsst.cp.pipe import CpFlatNormalizationTask
+from lsst.cp.pipe.cpFlatMeasure import CpFlatNormalizationTask as CpFlatMeasureModuleTask
+from lsst.cp.pipe.sim.camera import make_sim_camera
+from lsst.pipe.base import TaskMetadata
+
+EXPOSURES = [2026112500010, 2026112500011, 2026112500012, 2026112500013]
+AMP_PIXELS = 2048
+
+
+class StatisticsFactory:
+    """Known-truth flat statistics for the simulated camera (9 x 16 amps + 2 x 8 amps)."""
+
+    def __init__(self, seed=5):
+        self.camera = make_sim_camera(n_side=3, n_wavefront=2)
+        rng = np.random.default_rng(seed)
+        self.lamps = dict(zip(EXPOSURES, [1000.0, 1300.0, 900.0, 2000.0]))
+        self.amp_gain = {
+            (det.id, amp.getName()): rng.uniform(0.8, 1.2) for det in self.camera for amp in det
+        }
+
+    def metadata(self, exposure, detector, shuffle=False, drop=None):
+        """Statistics of one (exposure, detector), amp entries optionally in a shuffled order."""
+        amps = [amp.getName() for amp in self.camera[detector]]
+        if shuffle:
+            amps = amps[::-1]
+        md = TaskMetadata()
+        levels = [self.amp_gain[(detector, name)] * self.lamps[exposure] for name in amps]
+        md["DETECTOR_MEDIAN"] = float(np.mean(levels))
+        md["DETECTOR_N"] = AMP_PIXELS * len(amps)
+        for i, (name, level) in enumerate(zip(amps, levels)):
+            md[f"AMP_NAME_{i}"] = name
+            md[f"AMP_MEDIAN_{i}"] = level
+            md[f"AMP_N_{i}"] = AMP_PIXELS
+        if drop is not None:
+            del md[drop]
+        return md
+
+    def inputs(self, pairs, **kwargs):
+        mds = [self.metadata(exposure, detector, **kwargs) for exposure, detector in pairs]
+        dims = [{"instrument": "SimFlatCam", "exposure": exposure, "detector": detector}
+                for exposure, detector in pairs]
+        return mds, dims
+
+    def all_pairs(self, skip=()):
+        return [(e, d.id) for e in EXPOSURES for d in self.camera if (e, d.id) not in skip]
+
+    def true_detector_scales(self, used_pairs):
+        """True DETECTOR-level G under the gauge: the mean of G weighted by each detector's pixel
+        count summed over its used exposures is one."""
+        detectors = sorted({d for _, d in used_pairs})
+        raw = {d: np.mean([self.amp_gain[(d, a.getName())] for a in self.camera[d]]) for d in detectors}
+        weights = {d: len(self.camera[d]) * sum(1 for _, det in used_pairs if det == d) for d in detectors}
+        norm = sum(raw[d] * weights[d] for d in detectors) / sum(weights.values())
+        return {d: raw[d] / norm for d in detectors}, norm
+
+
+class ApiTestCase(lsst.utils.tests.TestCase):
+    def test_import_paths_and_config_fields(self):
+        self.assertIs(CpFlatNormalizationTask, CpFlatMeasureModuleTask)
+        config = CpFlatNormalizationTask.ConfigClass()
+        self.assertEqual(config.level, "DETECTOR")
+        self.assertEqual(config.scaleMaxIter, 10)
+        self.assertFalse(config.doDownSelection)
+        config.doDownSelection = True
+        config.downSelectionField = "observation_reason"
+        with self.assertRaisesRegex(pexConfig.FieldValidationError, "downSelectionValue"):
+            config.validate()
+        config.downSelectionValue = "flat"
+        config.validate()
+        with self.assertRaises(pexConfig.FieldValidationError):
+            config.level = "CHIP"
+
+    def test_measure_scales_struct(self):
+        task = CpFlatNormalizationTask()
+        gains = np.array([0.9, 1.0, 1.1])
+        lamps = np.array([100.0, 300.0])
+        result = task.measureScales(np.outer(gains, lamps))
+        np.testing.assert_allclose(result.detScales, gains, rtol=1e-12)
+        np.testing.assert_allclose(result.expScales, lamps, rtol=1e-12)
+        self.assertIs(result.vectorE, result.expScales)
+        self.assertIs(result.vectorG, result.detScales)
+        np.testing.assert_allclose(result.bgModel, np.outer(gains, lamps), rtol=1e-12)
+        self.assertTrue(result.converged)
+        self.assertEqual(result.nGroups, 1)
+
+
+class DetectorLevelTestCase(lsst.utils.tests.TestCase):
+    def setUp(self):
+        self.factory = StatisticsFactory()
+        self.task = CpFlatNormalizationTask()
+
+    def test_layout_and_values_with_missing_pairs(self):
+        missing = {(EXPOSURES[0], 4), (EXPOSURES[2], 9)}
+        pairs = self.factory.all_pairs(skip=missing)
+        mds, dims = self.factory.inputs(pairs)
+        result = self.task.run(mds, dims, self.factory.camera)
+        scales = result.outputScales
+        self.assertEqual(set(scales), {"expScale", "detScale"})
+        detectors = [d.id for d in self.factory.camera]
+        self.assertEqual(sorted(scales["detScale"]), detectors)
+        true_g, norm = self.factory.true_detector_scales(pairs)
+        for detector in detectors:
+            self.assertAlmostEqual(scales["detScale"][detector], true_g[detector], places=10)
+            amp_names = [amp.getName() for amp in self.factory.camera[detector]]
+            self.assertEqual(list(scales["expScale"][detector]), amp_names)
+            for amp in amp_names:
+                self.assertEqual(sorted(scales["expScale"][detector][amp]), EXPOSURES)
+                for exposure in EXPOSURES:
+                    self.assertIsInstance(scales["expScale"][detector][amp][exposure], float)
+                    self.assertAlmostEqual(scales["expScale"][detector][amp][exposure],
+                                           self.factory.lamps[exposure] * norm, places=7)
+        table = result.outputScaleTable
+        self.assertEqual(len(table), len(mds))
+        self.assertTrue(np.all(table["flag"] == "USED"))
+        self.assertFalse(np.any((table["exposure"] == EXPOSURES[0]) & (table["detector"] == 4)))
+        np.testing.assert_allclose(table["model"], table["level"], rtol=1e-10)
+        self.assertEqual(table.meta["LEVEL"], "DETECTOR")
+
+    def test_missing_statistic_names_key_and_data_id(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs())
+        mds[5] = self.factory.metadata(dims[5]["exposure"], dims[5]["detector"], drop="DETECTOR_N")
+        with self.assertRaises(KeyError) as cm:
+            self.task.run(mds, dims, self.factory.camera)
+        message = str(cm.exception)
+        self.assertIn("'DETECTOR_N'", message)
+        self.assertIn(f"exposure={dims[5]['exposure']}", message)
+        self.assertIn(f"detector={dims[5]['detector']}", message)
+
+    def test_missing_dimension(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs()[:3])
+        del dims[1]["exposure"]
+        with self.assertRaisesRegex(KeyError, "no 'exposure' dimension"):
+            self.task.run(mds, dims, self.factory.camera)
+
+    def test_exposure_without_valid_level_is_named(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs())
+        for md, dim in zip(mds, dims):
+            if dim["exposure"] == EXPOSURES[1]:
+                md["DETECTOR_MEDIAN"] = float("nan")
+        with self.assertRaisesRegex(ValueError, rf"Exposures \[{EXPOSURES[1]}\] have no valid flat level"):
+            self.task.run(mds, dims, self.factory.camera)
+
+    def test_outlier_is_rejected_logged_and_flagged(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs())
+        index = next(i for i, d in enumerate(dims) if d["exposure"] == EXPOSURES[2] and d["detector"] == 7)
+        mds[index]["DETECTOR_MEDIAN"] *= 0.8  # partly shadowed
+        with self.assertLogs(self.task.log.name, level="WARNING") as logs:
+            result = self.task.run(mds, dims, self.factory.camera)
+        self.assertTrue(any(f"exposure={EXPOSURES[2]}, detector=7" in line and "Rejected" in line
+                            for line in logs.output))
+        table = result.outputScaleTable
+        flagged = table[table["flag"] == "REJECTED"]
+        self.assertEqual([(int(r["exposure"]), int(r["detector"])) for r in flagged], [(EXPOSURES[2], 7)])
+        self.assertAlmostEqual(float(flagged["log_residual"][0]), np.log(0.8), delta=0.01)
+        used = [pair for pair in self.factory.all_pairs() if pair != (EXPOSURES[2], 7)]
+        true_g, norm = self.factory.true_detector_scales(used)
+        self.assertAlmostEqual(result.outputScales["detScale"][7], true_g[7], places=10)
+        self.assertEqual(self.task.metadata["nRejected"], 1)
+
+    def test_disconnected_exposures_raise_naming_groups(self):
+        first = [(e, d) for e in EXPOSURES[:2] for d in range(0, 5)]
+        second = [(e, d) for e in EXPOSURES[2:] for d in range(5, 11)]
+        mds, dims = self.factory.inputs(first + second)
+        with self.assertRaisesRegex(ValueError, r"Group 0: detectors \[0, 1, 2, 3, 4\], exposures "
+                                                rf"\[{EXPOSURES[0]}, {EXPOSURES[1]}\]"):
+            self.task.run(mds, dims, self.factory.camera)
+        config = CpFlatNormalizationTask.ConfigClass()
+        config.disconnectedPolicy = "SEPARATE"
+        task = CpFlatNormalizationTask(config=config)
+        with self.assertLogs(task.log.name, level="WARNING") as logs:
+            result = task.run(mds, dims, self.factory.camera)
+        self.assertTrue(any("2 groups" in line for line in logs.output))
+        self.assertEqual(sorted(set(result.outputScaleTable["group"])), [0, 1])
+
+    def test_duplicate_input_rejected(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs()[:2] * 2)
+        with self.assertRaisesRegex(ValueError, "more than once"):
+            self.task.run(mds, dims, self.factory.camera)
+
+    def test_propertylist_like_dicts_are_accepted(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs())
+        plain = [md.to_dict() for md in mds]
+        reference = self.task.run(mds, dims, self.factory.camera).outputScales
+        self.assertEqual(self.task.run(plain, dims, self.factory.camera).outputScales, reference)
+
+
+class AmpLevelTestCase(lsst.utils.tests.TestCase):
+    def setUp(self):
+        self.factory = StatisticsFactory(seed=9)
+        config = CpFlatNormalizationTask.ConfigClass()
+        config.level = "AMP"
+        self.task = CpFlatNormalizationTask(config=config)
+
+    def true_amp_scales(self, used_pairs):
+        gains = self.factory.amp_gain
+        weights = {key: sum(1 for _, d in used_pairs if d == key[0]) for key in gains}
+        norm = sum(gains[k] * weights[k] for k in gains) / sum(weights.values())
+        return {k: v / norm for k, v in gains.items()}, norm
+
+    def test_mixed_amp_counts_shuffled_order_and_missing_pairs(self):
+        pairs = self.factory.all_pairs(skip={(EXPOSURES[3], 0), (EXPOSURES[1], 10)})
+        mds, dims = self.factory.inputs(pairs, shuffle=True)
+        result = self.task.run(mds, dims, self.factory.camera)
+        true_g, norm = self.true_amp_scales(pairs)
+        det_scale = result.outputScales["detScale"]
+        for det in self.factory.camera:
+            self.assertEqual(sorted(det_scale[det.id]), sorted(a.getName() for a in det))
+            self.assertEqual(len(det_scale[det.id]), 8 if det.type == "WAVEFRONT" else 16)
+            for amp in det:
+                self.assertAlmostEqual(det_scale[det.id][amp.getName()], true_g[(det.id, amp.getName())],
+                                       places=10)
+                for exposure in EXPOSURES:
+                    self.assertAlmostEqual(result.outputScales["expScale"][det.id][amp.getName()][exposure],
+                                           self.factory.lamps[exposure] * norm, places=7)
+        table = result.outputScaleTable
+        self.assertEqual(len(table), sum(len(self.factory.camera[d]) for _, d in pairs))
+        row = table[(table["detector"] == 9) & (table["amplifier"] == "C03")
+                    & (table["exposure"] == EXPOSURES[0])][0]
+        expected = self.factory.amp_gain[(9, "C03")] * self.factory.lamps[EXPOSURES[0]]
+        self.assertAlmostEqual(row["level"], expected)
+        self.assertEqual(row["n_pixels"], AMP_PIXELS)
+
+    def test_dead_amplifier_is_flagged_and_disturbs_nothing(self):
+        pairs = self.factory.all_pairs()
+        mds, dims = self.factory.inputs(pairs)
+        for md, dim in zip(mds, dims):
+            if dim["detector"] == 3:
+                index = next(i for i in range(16) if md[f"AMP_NAME_{i}"] == "C05")
+                md[f"AMP_MEDIAN_{index}"] = 0.0
+        with self.assertLogs(self.task.log.name, level="WARNING") as logs:
+            result = self.task.run(mds, dims, self.factory.camera)
+        self.assertTrue(any("detector=3, amp=C05" in line and "NaN" in line for line in logs.output))
+        self.assertTrue(np.isnan(result.outputScales["detScale"][3]["C05"]))
+        table = result.outputScaleTable
+        dead = table[(table["detector"] == 3) & (table["amplifier"] == "C05")]
+        self.assertEqual(set(dead["flag"]), {"INVALID"})
+        alive = {k: v for k, v in self.factory.amp_gain.items() if k != (3, "C05")}
+        norm = np.mean(list(alive.values()))
+        for (det, amp), gain in alive.items():
+            self.assertAlmostEqual(result.outputScales["detScale"][det][amp], gain / norm, places=10)
+
+    def test_unknown_amplifier_name(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs()[:2])
+        mds[0]["AMP_NAME_3"] = "C99"
+        with self.assertRaisesRegex(ValueError, "name amplifiers .*C99"):
+            self.task.run(mds, dims, self.factory.camera)
+
+    def test_detector_not_in_camera(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs()[:2])
+        dims[0]["detector"] = 42
+        with self.assertRaisesRegex(KeyError, "Detector 42 has flat statistics but is not in the camera"):
+            self.task.run(mds, dims, self.factory.camera)
+
+    def test_missing_amp_key_names_key_and_data_id(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs()[:3])
+        del mds[2]["AMP_N_4"]
+        with self.assertRaisesRegex(KeyError, r"'AMP_N_4'") as cm:
+            self.task.run(mds, dims, self.factory.camera)
+        self.assertIn(f"exposure={dims[2]['exposure']}", str(cm.exception))
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
