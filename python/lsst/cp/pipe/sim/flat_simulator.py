@@ -343,7 +343,7 @@ class FlatSimulator:
         colours = rng.uniform(-config.colour_half_range, config.colour_half_range, n)
         colours -= colours.mean()
         jitter = 1 + config.lamp_jitter * rng.standard_normal(n)
-        start = astropy.time.Time(config.start_time, format="isot", scale="tai")
+        start = astropy.time.Time(config.start_time, format="isot", scale="utc")
         exposures = []
         for i in range(n):
             seq_num = i + 1
