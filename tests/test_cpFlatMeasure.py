@@ -1,0 +1,280 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""Tests of CpFlatMeasureTask: statistics of a synthetic flat, and a quantum run through a butler."""
+
+import tempfile
+import unittest
+
+import numpy as np
+
+import lsst.daf.butler.tests as butlerTests
+import lsst.pipe.base.testUtils as pipeTestUtils
+import lsst.utils.tests
+from lsst.daf.butler import DatasetType
+from lsst.cp.pipe.butler_setup import seed_config
+from lsst.cp.pipe.cpFlatMeasure import CpFlatMeasureConfig, CpFlatMeasureTask
+from lsst.cp.pipe.sim.camera import SIM_CAMERA_NAME, make_sim_camera
+from lsst.images import Image, MaskedImage, MaskPlane, MaskSchema
+
+AMP_WIDTH, AMP_HEIGHT = 4, 5  # 20 pixels an amplifier: 10 at level + 1, 10 at level - 1
+SCIENCE_DETECTOR = 4
+WAVEFRONT_DETECTOR = 9
+BAD_AMP, SATURATED_AMP, OUTLIER_AMP, COSMIC_RAY_AMP = 0, 3, 5, 7
+OUTLIER = 1000.0
+
+
+def _schema():
+    """A mask schema without NO_DATA, which the default maskNameList names."""
+    return MaskSchema([MaskPlane(name, f"{name} pixels.") for name in ("BAD", "SAT", "DETECTED", "CR")])
+
+
+def _level(i):
+    return 100.0 + 10.0 * i
+
+
+def _synthetic_flat(detector):
+    """Build a flat of ``detector`` and the pixel values each amplifier's statistics must keep.
+
+    Every amplifier has its own level with a +-1 checkerboard on top (sigma 1).  Amplifier
+    BAD_AMP has one +1 and one -1 pixel masked BAD and set to 1e6; SATURATED_AMP is entirely
+    SAT; OUTLIER_AMP has one +1 pixel raised by OUTLIER (unmasked, so only clipping removes it);
+    COSMIC_RAY_AMP has a pixel masked CR, a plane the task must not exclude.
+    """
+    box = detector.getBBox()
+    flat = MaskedImage(Image(0.0, shape=(box.getHeight(), box.getWidth()), dtype=np.float32),
+                       mask_schema=_schema())
+    pixels, mask = flat.image.array, flat.mask
+    kept = []
+    for i, amp in enumerate(detector):
+        amp_box = amp.getBBox()
+        region = (slice(amp_box.y0, amp_box.y0 + amp_box.height),
+                  slice(amp_box.x0, amp_box.x0 + amp_box.width))
+        yy, xx = np.indices((amp_box.height, amp_box.width))
+        values = _level(i) + np.where((yy + xx) % 2 == 0, 1.0, -1.0)
+        flags = np.zeros(values.shape, dtype=bool)
+        if i == BAD_AMP:
+            flags[0, :2] = True
+            _set_plane(mask, "BAD", region, flags)
+            values[flags] = 1e6
+        elif i == SATURATED_AMP:
+            flags[...] = True
+            _set_plane(mask, "SAT", region, flags)
+        elif i == COSMIC_RAY_AMP:
+            _set_plane(mask, "CR", region, np.eye(*values.shape, dtype=bool))
+        pixels[region] = values
+        if i == OUTLIER_AMP:
+            pixels[region][0, 0] += OUTLIER
+            flags[0, 0] = True
+        kept.append(values[~flags])
+    return flat, kept
+
+
+def _set_plane(mask, plane, region, flags):
+    full = np.zeros(mask.array.shape[:2], dtype=bool)
+    full[region] = flags
+    mask.set(plane, full)
+
+
+def _assert_stats(test, stats, detector, kept):
+    """Check every statistics key against the pixel values each amplifier must keep."""
+    all_kept = np.concatenate(kept)
+    test.assertFloatsAlmostEqual(stats["DETECTOR_MEDIAN"], all_kept.mean(), rtol=1e-12)
+    test.assertFloatsAlmostEqual(stats["DETECTOR_SIGMA"], all_kept.std(), rtol=1e-12)
+    test.assertEqual(stats["DETECTOR_N"], all_kept.size)
+    test.assertEqual(len(stats), 3 + 4 * len(kept))
+    for i, (amp, values) in enumerate(zip(detector, kept)):
+        with test.subTest(amp=amp.getName()):
+            test.assertEqual(stats[f"AMP_NAME_{i}"], amp.getName())
+            test.assertEqual(stats[f"AMP_N_{i}"], values.size)
+            if values.size:
+                test.assertFloatsAlmostEqual(stats[f"AMP_MEDIAN_{i}"], values.mean(), rtol=1e-12)
+                test.assertFloatsAlmostEqual(stats[f"AMP_SIGMA_{i}"], values.std(), rtol=1e-12)
+            else:
+                test.assertTrue(np.isnan(stats[f"AMP_MEDIAN_{i}"]) and np.isnan(stats[f"AMP_SIGMA_{i}"]))
+
+
+class _Box:
+    """A box with only the accessors of ``lsst.geom.Box2I`` (no x0/width attributes)."""
+
+    def __init__(self, box):
+        self._box = box
+
+    def getMinX(self):
+        return self._box.x0
+
+    def getMinY(self):
+        return self._box.y0
+
+    def getWidth(self):
+        return self._box.width
+
+    def getHeight(self):
+        return self._box.height
+
+
+class _Amplifier:
+    def __init__(self, amp):
+        self._amp = amp
+
+    def getName(self):
+        return self._amp.name
+
+    def getBBox(self):
+        return _Box(self._amp.bbox)
+
+
+class _Detector(list):
+    """An afw-like detector: iterating gives amplifiers, and it has getBBox()."""
+
+    def __init__(self, detector):
+        super().__init__(_Amplifier(amp) for amp in detector)
+        self._box = _Box(detector.bbox)
+
+    def getBBox(self):
+        return self._box
+
+
+class CpFlatMeasureRunTestCase(lsst.utils.tests.TestCase):
+    """run() on a synthetic flat of the simulated camera, checked key by key."""
+
+    def setUp(self):
+        self.camera = make_sim_camera(amp_width=AMP_WIDTH, amp_height=AMP_HEIGHT)
+        self.detector = self.camera[SCIENCE_DETECTOR]
+        self.flat, self.kept = _synthetic_flat(self.detector)
+        self.task = CpFlatMeasureTask()
+
+    def test_every_key(self):
+        with self.assertLogs(self.task.log.name, level="WARNING") as logs:
+            stats = self.task.run(self.flat, self.camera, SCIENCE_DETECTOR).outputStats
+        _assert_stats(self, stats, self.detector, self.kept)
+        # The hand-computed truth of the special amplifiers.
+        self.assertEqual(stats[f"AMP_N_{BAD_AMP}"], 18)
+        self.assertFloatsAlmostEqual(stats[f"AMP_MEDIAN_{BAD_AMP}"], _level(BAD_AMP), rtol=1e-15)
+        self.assertEqual(stats[f"AMP_N_{OUTLIER_AMP}"], 19)
+        self.assertFloatsAlmostEqual(stats[f"AMP_MEDIAN_{OUTLIER_AMP}"], _level(OUTLIER_AMP) - 1 / 19,
+                                     rtol=1e-14)
+        self.assertFloatsAlmostEqual(stats[f"AMP_SIGMA_{OUTLIER_AMP}"], np.sqrt(1 - 1 / 19**2), rtol=1e-14)
+        self.assertEqual(stats[f"AMP_N_{COSMIC_RAY_AMP}"], 20)
+        self.assertEqual(stats["DETECTOR_N"], 15 * 20 - 2 - 1)
+        # The fully saturated amplifier (NaN, N = 0 above) gets a warning naming it.
+        self.assertEqual(stats[f"AMP_N_{SATURATED_AMP}"], 0)
+        amp_name = self.detector[SATURATED_AMP].getName()
+        self.assertEqual(len(logs.records), 1)
+        self.assertIn(f"Detector {SCIENCE_DETECTOR} amplifier {amp_name} has no unmasked pixel",
+                      logs.output[0])
+
+    def test_absent_mask_plane_is_ignored_with_debug_log(self):
+        with self.assertLogs(self.task.log.name, level="DEBUG") as logs:
+            self.task.run(self.flat, self.camera, SCIENCE_DETECTOR)
+        self.assertIn("Mask planes ['NO_DATA'] are not in the image's mask schema", "\n".join(logs.output))
+
+    def test_mask_name_list_and_clip_config(self):
+        config = CpFlatMeasureConfig()
+        config.maskNameList = ["SAT"]
+        config.clipMaxIter = 0
+        stats = CpFlatMeasureTask(config=config).run(self.flat, self.camera, SCIENCE_DETECTOR).outputStats
+        # Unmasked 1e6 BAD pixels and the unclipped outlier now enter the means.
+        self.assertFloatsAlmostEqual(stats[f"AMP_MEDIAN_{BAD_AMP}"], (18 * _level(BAD_AMP) + 2e6) / 20,
+                                     rtol=1e-12)
+        self.assertFloatsAlmostEqual(stats[f"AMP_MEDIAN_{OUTLIER_AMP}"],
+                                     _level(OUTLIER_AMP) + OUTLIER / 20, rtol=1e-12)
+        self.assertEqual(stats[f"AMP_N_{OUTLIER_AMP}"], 20)
+
+    def test_afw_like_camera(self):
+        camera = {SCIENCE_DETECTOR: _Detector(self.detector)}
+        stats = self.task.run(self.flat, camera, SCIENCE_DETECTOR).outputStats
+        _assert_stats(self, stats, self.detector, self.kept)
+
+    def test_wavefront_detector(self):
+        detector = self.camera[WAVEFRONT_DETECTOR]
+        flat, kept = _synthetic_flat(detector)
+        stats = self.task.run(flat, self.camera, WAVEFRONT_DETECTOR).outputStats
+        _assert_stats(self, stats, detector, kept)
+
+    def test_shape_mismatch(self):
+        with self.assertRaisesRegex(
+            ValueError, rf"Detector {WAVEFRONT_DETECTOR}: image shape \(ny, nx\) = \(10, 32\) does not "
+                        r"match the camera's detector shape \(5, 32\)"
+        ):
+            self.task.run(self.flat, self.camera, WAVEFRONT_DETECTOR)
+
+
+class CpFlatMeasureButlerTestCase(lsst.utils.tests.TestCase):
+    """A quantum of the task read from and written to a butler repository."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.TemporaryDirectory()
+        # A file datastore, so that the image and the NaN statistics go through serialization.
+        config = seed_config()
+        config["datastore", "cls"] = "lsst.daf.butler.datastores.fileDatastore.FileDatastore"
+        cls.repo = butlerTests.makeTestRepo(cls.root.name, config=config)
+        registry = cls.repo.registry
+        registry.insertDimensionData("instrument", {"name": SIM_CAMERA_NAME, "detector_max": 16})
+        registry.insertDimensionData("detector", {"instrument": SIM_CAMERA_NAME, "id": SCIENCE_DETECTOR,
+                                                  "full_name": "S11"})
+        registry.insertDimensionData("physical_filter", {"instrument": SIM_CAMERA_NAME, "name": "r_sim",
+                                                         "band": "r"})
+        registry.insertDimensionData("day_obs", {"instrument": SIM_CAMERA_NAME, "id": 20240611})
+        registry.insertDimensionData("group", {"instrument": SIM_CAMERA_NAME, "name": "flat-group"})
+        registry.insertDimensionData("exposure", {
+            "instrument": SIM_CAMERA_NAME, "id": 7, "obs_id": "flat-7", "physical_filter": "r_sim",
+            "group": "flat-group", "day_obs": 20240611, "observation_type": "flat",
+        })
+        butlerTests.addDatasetType(cls.repo, "cpFlatProc", {"instrument", "exposure", "detector"},
+                                   "MaskedImageV2")
+        registry.registerDatasetType(DatasetType("camera", {"instrument"}, "CameraModel",
+                                                 universe=registry.dimensions, isCalibration=True))
+        butlerTests.addDatasetType(cls.repo, "flatStats", {"instrument", "exposure", "detector"},
+                                   "TaskMetadata")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.root.cleanup()
+
+    def setUp(self):
+        self.butler = butlerTests.makeTestCollection(self.repo, uniqueId=self.id())
+        self.camera = make_sim_camera(amp_width=AMP_WIDTH, amp_height=AMP_HEIGHT)
+        self.flat, self.kept = _synthetic_flat(self.camera[SCIENCE_DETECTOR])
+        # Expanded, as in a real quantum graph: file templates name the exposure's day_obs.
+        self.dataId = self.butler.registry.expandDataId(
+            instrument=SIM_CAMERA_NAME, exposure=7, detector=SCIENCE_DETECTOR
+        )
+        self.butler.put(self.flat, "cpFlatProc", self.dataId)
+        self.butler.put(self.camera, "camera", instrument=SIM_CAMERA_NAME)
+
+    def test_run_quantum(self):
+        task = CpFlatMeasureTask()
+        quantum = pipeTestUtils.makeQuantum(task, self.butler, self.dataId, {
+            "inputExp": self.dataId, "camera": {"instrument": SIM_CAMERA_NAME}, "outputStats": self.dataId,
+        })
+        pipeTestUtils.runTestQuantum(task, self.butler, quantum, mockRun=False)
+        # Read back from the file datastore: NaN and every other value survive serialization.
+        stats = self.butler.get("flatStats", self.dataId)
+        _assert_stats(self, stats, self.camera[SCIENCE_DETECTOR], self.kept)
+        result = task.run(self.flat, self.camera, SCIENCE_DETECTOR)
+        pipeTestUtils.assertValidOutput(task, result)
+
+    def test_run_quantum_passes_detector_id(self):
+        task = CpFlatMeasureTask()
+        quantum = pipeTestUtils.makeQuantum(task, self.butler, self.dataId, {
+            "inputExp": self.dataId, "camera": {"instrument": SIM_CAMERA_NAME}, "outputStats": self.dataId,
+        })
+        run = pipeTestUtils.runTestQuantum(task, self.butler, quantum, mockRun=True)
+        run.assert_called_once()
+        self.assertEqual(run.call_args.kwargs["detectorId"], SCIENCE_DETECTOR)
+        self.assertEqual(run.call_args.kwargs["camera"], self.camera)
+
+
+class MemoryTestCase(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
