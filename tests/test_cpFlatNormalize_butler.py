@@ -1,0 +1,223 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""CpFlatNormalizationTask through the butler: pipe_base's test quanta and a real ``pipetask run``."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import astropy.time
+import numpy as np
+
+import lsst.daf.butler.tests as butlerTests
+import lsst.pipe.base.testUtils
+import lsst.utils.tests
+from lsst.cp.pipe import CpFlatNormalizationTask
+from lsst.cp.pipe.butler_setup import make_repo, seed_config
+from lsst.cp.pipe.sim.flat_simulator import SimExposure
+from lsst.cp.pipe.sim.instrument import SimFlatCam
+from lsst.cp.pipe.sim.repo import insert_exposure_records
+from lsst.daf.butler import Butler, DatasetType
+from stats_factory import EXPOSURES, StatisticsFactory
+
+INSTRUMENT = "SimFlatCam"
+FILTER = "sim_r"
+PIPELINE = Path(__file__).parents[1] / "pipelines" / "_ingredients" / "cpFlatNorm.yaml"
+PIPETASK = Path(sys.executable).with_name("pipetask")
+
+
+def sim_exposures():
+    """Exposure records for the factory's exposure IDs (day_obs * 100000 + seq_num)."""
+    start = astropy.time.Time("2026-11-25T20:00:00", scale="tai")
+    return [
+        SimExposure(id=exposure, obs_id=f"SIM_{exposure}", seq_num=exposure % 100000,
+                    day_obs=exposure // 100000, physical_filter=FILTER,
+                    begin=start + 60 * k * astropy.units.s, exposure_time=15.0,
+                    lamp_level=1.0, colour=0.0)
+        for k, exposure in enumerate(EXPOSURES)
+    ]
+
+
+def fill_repo(butler, factory, pairs, run):
+    """Register the instrument, exposures and dataset types, and put statistics and camera in run."""
+    SimFlatCam(camera=factory.camera).register(butler.registry)
+    insert_exposure_records(butler, INSTRUMENT, sim_exposures())
+    universe = butler.dimensions
+    dataset_types = [
+        DatasetType("flatStats", ("instrument", "exposure", "detector"), "TaskMetadata", universe=universe),
+        DatasetType("camera", ("instrument",), "CameraModel", universe=universe, isCalibration=True),
+        DatasetType("cpFlatNormScales", ("instrument", "physical_filter"), "StructuredDataDict",
+                    universe=universe),
+        DatasetType("cpFlatNormScaleTable", ("instrument", "physical_filter"), "ArrowAstropy",
+                    universe=universe),
+    ]
+    for dataset_type in dataset_types:
+        butler.registry.registerDatasetType(dataset_type)
+    mds, dims = factory.inputs(pairs)
+    for md, dim in zip(mds, dims):
+        butler.put(md, "flatStats", dim, run=run)
+    return dims
+
+
+class TestQuantumTestCase(lsst.utils.tests.TestCase):
+    """makeQuantum / runTestQuantum / assertValidOutput on a repo with real dimension records."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp()
+        cls.repo = butlerTests.makeTestRepo(cls.root, config=seed_config())
+        cls.factory = StatisticsFactory(seed=17)
+        cls.pairs = cls.factory.all_pairs(skip={(EXPOSURES[1], 2)})
+        cls.stats_run = "test/flatStats"
+        cls.repo.registry.registerRun(cls.stats_run)
+        cls.dims = fill_repo(cls.repo, cls.factory, cls.pairs, cls.stats_run)
+        cls.repo.put(cls.factory.camera, "camera", instrument=INSTRUMENT, run=cls.stats_run)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def setUp(self):
+        self.butler = Butler.from_config(butler=self.repo, run=self.stats_run)
+        self.data_id = {"instrument": INSTRUMENT, "physical_filter": FILTER}
+
+    def make_quantum(self, task):
+        io_ids = {
+            "inputMDs": self.dims,
+            "camera": {"instrument": INSTRUMENT},
+            "outputScales": self.data_id,
+            "outputScaleTable": self.data_id,
+        }
+        return lsst.pipe.base.testUtils.makeQuantum(task, self.butler, self.data_id, io_ids)
+
+    def test_run_test_quantum_passes_inputs(self):
+        task = CpFlatNormalizationTask()
+        run = lsst.pipe.base.testUtils.runTestQuantum(task, self.butler, self.make_quantum(task))
+        run.assert_called_once()
+        kwargs = run.call_args.kwargs
+        self.assertEqual(set(kwargs), {"inputMDs", "inputDims", "camera"})
+        self.assertEqual(len(kwargs["inputMDs"]), len(self.pairs))
+        self.assertEqual(sorted((d["exposure"], d["detector"]) for d in kwargs["inputDims"]),
+                         sorted(self.pairs))
+        self.assertEqual(kwargs["camera"], self.factory.camera)
+
+    def test_outputs_written_and_read_back(self):
+        config = CpFlatNormalizationTask.ConfigClass()
+        config.level = "AMP"
+        task = CpFlatNormalizationTask(config=config)
+        quantum = self.make_quantum(task)
+        lsst.pipe.base.testUtils.runTestQuantum(task, self.butler, quantum, mockRun=False)
+        scales = self.butler.get("cpFlatNormScales", self.data_id)
+        table = self.butler.get("cpFlatNormScaleTable", self.data_id)
+        gains = self.factory.amp_gain
+        detector_counts = {d: sum(1 for _, det in self.pairs if det == d) for d, _ in gains}
+        norm = sum(g * detector_counts[d] for (d, _), g in gains.items()) / sum(
+            detector_counts[d] for d, _ in gains)
+        self.assertAlmostEqual(scales["detScale"][9]["C05"], gains[(9, "C05")] / norm, places=10)
+        self.assertAlmostEqual(scales["expScale"][2]["C10"][EXPOSURES[1]],
+                               self.factory.lamps[EXPOSURES[1]] * norm, places=7)
+        self.assertEqual(len(table), sum(len(self.factory.camera[d]) for _, d in self.pairs))
+        self.assertEqual(set(table["flag"]), {"USED"})
+        result = task.run(*self._run_args())
+        lsst.pipe.base.testUtils.assertValidOutput(task, result)
+
+    def test_down_selection_without_match_is_no_work(self):
+        config = CpFlatNormalizationTask.ConfigClass()
+        config.doDownSelection = True
+        config.downSelectionField = "observation_reason"
+        config.downSelectionValue = "dark"
+        connections = config.ConnectionsClass(config=config)
+        refs = self.butler.query_datasets("flatStats", collections=self.stats_run,
+                                          with_dimension_records=True)
+        inputs = {"inputMDs": (connections.inputMDs, refs)}
+        with self.assertRaisesRegex(lsst.pipe.base.NoWorkFound, "observation_reason == 'dark'"):
+            connections.adjustQuantum(inputs, {}, "cpFlatNorm", self.data_id)
+        config.downSelectionValue = "flat"
+        kept, _ = config.ConnectionsClass(config=config).adjustQuantum(
+            {"inputMDs": (connections.inputMDs, refs)}, {}, "cpFlatNorm", self.data_id)
+        self.assertEqual(len(kept["inputMDs"][1]), len(self.pairs))
+
+    def _run_args(self):
+        mds = [self.butler.get("flatStats", dim) for dim in self.dims]
+        return mds, self.dims, self.factory.camera
+
+
+@unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
+class PipetaskRunTestCase(lsst.utils.tests.TestCase):
+    """A real ``pipetask run`` of the shipped pipeline's cpFlatNorm step on an on-disk repo."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp()
+        cls.factory = StatisticsFactory(seed=23)
+        cls.pairs = cls.factory.all_pairs(skip={(EXPOSURES[0], 5), (EXPOSURES[3], 10)})
+        butler = make_repo(cls.root)
+        cls.inputs = "test/flatStats"
+        butler.registry.registerRun(cls.inputs)
+        fill_repo(butler, cls.factory, cls.pairs, cls.inputs)
+        SimFlatCam(camera=cls.factory.camera).write_camera(butler)
+        # Exposure 1 is taken for another reason: down-selection on observation_reason must drop it.
+        record = butler.registry.queryDimensionRecords("exposure", exposure=EXPOSURES[1],
+                                                       instrument=INSTRUMENT).__iter__().__next__()
+        butler.registry.syncDimensionData("exposure", dict(record.toDict(), observation_reason="test"),
+                                          update=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def pipetask(self, output, *config):
+        command = [str(PIPETASK), "--long-log", "run", "--register-dataset-types", "-b", self.root, "-i",
+                   f"{self.inputs},{INSTRUMENT}/calib", "-o", output, "-p", f"{PIPELINE}#cpFlatNorm",
+                   "-d", f"instrument='{INSTRUMENT}' AND physical_filter='{FILTER}'"]
+        for item in config:
+            command += ["-c", item]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def test_pipetask_run_amp_level(self):
+        process = self.pipetask("u/test/amp", "cpFlatNorm:level=AMP")
+        self.assertEqual(process.returncode, 0, process.stderr[-3000:])
+        butler = Butler.from_config(self.root, collections="u/test/amp")
+        data_id = {"instrument": INSTRUMENT, "physical_filter": FILTER}
+        scales = butler.get("cpFlatNormScales", data_id)
+        table = butler.get("cpFlatNormScaleTable", data_id)
+        gains = self.factory.amp_gain
+        counts = {d: sum(1 for _, det in self.pairs if det == d) for d, _ in gains}
+        norm = sum(g * counts[d] for (d, _), g in gains.items()) / sum(counts[d] for d, _ in gains)
+        for (detector, amp), gain in gains.items():
+            self.assertAlmostEqual(scales["detScale"][detector][amp], gain / norm, places=9)
+        for exposure in EXPOSURES:
+            self.assertAlmostEqual(scales["expScale"][5]["C00"][exposure],
+                                   self.factory.lamps[exposure] * norm, places=6)
+        self.assertEqual(len(table), sum(len(self.factory.camera[d]) for _, d in self.pairs))
+        np.testing.assert_allclose(table["model"], table["level"], rtol=1e-9)
+
+    def test_pipetask_down_selection(self):
+        process = self.pipetask("u/test/select", "cpFlatNorm:doDownSelection=True",
+                                "cpFlatNorm:downSelectionField=observation_reason",
+                                "cpFlatNorm:downSelectionValue=flat")
+        self.assertEqual(process.returncode, 0, process.stderr[-3000:])
+        butler = Butler.from_config(self.root, collections="u/test/select")
+        table = butler.get("cpFlatNormScaleTable", instrument=INSTRUMENT, physical_filter=FILTER)
+        self.assertEqual(sorted(set(table["exposure"])), [EXPOSURES[0], EXPOSURES[2], EXPOSURES[3]])
+        scales = butler.get("cpFlatNormScales", instrument=INSTRUMENT, physical_filter=FILTER)
+        self.assertNotIn(EXPOSURES[1], scales["expScale"][0]["C10"])
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
