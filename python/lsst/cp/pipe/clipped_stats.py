@@ -93,9 +93,10 @@ def sigma_clipped_region_stats(
 
     Passes stop after the first one that drops no pixel (from any region, for the regions; from
     the image, for the whole image) or after ``max_iter`` passes; ``n_iter`` is the larger pass
-    count of the two, and counts the final pass that dropped nothing.  The returned mean, sigma
-    and N are those of the final kept set.  A region without any good pixel gets
-    mean NaN, sigma NaN and N 0.
+    count of the regions and the whole image, and counts the final pass that dropped nothing.
+    Pixels outside every region are clipped as one more region, whose statistics are not
+    returned.  The returned mean, sigma and N are those of the final kept set.  A region without
+    any good pixel gets mean NaN, sigma NaN and N 0.
     """
     if image.shape != good.shape:
         raise ValueError(f"Image shape {image.shape} differs from good-pixel mask shape {good.shape}.")
