@@ -146,12 +146,17 @@ class CombineTaskTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(flat.metadata["CP_COMBINE_SCALE_0"], 1.0)
 
     def test_bands_equal_whole_image_and_reads_are_bands(self):
+        no_data = np.zeros(self.sim.box.shape, bool)
+        no_data[17, 3] = True
+        for image in self.sim.images.values():
+            image.mask.set("BAD", no_data)
         handles = self.sim.handles()
         banded = self.run_task(handles=handles, bandRows=5)
         whole = self.run_task(bandRows=1000)
         np.testing.assert_array_equal(banded.image.array, whole.image.array)
         np.testing.assert_array_equal(banded.variance.array, whole.variance.array)
         self.assertEqual(banded.mask, whole.mask)
+        np.testing.assert_array_equal(banded.mask.get("NO_DATA"), no_data)
         self.assertEqual([box.y.size for box in handles[0].reads], [5, 5, 5, 5, 4])
         self.assertTrue(all(box.x.size == 64 for box in handles[0].reads))
 

@@ -39,7 +39,7 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.images import Box, Image, Mask, MaskedImage, MaskPlane, MaskSchema
 
-from .combine_stack import CombinedStack, combine_stack, iter_row_bands
+from .combine_stack import combine_stack, iter_row_bands
 
 NO_DATA = "NO_DATA"
 
@@ -246,11 +246,11 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
             the amplifier scales of one exposure disagree.
         """
         detector = camera[detectorId]
+        detector_box = _box(detector.getBBox())
         inputs = self._scaled_inputs(inputExpHandles, detector, detectorId, inputScales)
-        self._check_coverage(inputs, _box(detector.getBBox()), detectorId)
-        combined, schema = self._combine_in_bands(inputs, detector)
-        flat = self._make_flat(combined, schema, _box(detector.getBBox()))
-        flat.metadata.update(self._provenance(inputs, inputExpHandles, detectorId, combined))
+        self._check_coverage(inputs, detector_box, detectorId)
+        flat, n_median = self._combine_in_bands(inputs, detector_box)
+        flat.metadata.update(self._provenance(inputs, inputExpHandles, detectorId, flat, n_median))
         return pipeBase.Struct(outputData=flat)
 
     def _scaled_inputs(
@@ -318,46 +318,46 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
                 raise ValueError(f"Exposure {item.exposure}, detector {detectorId}: the image box "
                                  f"{image_box} does not contain the detector box {detector_box}.")
 
-    def _combine_in_bands(
-        self, inputs: list[_ScaledInput], detector: Any
-    ) -> tuple[CombinedStack, MaskSchema]:
-        """Read and combine the inputs band by band; return the full-detector result and the
-        first input's mask schema."""
-        detector_box = _box(detector.getBBox())
-        height, width = detector_box.shape
-        image = np.empty((height, width))
-        variance = np.empty((height, width))
-        n_used = np.empty((height, width), dtype=np.int32)
-        clipped = np.empty((height, width), dtype=bool)
-        schema = None
-        for start, stop in iter_row_bands(height, self.config.bandRows):
+    def _combine_in_bands(self, inputs: list[_ScaledInput], detector_box: Box) -> tuple[MaskedImage, int]:
+        """Read and combine the inputs band by band into the output flat.
+
+        Returns the flat and the number of pixels that used the median fall-back.
+        """
+        flat = None
+        n_median = 0
+        for start, stop in iter_row_bands(detector_box.y.size, self.config.bandRows):
             band_box = Box.factory[detector_box.y.start + start:detector_box.y.start + stop,
                                    detector_box.x.start:detector_box.x.stop]
-            values, variances, valid, band_schema = self._read_band(inputs, band_box)
-            schema = schema or band_schema
+            values, variances, valid, schema = self._read_band(inputs, band_box)
             band = combine_stack(values, variances, valid, n_sigma=self.config.clip,
                                  n_iter=self.config.nIter, min_inputs_for_clip=self.config.minInputsForClip)
             del values, variances, valid
-            image[start:stop], variance[start:stop] = band.image, band.variance
-            n_used[start:stop], clipped[start:stop] = band.n_used, band.clipped
-        return CombinedStack(image=image, variance=variance, n_used=n_used, clipped=clipped), schema
+            if flat is None:
+                flat = self._empty_flat(schema, detector_box)
+            output = flat[band_box]  # a view into the flat's arrays
+            output.image.array[...] = band.image
+            output.variance.array[...] = band.variance
+            output.mask.set(NO_DATA, band.no_data)
+            n_median += int((~band.clipped & ~band.no_data).sum())
+        return flat, n_median
 
     def _read_band(
         self, inputs: list[_ScaledInput], band_box: Box
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, MaskSchema]:
-        """Read one band of every input, scaled, with the validity of each pixel."""
+        """Read one band of every input, scaled, with the validity of each pixel and the first
+        input's mask schema."""
         shape = (len(inputs),) + tuple(band_box.shape)
         values = np.empty(shape, dtype=np.float32)
         variances = np.empty(shape, dtype=np.float32)
         valid = np.empty(shape, dtype=bool)
-        schema = None
         for i, item in enumerate(inputs):
             band = item.handle.get(parameters={"bbox": band_box})
             scale = self._scale_map(item.regions, band_box)
             values[i] = band.image.array / scale
             variances[i] = band.variance.array / np.square(scale)
             valid[i] = np.isfinite(scale) & ~self._ignored_pixels(band.mask)
-            schema = schema or band.mask.schema
+            if i == 0:
+                schema = band.mask.schema
         return values, variances, valid, schema
 
     @staticmethod
@@ -381,21 +381,17 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
         return np.any(mask.array & mask.schema.bitmask(*present), axis=-1)
 
     @staticmethod
-    def _make_flat(combined: CombinedStack, schema: MaskSchema, box: Box) -> MaskedImage:
-        """Wrap the combined arrays as a float32 masked image with NO_DATA set."""
+    def _empty_flat(schema: MaskSchema, box: Box) -> MaskedImage:
+        """A float32 masked image for the flat, with the inputs' mask planes plus NO_DATA."""
         if NO_DATA not in schema:
             schema = MaskSchema(list(schema) + [MaskPlane(NO_DATA, "No valid input pixel.")],
                                 dtype=schema.dtype)
-        mask = Mask(schema=schema, bbox=box)
-        mask.set(NO_DATA, combined.no_data)
-        return MaskedImage(
-            Image(combined.image.astype(np.float32), bbox=box),
-            mask=mask,
-            variance=Image(combined.variance.astype(np.float32), bbox=box),
-        )
+        return MaskedImage(Image(np.nan, bbox=box, dtype=np.float32), mask_schema=schema,
+                           variance=Image(np.nan, bbox=box, dtype=np.float32))
 
     def _provenance(
-        self, inputs: list[_ScaledInput], handles: Sequence[Any], detectorId: int, combined: CombinedStack
+        self, inputs: list[_ScaledInput], handles: Sequence[Any], detectorId: int, flat: MaskedImage,
+        n_median: int,
     ) -> dict[str, Any]:
         """Metadata describing how the flat was made (scalar values only)."""
         used = {item.exposure for item in inputs}
@@ -413,8 +409,8 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
             "CP_COMBINE_SCALING_LEVEL": config.scalingLevel,
             "CP_COMBINE_N_INPUTS": len(inputs),
             "CP_COMBINE_SKIPPED_EXPOSURES": ",".join(str(exposure) for exposure in skipped),
-            "CP_COMBINE_N_NO_DATA": int(combined.no_data.sum()),
-            "CP_COMBINE_N_MEDIAN": int((~combined.clipped & ~combined.no_data).sum()),
+            "CP_COMBINE_N_NO_DATA": int(flat.mask.get(NO_DATA).sum()),
+            "CP_COMBINE_N_MEDIAN": n_median,
         }
         for i, item in enumerate(inputs):
             metadata[f"CP_COMBINE_INPUT_{i}"] = item.exposure
