@@ -48,7 +48,6 @@ import scipy.sparse
 import scipy.sparse.csgraph
 
 _MAD_TO_SIGMA = 1.4826
-_MEDIAN_POLISH_SWEEPS = 3
 _MAD_SAMPLE_SIZE = 50_000
 
 
@@ -259,13 +258,16 @@ def _check_inputs(
 
 
 def _median_polish(log_levels: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Robust starting estimate of (g, e): alternating row and column medians of valid entries."""
+    """Robust starting estimate of (g, e): column medians, row medians of what is left, then
+    column medians again (a median polish of one and a half sweeps, on valid entries only).
+
+    Starting from the columns removes the lamp levels, the largest variation, first; the
+    least-squares rounds that follow do the rest, so more sweeps buy nothing but time.
+    """
     data = np.where(used, log_levels, np.nan)
-    g = np.zeros(data.shape[0])
-    e = np.zeros(data.shape[1])
-    for _ in range(_MEDIAN_POLISH_SWEEPS):
-        g = _nanmedian_last_axis(data - e[np.newaxis, :])
-        e = _nanmedian_last_axis((data - g[:, np.newaxis]).T)
+    e = _nanmedian_last_axis(data.T)
+    g = _nanmedian_last_axis(data - e[np.newaxis, :])
+    e = _nanmedian_last_axis((data - g[:, np.newaxis]).T)
     return g, e
 
 
@@ -285,11 +287,11 @@ def _reject(
     log_levels: np.ndarray, valid: np.ndarray, g: np.ndarray, e: np.ndarray, n_sigma: float, floor: float
 ) -> np.ndarray:
     """Return the valid entries whose residual from (g, e) is within the clipping threshold."""
-    residuals = np.where(valid, log_levels - g[:, np.newaxis] - e[np.newaxis, :], np.nan)
-    good = valid & np.isfinite(residuals)
-    sigma = _robust_sigma(residuals[good])
-    threshold = max(n_sigma * sigma, floor)
-    keep = good & (np.abs(np.nan_to_num(residuals)) <= threshold)
+    with np.errstate(invalid="ignore"):  # rows without a solution have g = NaN
+        distance = np.abs(log_levels - g[:, np.newaxis] - e[np.newaxis, :])
+    good = valid & np.isfinite(distance)
+    threshold = max(n_sigma * _robust_sigma(distance, good, absolute=True), floor)
+    keep = good & (distance <= threshold)
     # An exposure must keep at least one entry to be scaled at all; if every entry of a column
     # looks deviant, the deviation is the exposure's own and rejecting cannot help.
     emptied = ~keep.any(axis=0) & valid.any(axis=0)
@@ -306,37 +308,39 @@ def _keep_connected(candidate: np.ndarray, fallback: np.ndarray, n_groups: int) 
     return candidate if _connected_groups(candidate)[2] <= n_groups else fallback
 
 
-def _robust_sigma(values: np.ndarray) -> float:
-    """MAD scatter estimate; large inputs are thinned by a fixed stride (deterministic) to keep the
-    two partial sorts cheap: 50,000 samples pin the scatter to about 0.5%."""
+def _robust_sigma(residuals: np.ndarray, mask: np.ndarray, absolute: bool = False) -> float:
+    """MAD scatter of ``residuals[mask]``; ``absolute`` means the residuals are already ``|r|``
+    (the median of ``|r|`` then stands in for the median absolute deviation: the residuals of a
+    least-squares fit have a median near zero).
+
+    Large inputs are thinned by a fixed stride before masking (deterministic, and it avoids a full
+    boolean copy): 50,000 samples pin the scatter to about 0.5%.
+    """
+    stride = max(1, int(np.count_nonzero(mask)) // _MAD_SAMPLE_SIZE)
+    values = residuals.ravel()[::stride][mask.ravel()[::stride]]
     if values.size == 0:
         return 0.0
-    values = values[:: max(1, values.size // _MAD_SAMPLE_SIZE)]
-    return float(_MAD_TO_SIGMA * np.median(np.abs(values - np.median(values))))
+    deviations = values if absolute else np.abs(values - np.median(values))
+    return float(_MAD_TO_SIGMA * np.median(deviations))
 
 
 def _connected_groups(used: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Label the connected groups of the bipartite row-column graph of used entries.
 
-    Rows with no used entry get label -1 and do not count as a group.
+    Two exposures are linked when some row has a used entry in both, so the groups are the
+    components of the small (nColumns x nColumns) co-occurrence graph; each row belongs to the
+    group of its used columns.  Rows with no used entry get label -1 and do not count.
     """
-    n_rows, n_cols = used.shape
-    rows, cols = np.nonzero(used)
-    adjacency = scipy.sparse.coo_matrix(
-        (np.ones(rows.size), (rows, n_rows + cols)), shape=(n_rows + n_cols, n_rows + n_cols)
-    )
-    _, labels = scipy.sparse.csgraph.connected_components(adjacency, directed=False)
-    column_labels = labels[n_rows:]
+    as_float = used.astype(np.float32)
+    linked = scipy.sparse.csr_matrix(as_float.T @ as_float > 0)
+    _, labels = scipy.sparse.csgraph.connected_components(linked, directed=False)
     # Renumber so that groups are 0..n-1 in order of their first column.
-    _, first_index, column_groups = np.unique(column_labels, return_index=True, return_inverse=True)
-    order = np.argsort(first_index)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
+    _, first_index, column_groups = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty_like(first_index)
+    rank[np.argsort(first_index)] = np.arange(first_index.size)
     column_groups = rank[column_groups]
-    label_to_group = np.full(labels.max() + 1, -1)
-    label_to_group[column_labels] = column_groups
-    row_groups = np.where(used.any(axis=1), label_to_group[labels[:n_rows]], -1)
-    return row_groups, column_groups, order.size
+    row_groups = np.where(used.any(axis=1), column_groups[used.argmax(axis=1)], -1)
+    return row_groups, column_groups, first_index.size
 
 
 def _group_members(
@@ -408,13 +412,13 @@ def _package(
     row_scales = np.exp(g)
     column_scales = np.exp(e)
     model = np.outer(row_scales, column_scales)
-    log_residuals = np.where(valid, log_levels - g[:, np.newaxis] - e[np.newaxis, :], np.nan)
-    flags = np.full(log_levels.shape, int(EntryFlag.INVALID))
-    flags[valid] = int(EntryFlag.REJECTED)
-    flags[used] = int(EntryFlag.USED)
-    used_residuals = log_residuals[used]
-    total_weight = weights[used].sum()
-    rms = float(np.sqrt(np.sum(weights[used] * used_residuals**2) / total_weight)) if total_weight else 0.0
+    with np.errstate(invalid="ignore"):  # rows without a solution have g = NaN
+        log_residuals = np.where(valid, log_levels - g[:, np.newaxis] - e[np.newaxis, :], np.nan)
+    flags = np.where(used, EntryFlag.USED, np.where(valid, EntryFlag.REJECTED, EntryFlag.INVALID))
+    # weights are zero outside the used entries
+    total_weight = weights.sum()
+    weighted_square = np.where(used, weights * np.square(np.nan_to_num(log_residuals)), 0.0).sum()
+    rms = float(np.sqrt(weighted_square / total_weight)) if total_weight else 0.0
     return ScaleSolution(
         row_scales=row_scales,
         column_scales=column_scales,
@@ -427,5 +431,5 @@ def _package(
         iterations=iterations,
         converged=converged,
         rms=rms,
-        sigma=_robust_sigma(used_residuals),
+        sigma=_robust_sigma(log_residuals, used),
     )
