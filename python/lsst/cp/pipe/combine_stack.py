@@ -112,11 +112,15 @@ def _quantile_of_sorted(sorted_values: np.ndarray, n_valid: np.ndarray, q: float
 
 
 def _kept_mean_and_sigma(values: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and population standard deviation of the kept values of each pixel."""
+    """Mean and population standard deviation of the kept values of each pixel.
+
+    Sums accumulate in float64; the stack-sized temporaries keep the dtype of ``values`` so that
+    a float32 stack does not grow float64 copies of itself.
+    """
     n_kept = kept.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(kept, values, 0.0).sum(axis=0, dtype=np.float64) / n_kept
-        deviation = np.where(kept, values - mean, 0.0)
+        mean = np.where(kept, values, 0).sum(axis=0, dtype=np.float64) / n_kept
+        deviation = np.where(kept, values - mean.astype(values.dtype), 0)
         sigma = np.sqrt(np.square(deviation).sum(axis=0, dtype=np.float64) / n_kept)
     return mean, sigma
 
@@ -131,23 +135,26 @@ def _variance_of_mean(variances: np.ndarray, used: np.ndarray) -> np.ndarray:
 def _clip(
     values: np.ndarray, candidates: np.ndarray, sorted_values: np.ndarray, n_valid: np.ndarray,
     n_sigma: float, n_iter: int,
-) -> np.ndarray:
-    """Return the inputs kept by iterative sigma clipping (see the module docstring)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the inputs kept by iterative sigma clipping (see the module docstring) and their mean."""
     centre = _quantile_of_sorted(sorted_values, n_valid, 0.5)
     width = IQR_TO_SIGMA * (
         _quantile_of_sorted(sorted_values, n_valid, 0.75) - _quantile_of_sorted(sorted_values, n_valid, 0.25)
     )
-    kept = candidates
+    kept, kept_mean = candidates, None
     for _ in range(n_iter):
         with np.errstate(invalid="ignore"):
-            new_kept = candidates & (np.abs(values - centre) <= n_sigma * width)
+            new_kept = candidates & (np.abs(values - centre.astype(values.dtype)) <= n_sigma * width)
         # Never let a pixel lose all of its inputs to rounding.
         new_kept = np.where(new_kept.any(axis=0), new_kept, kept)
         if np.array_equal(new_kept, kept):
             break
         kept = new_kept
         centre, width = _kept_mean_and_sigma(values, kept)
-    return kept
+        kept_mean = centre
+    if kept_mean is None:
+        kept_mean, _ = _kept_mean_and_sigma(values, kept)
+    return kept, kept_mean
 
 
 def combine_stack(
@@ -198,8 +205,7 @@ def combine_stack(
     sorted_values = np.sort(np.where(candidates, values, np.nan), axis=0)
     clipped = n_valid >= min_inputs_for_clip
 
-    kept = _clip(values, candidates & clipped, sorted_values, n_valid, n_sigma, n_iter)
-    clipped_mean, _ = _kept_mean_and_sigma(values, kept)
+    kept, clipped_mean = _clip(values, candidates & clipped, sorted_values, n_valid, n_sigma, n_iter)
     median = _quantile_of_sorted(sorted_values, n_valid, 0.5)
     median_factor = np.where(n_valid >= 3, MEDIAN_VARIANCE_FACTOR, 1.0)
 

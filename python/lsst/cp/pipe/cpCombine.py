@@ -136,9 +136,10 @@ class CpFlatCombineConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFla
     )
     bandRows = pexConfig.Field(
         dtype=int,
-        doc="Detector rows read and combined at a time. Peak memory is about "
-            "30 bytes x (number of inputs) x bandRows x (detector width): 100 inputs of a "
-            "4072-pixel-wide detector with 50 rows use about 0.6 GB. The result does not depend on it.",
+        doc="Detector rows read and combined at a time. Peak memory is about 27 bytes x (number of "
+            "inputs) x bandRows x (detector width), plus 9 bytes per detector pixel for the output: "
+            "100 inputs of a 4072 x 4000 detector with 50 rows use about 0.7 GB. The result does not "
+            "depend on it.",
         default=50,
         check=lambda value: value >= 1,
     )
