@@ -16,6 +16,8 @@ from lsst.cp.pipe.butler_setup import make_repo
 from lsst.cp.pipe.cpCombine import CalibCombineByFilterTask, CpFlatCombineConfig, CpFlatCombineTask
 from lsst.cp.pipe.sim.camera import make_sim_camera
 from lsst.daf.butler import Butler, CollectionType, DatasetType, Timespan
+from lsst.daf.butler.cli.butler import cli as butler_cli
+from lsst.daf.butler.cli.utils import LogCliRunner
 from lsst.images import Box, Image, MaskedImage, MaskPlane, MaskSchema
 
 DETECTOR = 0
@@ -400,6 +402,16 @@ class ButlerTestCase(lsst.utils.tests.TestCase):
                                              timespan=Timespan(later, later + 1 * astropy.units.s))
         self.assertEqual(certified.id, ref.id)
         np.testing.assert_array_equal(self.butler.get(certified).image.array, flat.image.array)
+
+        result = LogCliRunner().invoke(butler_cli, ["certify-calibrations", self.root.name, "test/run",
+                                                    "DummyCam/cli-calib", "flat",
+                                                    "--begin-date", "2026-01-01T00:00:00"])
+        self.assertEqual(result.exit_code, 0, result.output)
+        with Butler.from_config(self.root.name) as reader:
+            from_cli = reader.find_dataset("flat", instrument=INSTRUMENT, detector=DETECTOR,
+                                           physical_filter=FILTER, collections="DummyCam/cli-calib",
+                                           timespan=Timespan(later, later + 1 * astropy.units.s))
+        self.assertEqual(from_cli.id, ref.id)
 
 
 class MemoryTestCase(lsst.utils.tests.MemoryTestCase):
