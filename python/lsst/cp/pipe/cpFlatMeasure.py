@@ -60,8 +60,9 @@ class CpFlatMeasureConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFla
     maskNameList = pexConfig.ListField(
         dtype=str,
         doc="Mask planes whose pixels are left out of the statistics; planes absent from an "
-            "image's mask schema are ignored.",
-        default=["DETECTED", "BAD", "NO_DATA", "SAT"],
+            "image's mask schema are ignored. SATURATED is lsst.images' name for afw's SAT plane in "
+            "converted images, so both are listed.",
+        default=["DETECTED", "BAD", "NO_DATA", "SAT", "SATURATED"],
     )
     numSigmaClip = pexConfig.RangeField(
         dtype=float,
