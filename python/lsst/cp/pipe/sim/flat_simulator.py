@@ -536,12 +536,14 @@ class FlatSimulator:
         signal, _ = self._signal(exposure, detector)
         pixels = rng.poisson(signal) + self.config.read_noise * rng.standard_normal(signal.shape)
         variance = signal + self.config.read_noise**2
-        pixels[signal == 0] = 0.0  # a dead amplifier outputs nothing at all
+        cosmic_rays = self._add_cosmic_rays(pixels, rng)
+        dead = signal == 0
+        pixels[dead] = 0.0  # a dead amplifier outputs nothing at all, cosmic rays included
         mask = Mask(schema=MaskSchema(MASK_PLANES), shape=signal.shape)
         bad = np.zeros(signal.shape, dtype=bool)
         bad[:, self._defect_columns(det)] = True
         mask.set("BAD", bad)
-        mask.set("CR", self._add_cosmic_rays(pixels, rng))
+        mask.set("CR", cosmic_rays & ~dead)
         if self._corruption("saturation", exposure.id, detector) is not None:
             saturated = np.zeros(signal.shape, dtype=bool)
             saturated[self._saturated_rows(det), :] = True
