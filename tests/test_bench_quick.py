@@ -55,6 +55,26 @@ class QuickRunTestCase(unittest.TestCase):
                 self.assertLess(max(ours_e, ours_g), 1.05)
                 self.assertGreater(min(baseline_e, baseline_g), 10.0)
 
+    def test_gather_lines(self):
+        label = "gather AMP 9x4"
+        self.assertRegex(self.result.stdout, rf"{label}: \(a\) graph .*\(b\) quantum .*\(c\) bare reads")
+        self.assertRegex(self.result.stdout, rf"{label}: quantum / bare reads ratio \d+\.\d\d")
+        peaks = re.search(rf"{label}: peak traced memory: quantum ([\d.]+) MiB, bare reads ([\d.]+) MiB",
+                          self.result.stdout)
+        self.assertIsNotNone(peaks, self.result.stdout)
+        self.assertGreater(float(peaks.group(1)), 0.0)
+
+    def test_measure_lines(self):
+        label = "measure 512x256"
+        self.assertRegex(self.result.stdout, rf"{label}: per \(exposure, detector\) read .*, compute ")
+        self.assertRegex(self.result.stdout, rf"{label}: speed ratio \d+\.\dx")
+        agreement = re.search(rf"{label}: task vs baseline: max relative mean difference (\S+), "
+                              r"pixel counts (\w+)", self.result.stdout)
+        self.assertIsNotNone(agreement, self.result.stdout)
+        # Same clipping rule on the same pixels: only summation order may differ.
+        self.assertLess(float(agreement.group(1)), 1e-9)
+        self.assertEqual(agreement.group(2), "equal")
+
 
 class SolverPartsTestCase(unittest.TestCase):
     """The simulation, baseline, oracle and error measure behave as documented."""

@@ -1,0 +1,156 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""Benchmark 3: the flat measurement of one (exposure, detector) on a full-size detector.
+
+Simulated post-ISR flats of one LSSTCam-sized detector (16 amplifiers of 509 x 2000 pixels, a
+4072 x 4000 mosaic) are written to an on-disk repository.  For each image this times, in one
+process:
+
+- read: ``butler.get`` of the ``cpFlatProc`` image;
+- compute: `CpFlatMeasureTask.run` (sigma-clipped statistics of the detector and its amplifiers);
+- baseline: the same clipped statistics written plainly with `numpy.ma` (one masked array per
+  region, clipped around its mean until a pass drops nothing or the pass limit is reached),
+
+and checks that the task and the baseline agree.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MeasureResult", "numpy_clipped_stats", "measure_flats", "run"]
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from lsst.cp.pipe.cpFlatMeasure import CpFlatMeasureConfig, CpFlatMeasureTask
+from lsst.cp.pipe.sim.camera import make_sim_camera
+from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig
+from lsst.cp.pipe.sim.repo import INPUT_DATASET_TYPE, build_sim_repo
+from lsst.images import MaskedImage
+
+from .timing import format_seconds
+
+_LSSTCAM_AMP = (509, 2000)  # imaging pixels (width, height) of an LSSTCam amplifier
+
+
+def numpy_clipped_stats(
+    image: MaskedImage, regions: list[tuple[slice, slice]], config: CpFlatMeasureConfig
+) -> list[tuple[float, float, int]]:
+    """Clipped (mean, sigma, N) of the whole image and of each region, with `numpy.ma`.
+
+    Pixels flagged by any of ``config.maskNameList`` present in the image's mask, and non-finite
+    pixels, are masked.  Each region is then clipped on its own: ``config.clipMaxIter`` times at
+    most, mask ``|x - mean| > config.numSigmaClip * std`` (population std), stopping early when
+    a pass masks nothing new.
+
+    Returns
+    -------
+    stats : `list` [`tuple` [`float`, `float`, `int`]]
+        ``(mean, sigma, N)`` of the whole image first, then of each region.
+    """
+    pixels = image.image.array
+    bad = ~np.isfinite(pixels)
+    for plane in config.maskNameList:
+        if plane in image.mask.schema.names:
+            bad |= image.mask.get(plane)
+    data = np.ma.masked_array(pixels.astype(np.float64), mask=bad)
+    return [_clip(data[region], config.numSigmaClip, config.clipMaxIter)
+            for region in [(slice(None), slice(None))] + regions]
+
+
+def _clip(values: np.ma.MaskedArray, n_sigma: float, max_iter: int) -> tuple[float, float, int]:
+    for _ in range(max_iter):
+        clipped = np.ma.masked_where(np.abs(values - values.mean()) > n_sigma * values.std(), values)
+        if clipped.count() == values.count():
+            break
+        values = clipped
+    return float(values.mean()), float(values.std()), int(values.count())
+
+
+def _amp_regions(detector) -> list[tuple[slice, slice]]:
+    regions = []
+    for amp in detector:
+        box = amp.getBBox()
+        regions.append((slice(box.getMinY(), box.getMinY() + box.getHeight()),
+                        slice(box.getMinX(), box.getMinX() + box.getWidth())))
+    return regions
+
+
+@dataclass
+class MeasureResult:
+    """Per-image timings (seconds) and the task-baseline agreement of the measurement benchmark."""
+
+    shape: tuple[int, int]
+    read: list[float]
+    compute: list[float]
+    baseline: list[float]
+    max_mean_difference: float
+    counts_equal: bool
+
+    def report(self) -> list[str]:
+        """Lines summarising the benchmark."""
+        read, compute, baseline = (statistics.median(t) for t in (self.read, self.compute, self.baseline))
+        label = f"measure {self.shape[1]}x{self.shape[0]}"
+        return [
+            f"{label}: per (exposure, detector) read {format_seconds(read)}, compute "
+            f"{format_seconds(compute)}, total {format_seconds(read + compute)} (median of {len(self.read)})",
+            f"{label}: speed ratio {baseline / compute:.1f}x (numpy.ma baseline {format_seconds(baseline)} "
+            f"/ task compute {format_seconds(compute)})",
+            f"{label}: task vs baseline: max relative mean difference {self.max_mean_difference:.1e}, "
+            f"pixel counts {'equal' if self.counts_equal else 'DIFFER'}",
+        ]
+
+
+def measure_flats(root: str, amp_size: tuple[int, int], n_exposures: int) -> MeasureResult:
+    """Write ``n_exposures`` flats of one detector under ``root`` and time their measurement.
+
+    Parameters
+    ----------
+    root : `str`
+        Directory of the repository to create.
+    amp_size : `tuple` [`int`, `int`]
+        Amplifier (width, height) in pixels.
+    n_exposures : `int`
+        Number of images to time.
+
+    Returns
+    -------
+    result : `MeasureResult`
+    """
+    camera = make_sim_camera(n_side=1, amp_width=amp_size[0], amp_height=amp_size[1], n_wavefront=0)
+    sim_config = FlatSimConfig(n_exposures=n_exposures, dead_amplifier=None, shadow=None, saturation=None)
+    repo = build_sim_repo(root, camera=camera, config=sim_config)
+    refs = repo.butler.query_datasets(INPUT_DATASET_TYPE, collections=repo.image_run)
+    task = CpFlatMeasureTask()
+    detector = next(iter(camera))
+    regions = _amp_regions(detector)
+    times: dict[str, list[float]] = {"read": [], "compute": [], "baseline": []}
+    differences = []
+    counts_equal = True
+    for ref in refs:
+        start = time.perf_counter()
+        image = repo.butler.get(ref)
+        times["read"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        stats = task.run(inputExp=image, camera=camera, detectorId=detector.getId()).outputStats
+        times["compute"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        expected = numpy_clipped_stats(image, regions, task.config)
+        times["baseline"].append(time.perf_counter() - start)
+        ours = [(stats["DETECTOR_MEDIAN"], stats["DETECTOR_N"])]
+        ours += [(stats[f"AMP_MEDIAN_{i}"], stats[f"AMP_N_{i}"]) for i in range(len(regions))]
+        differences += [abs(mean / reference[0] - 1) for (mean, _), reference in zip(ours, expected)]
+        counts_equal &= all(n == reference[2] for (_, n), reference in zip(ours, expected))
+    return MeasureResult(shape=image.image.array.shape, max_mean_difference=max(differences),
+                         counts_equal=counts_equal, **times)
+
+
+def run(quick: bool) -> list[MeasureResult]:
+    """Run the measurement benchmark on LSSTCam-sized images, or small ones if ``quick``."""
+    amp_size, n_exposures = ((64, 128), 2) if quick else (_LSSTCAM_AMP, 3)
+    with tempfile.TemporaryDirectory(prefix="cp_flatnorm_bench_") as root:
+        return [measure_flats(root, amp_size, n_exposures)]
