@@ -140,12 +140,13 @@ def plot_residual_matrix(
                         interpolation="nearest")
     for mask, marker, label in ((rejected, "x", "rejected"), (invalid, "o", "invalid")):
         rows, columns = np.nonzero(mask)
-        axes.scatter(columns, rows, marker=marker, s=30, facecolors="none" if marker == "o" else "k",
-                     edgecolors="k", label=f"{label} ({len(rows)})")
+        style = {"facecolors": "none", "edgecolors": "k"} if marker == "o" else {"color": "k"}
+        axes.scatter(columns, rows, marker=marker, s=30, label=f"{label} ({len(rows)})", **style)
     axes.set_xticks(range(len(exposure_labels)), exposure_labels, rotation=90, fontsize=7)
     step = max(1, len(row_labels) // 40)
     axes.set_yticks(range(0, len(row_labels), step), list(row_labels)[::step], fontsize=7)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.15, 1.0), fontsize=8)
-    axes.set_title("log residuals of the separable model (used entries)")
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
+    axes.set_xlabel("exposure (sequence number)")
+    figure.suptitle("log residuals of the separable model (used entries)")
     figure.colorbar(image, ax=axes, label="log(level / (G E))")
     _save(figure, path)

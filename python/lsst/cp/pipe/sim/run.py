@@ -116,9 +116,15 @@ class NormalizationOutputs:
         """Entries with the given flag (``"REJECTED"``, ``"INVALID"``, ``"USED"``):
         ``(exposure, detector)`` at DETECTOR level, ``(exposure, detector, amplifier)`` at AMP."""
         rows = self.table[self.table["flag"] == flag]
-        if self.table.meta.get("LEVEL") == "AMP":
+        if self.level == "AMP":
             return {(int(r["exposure"]), int(r["detector"]), str(r["amplifier"])) for r in rows}
         return {(int(r["exposure"]), int(r["detector"])) for r in rows}
+
+    @property
+    def level(self) -> str:
+        """``"AMP"`` if the row scales are per amplifier, else ``"DETECTOR"``."""
+        first = next(iter(self.scales["detScale"].values()))
+        return "AMP" if isinstance(first, dict) else "DETECTOR"
 
     def exposure_scales(self) -> dict[int, float]:
         """Exposure scale of every exposure (the same for every amplifier, so read off one)."""
