@@ -1,0 +1,91 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""End to end: simulated flats in an on-disk repo, the SimFlatCam pipeline run by ``pipetask``, and the
+scales read back from the butler checked against the simulator's truth."""
+
+import numpy as np
+import pytest
+
+from lsst.cp.pipe.sim.camera import make_sim_camera
+from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig
+from lsst.cp.pipe.sim.repo import build_sim_repo
+from lsst.cp.pipe.sim.run import pipeline_path, read_normalization, run_pipetask
+
+pytestmark = pytest.mark.slow
+
+CAMERA = make_sim_camera(n_side=2, n_wavefront=1, amp_width=8, amp_height=16)
+CONFIG = FlatSimConfig(n_exposures=5, dead_amplifier=(3, "C03"), shadow=(2, 1), saturation=(4, 0))
+OUTPUT = "u/test/cpFlat"
+# Noise of one amplifier level: Poisson on 128 pixels of >= 8000 electrons, ~1e-3; the scales average
+# several levels, and the clipped mean of a detector with a vignetting gradient and amplifier steps
+# differs from the plain mean (the truth) by up to ~1e-3.
+E_TOLERANCE = 1e-3
+G_TOLERANCE = 3e-3
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """Build the repo and run the pipeline at DETECTOR level, then cpFlatNorm alone at AMP level."""
+    repo = build_sim_repo(tmp_path_factory.mktemp("e2e") / "repo", camera=CAMERA, config=CONFIG)
+    pipeline = pipeline_path("SimFlatCam", "cpFlat.yaml")
+    run_pipetask(repo.root, pipeline, [repo.defaults_collection], OUTPUT)
+    run_pipetask(repo.root, f"{pipeline}#cpFlatNorm", [OUTPUT], OUTPUT + "Amp",
+                 extra_args=["-c", "cpFlatNorm:level=AMP"])
+    return repo
+
+
+def _outputs(repo, collection):
+    return read_normalization(repo.butler, collection, "SimFlatCam", CONFIG.physical_filter)
+
+
+def test_every_flat_was_measured(repo):
+    stats = repo.butler.query_datasets("flatStats", collections=OUTPUT)
+    found = {(ref.dataId["exposure"], ref.dataId["detector"]) for ref in stats}
+    assert found == {(e.id, det.getId()) for e in repo.truth.exposures for det in CAMERA}
+
+
+@pytest.mark.parametrize("level, collection", [("DETECTOR", OUTPUT), ("AMP", OUTPUT + "Amp")])
+def test_flagged_entries_are_exactly_the_corrupted_ones(repo, level, collection):
+    outputs = _outputs(repo, collection)
+    assert outputs.level == level
+    assert outputs.entries("REJECTED") == repo.truth.expected_rejected(level)
+    assert outputs.entries("INVALID") == repo.truth.expected_invalid(level)
+    saturated = next(c for c in repo.truth.corruptions if c.kind == "saturation")
+    used = outputs.entries("USED")
+    assert (saturated.exposure, saturated.detector) in {entry[:2] for entry in used}
+
+
+@pytest.mark.parametrize("level, collection", [("DETECTOR", OUTPUT), ("AMP", OUTPUT + "Amp")])
+def test_exposure_scales_match_truth(repo, level, collection):
+    recovered = _outputs(repo, collection).exposure_scales()
+    truth = repo.truth.exposure_scales(level)
+    assert set(recovered) == set(truth)
+    ids = sorted(truth)
+    np.testing.assert_allclose([recovered[i] for i in ids], [truth[i] for i in ids], rtol=E_TOLERANCE)
+
+
+def test_detector_scales_match_truth(repo):
+    det_scale = _outputs(repo, OUTPUT).scales["detScale"]
+    truth = repo.truth.detector_scales()
+    assert set(det_scale) == set(truth)
+    np.testing.assert_allclose([det_scale[d] for d in truth], list(truth.values()), rtol=G_TOLERANCE)
+
+
+def test_amplifier_scales_match_truth(repo):
+    det_scale = _outputs(repo, OUTPUT + "Amp").scales["detScale"]
+    truth = repo.truth.amplifier_scales()
+    recovered = {(det, amp): g for det, amps in det_scale.items() for amp, g in amps.items()}
+    dead = next(c for c in repo.truth.corruptions if c.kind == "dead_amplifier")
+    assert set(recovered) == set(truth) | {(dead.detector, dead.amplifiers[0])}
+    assert np.isnan(recovered[dead.detector, dead.amplifiers[0]])
+    np.testing.assert_allclose([recovered[k] for k in truth], list(truth.values()), rtol=G_TOLERANCE)
+
+
+def test_exposure_scale_layout_is_cp_pipes(repo):
+    exp_scale = _outputs(repo, OUTPUT).scales["expScale"]
+    exposures = {e.id for e in repo.truth.exposures}
+    assert set(exp_scale) == {det.getId() for det in CAMERA}
+    for det in CAMERA:
+        assert list(exp_scale[det.getId()]) == [amp.getName() for amp in det]
+        assert all(set(per_exposure) == exposures for per_exposure in exp_scale[det.getId()].values())
