@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lsst.cp.pipe.sim.camera import make_sim_camera
+from lsst.cp.pipe.sim.demo import write_figures
 from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig
 from lsst.cp.pipe.sim.repo import build_sim_repo
 from lsst.cp.pipe.sim.run import pipeline_path, read_normalization, run_pipetask
@@ -89,3 +90,14 @@ def test_exposure_scale_layout_is_cp_pipes(repo):
     for det in CAMERA:
         assert list(exp_scale[det.getId()]) == [amp.getName() for amp in det]
         assert all(set(per_exposure) == exposures for per_exposure in exp_scale[det.getId()].values())
+
+
+def test_demo_figures_are_written(repo, tmp_path):
+    results = {"DETECTOR": _outputs(repo, OUTPUT), "AMP": _outputs(repo, OUTPUT + "Amp")}
+    paths = write_figures(repo, results, tmp_path / "figures")
+    assert sorted(path.name for path in paths) == [
+        "exposure_scales.png", "focal_plane_amp.png", "focal_plane_detector.png",
+        "residuals_amp.png", "residuals_detector.png",
+    ]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

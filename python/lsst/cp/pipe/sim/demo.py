@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-__all__ = ["main"]
+__all__ = ["main", "write_figures"]
 
 import argparse
 import contextlib
@@ -131,23 +131,41 @@ def _residual_matrix(outputs: NormalizationOutputs, truth: FlatTruth, level: str
     return residuals, labels, [str(e % 100_000) for e in exposures], rejected, invalid
 
 
-def _figures(repo: SimRepo, results: dict[str, NormalizationOutputs], directory: Path) -> None:
+def write_figures(repo: SimRepo, results: dict[str, NormalizationOutputs], directory: Path) -> list[Path]:
+    """Write the demo's figures.
+
+    Parameters
+    ----------
+    repo : `SimRepo`
+        The simulated repository (camera and truth).
+    results : `dict` [`str`, `NormalizationOutputs`]
+        Normalization outputs by level; must include ``"DETECTOR"``.
+    directory : `pathlib.Path`
+        Where to write the PNG files (created if needed).
+
+    Returns
+    -------
+    paths : `list` [`pathlib.Path`]
+        The files written.
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    paths = []
     camera, truth = repo.simulator.camera, repo.truth
     for level, outputs in results.items():
         suffix = level.lower()
-        plot_focal_plane(camera, outputs.scales["detScale"], directory / f"focal_plane_{suffix}.png",
-                         f"Recovered {level.lower()} scales G")
-        plot_residual_matrix(*_residual_matrix(outputs, truth, level), directory / f"residuals_{suffix}.png")
+        paths += [directory / f"focal_plane_{suffix}.png", directory / f"residuals_{suffix}.png"]
+        plot_focal_plane(camera, outputs.scales["detScale"], paths[-2], f"Recovered {suffix} scales G")
+        plot_residual_matrix(*_residual_matrix(outputs, truth, level), paths[-1])
     start = truth.exposures[0].begin
     times = [(exposure.begin - start).to_value("min") for exposure in truth.exposures]
     recovered = results["DETECTOR"].exposure_scales()
     true_scales = truth.exposure_scales("DETECTOR")
     ids = [exposure.id for exposure in truth.exposures]
-    plot_exposure_scales(times, [recovered[i] for i in ids], [true_scales[i] for i in ids],
-                         directory / "exposure_scales.png")
-    for path in sorted(directory.glob("*.png")):
-        print(f"   wrote {path}")
+    exposure_times = [exposure.exposure_time for exposure in truth.exposures]
+    paths.append(directory / "exposure_scales.png")
+    plot_exposure_scales(times, exposure_times, [recovered[i] for i in ids], [true_scales[i] for i in ids],
+                         paths[-1])
+    return paths
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -179,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 repo.simulator.config.physical_filter)
             ok &= _compare(results[level], repo.truth, level)
     with _stage("Writing figures"):
-        _figures(repo, results, output / "figures")
+        for path in write_figures(repo, results, output / "figures"):
+            print(f"   wrote {path}")
     print(f"\nDemo finished in {time.perf_counter() - start:.1f} s; flagged entries "
           f"{'match' if ok else 'DO NOT match'} the simulator's corruptions (truth).")
     return 0 if ok else 1

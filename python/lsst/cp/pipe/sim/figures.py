@@ -80,33 +80,40 @@ def plot_focal_plane(
 
 def plot_exposure_scales(
     times: Sequence[float],
+    exposure_times: Sequence[float],
     recovered: Sequence[float],
     truth: Sequence[float],
     path: str | os.PathLike[str],
 ) -> None:
-    """Plot recovered and true exposure scales against time, and their ratio.
+    """Plot recovered and true exposure scales per second of exposure against time, and their ratio.
+
+    Dividing by the exposure time shows the lamp's drift, which the steps between exposure times
+    would otherwise hide.
 
     Parameters
     ----------
     times : `~collections.abc.Sequence` [`float`]
         Exposure start times (minutes since the first exposure).
+    exposure_times : `~collections.abc.Sequence` [`float`]
+        Exposure times (seconds).
     recovered, truth : `~collections.abc.Sequence` [`float`]
         Recovered and true exposure scales ``E``, in the same order.
     path : `str` or `os.PathLike`
         PNG file to write.
     """
     recovered, truth = np.asarray(recovered), np.asarray(truth)
+    exposure_times = np.asarray(exposure_times)
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True,
                                          gridspec_kw={"height_ratios": [2, 1]})
-    top.plot(times, truth, "o", mfc="none", ms=9, label="truth")
-    top.plot(times, recovered, "k.", label="recovered")
-    top.set_ylabel("exposure scale E")
+    top.plot(times, truth / exposure_times, "o", mfc="none", ms=9, label="truth")
+    top.plot(times, recovered / exposure_times, "k.", label="recovered")
+    top.set_ylabel("E / exposure time (1/s)")
     top.legend()
     bottom.plot(times, recovered / truth - 1, "k.")
     bottom.axhline(0, color="grey", lw=0.5)
     bottom.set_ylabel("recovered / truth - 1")
     bottom.set_xlabel("time since first exposure (min)")
-    top.set_title("Exposure scales (lamp level x exposure time)")
+    top.set_title("Exposure scales: lamp flux drifting with time")
     _save(figure, path)
 
 
