@@ -166,7 +166,11 @@ class _ScaledInput:
 
 
 def _lookup(mapping: Mapping[Any, Any], key: int | str) -> Any:
-    """Return ``mapping[key]``, also trying ``str(key)`` (YAML round trips may stringify keys)."""
+    """Return ``mapping[key]``, also trying ``str(key)``, or `None` if neither is present.
+
+    The butler's YAML storage keeps integer keys (tested), but scales that went through JSON
+    arrive with string keys.
+    """
     for candidate in (key, str(key)):
         if candidate in mapping:
             return mapping[candidate]
