@@ -101,3 +101,22 @@ def test_demo_figures_are_written(repo, tmp_path):
     ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_combined_flats_match_the_true_response(repo):
+    """Each flat is the inputs divided by E and combined: the true pixel response, within Poisson
+    noise, on every detector without an unmasked corruption (the shadow enters the stack)."""
+    truth = repo.truth
+    shadowed = {c.detector for c in truth.corruptions if c.kind == "shadow"}
+    for det in CAMERA:
+        flat = repo.butler.get("flat", instrument="SimFlatCam", detector=det.getId(),
+                               physical_filter=CONFIG.physical_filter, collections=OUTPUT)
+        assert flat.bbox.shape == (det.getBBox().getHeight(), det.getBBox().getWidth())
+        if det.getId() in shadowed:
+            continue
+        usable = truth.usable_pixels(det.getId())
+        ratio = flat.image.array[usable] / truth.pixel_response(det.getId())[usable]
+        assert abs(np.median(ratio) - 1) < 2e-3
+        # Robust width: with five inputs a clipped mean cannot reject the (unmasked-plane) cosmic rays.
+        robust_sigma = 1.4826 * np.median(np.abs(ratio - np.median(ratio)))
+        assert robust_sigma == pytest.approx(truth.flat_noise(det.getId()), rel=0.25)

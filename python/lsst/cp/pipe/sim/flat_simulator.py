@@ -276,6 +276,16 @@ class FlatTruth:
         _, factor = self._gauge(level)
         return self._sim.response(detector) / factor
 
+    def flat_noise(self, detector: int) -> float:
+        """Expected relative RMS, over the usable pixels, of the mean of all exposures of a detector
+        each divided by its lamp level (Poisson and read noise only)."""
+        response = self._sim.response(detector)[self.usable_pixels(detector)]
+        variance = np.zeros_like(response)
+        for exposure in self.exposures:
+            signal = exposure.lamp_level * response
+            variance += (signal + self._sim.config.read_noise**2) / signal**2
+        return float(np.sqrt(variance.mean()) / len(self.exposures))
+
     def usable_pixels(self, detector: int) -> np.ndarray:
         """Boolean array: pixels that are live and not in a defect column."""
         return self._sim.usable(detector)
