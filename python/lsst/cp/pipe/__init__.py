@@ -7,6 +7,7 @@ This package provides ``lsst.cp.pipe`` for the flat chain only; it is not meant 
 beside the full cp_pipe in one environment.
 """
 
+from .cpCombine import *  # noqa: F401,F403
 from .cpFlatMeasure import *  # noqa: F401,F403
 from .cpFlatNormalize import *  # noqa: F401,F403
 from .version import __version__  # noqa: F401

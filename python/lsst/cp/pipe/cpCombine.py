@@ -39,6 +39,7 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.images import Box, Image, Mask, MaskedImage, MaskPlane, MaskSchema
 
+from .camera_connection import camera_prerequisite
 from .combine_stack import combine_stack, iter_row_bands
 
 NO_DATA = "NO_DATA"
@@ -61,13 +62,7 @@ class CpFlatCombineConnections(
         storageClass="StructuredDataDict",
         dimensions=("instrument", "physical_filter"),
     )
-    camera = cT.PrerequisiteInput(
-        name="camera",
-        doc="Camera geometry: the detector's bounding box and amplifier regions.",
-        storageClass="CameraModel",
-        dimensions=("instrument",),
-        isCalibration=True,
-    )
+    camera = camera_prerequisite("Camera geometry: the detector's bounding box and amplifier regions.")
     outputData = cT.Output(
         name="flat",
         doc="Combined flat, to be certified as a calibration.",

@@ -24,6 +24,7 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.images import MaskedImage
 
+from .camera_connection import camera_prerequisite
 from .clipped_stats import SigmaClippedStats, sigma_clipped_region_stats
 from .cpFlatNormalize import (
     CpFlatNormalizationConfig,
@@ -41,13 +42,7 @@ class CpFlatMeasureConnections(
         storageClass="MaskedImageV2",
         dimensions=("instrument", "exposure", "detector"),
     )
-    camera = cT.PrerequisiteInput(
-        name="camera",
-        doc="Camera geometry: the amplifier regions of each detector.",
-        storageClass="CameraModel",
-        dimensions=("instrument",),
-        isCalibration=True,
-    )
+    camera = camera_prerequisite("Camera geometry: the amplifier regions of each detector.")
     outputStats = cT.Output(
         name="flatStats",
         doc="Clipped flat level, sigma and pixel count of the detector and of each amplifier.",

@@ -24,6 +24,7 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.daf.butler import DataCoordinate, DatasetRef
 
+from .camera_connection import camera_prerequisite
 from .flat_statistics import StatisticsMatrix, gather_statistics
 from .scale_solver import DisconnectedDataError, EmptyColumnError, EntryFlag, solve_separable_scales
 
@@ -41,13 +42,7 @@ class CpFlatNormalizationConnections(
         dimensions=("instrument", "exposure", "detector"),
         multiple=True,
     )
-    camera = cT.PrerequisiteInput(
-        name="camera",
-        doc="Camera geometry: the amplifiers of each detector.",
-        storageClass="CameraModel",
-        dimensions=("instrument",),
-        isCalibration=True,
-    )
+    camera = camera_prerequisite("Camera geometry: the amplifiers of each detector.")
     outputScales = cT.Output(
         name="cpFlatNormScales",
         doc="Scales in cp_pipe's layout: expScale[det][amp][exposure] and detScale[det] "
