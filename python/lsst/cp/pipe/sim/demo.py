@@ -6,8 +6,10 @@
 1. builds a fresh butler repository in ``DIR/repo`` holding simulated post-ISR flats of the
    SimFlatCam mosaic (with a known truth and three deliberate corruptions);
 2. runs the real ``pipetask`` on the SimFlatCam ``cpFlat`` pipeline (cpFlatMeasure ->
-   cpFlatNorm at DETECTOR level), then cpFlatNorm again at AMP level on the same statistics;
-3. reads the scales back from the butler and compares them with the truth (lines with "truth");
+   cpFlatNorm at DETECTOR level -> cpFlatCombine), then cpFlatNorm again at AMP level on the same
+   statistics;
+3. reads the scales and flats back from the butler and compares them with the truth (lines with
+   "truth");
 4. writes figures to ``DIR/figures``.
 """
 
@@ -113,6 +115,39 @@ def _compare(outputs: NormalizationOutputs, truth: FlatTruth, level: str) -> boo
     return ok
 
 
+def _compare_flats(repo: SimRepo) -> None:
+    """Print how the combined flats compare with the true pixel response."""
+    truth = repo.truth
+    shadows = {c.detector: c for c in truth.corruptions if c.kind == "shadow"}
+    offsets, widths, expected = [], [], []
+    for det in repo.simulator.camera:
+        flat = repo.butler.get("flat", instrument=repo.instrument.getName(), detector=det.getId(),
+                               physical_filter=repo.simulator.config.physical_filter,
+                               collections=_OUTPUT_COLLECTION)
+        usable = truth.usable_pixels(det.getId())
+        ratio = np.ones(usable.shape)
+        ratio[usable] = flat.image.array[usable] / truth.pixel_response(det.getId())[usable]
+        if det.getId() in shadows:
+            shadow = shadows[det.getId()]
+            in_shadow = np.zeros_like(usable)
+            for amp in det:
+                if amp.getName() in shadow.amplifiers:
+                    box = amp.getBBox()
+                    in_shadow[box.getMinY():box.getMaxY() + 1, box.getMinX():box.getMaxX() + 1] = True
+            print(f"   flat of detector {det.getId()} vs truth: median ratio - 1 = "
+                  f"{np.median(ratio[usable & in_shadow]) - 1:+.2e} under the shadow of exposure "
+                  f"{shadow.exposure}, {np.median(ratio[usable & ~in_shadow]) - 1:+.2e} elsewhere "
+                  "(the shadowed exposure is in the stack: its pixels there must be clipped)")
+            continue
+        ratio = ratio[usable]
+        offsets.append(np.median(ratio) - 1)
+        widths.append(1.4826 * np.median(np.abs(ratio - np.median(ratio))))
+        expected.append(truth.flat_noise(det.getId()))
+    print(f"   flats of the other {len(offsets)} detectors vs truth: largest |median ratio - 1| "
+          f"{np.max(np.abs(offsets)):.2e}; robust pixel scatter {np.min(widths):.2e} .. {np.max(widths):.2e} "
+          f"(Poisson expectation {np.min(expected):.2e} .. {np.max(expected):.2e})")
+
+
 def _residual_matrix(outputs: NormalizationOutputs, truth: FlatTruth, level: str) -> tuple:
     keys = truth.row_keys(level)
     exposures = [exposure.id for exposure in truth.exposures]
@@ -171,7 +206,7 @@ def write_figures(repo: SimRepo, results: dict[str, NormalizationOutputs], direc
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--output", required=True, type=Path, help="Directory for the repo, logs, figures.")
-    parser.add_argument("--exposures", type=int, default=12, help="Number of flat exposures.")
+    parser.add_argument("--exposures", type=int, default=10, help="Number of flat exposures.")
     parser.add_argument("--amp-width", type=int, default=32, help="Amplifier width in pixels.")
     parser.add_argument("--amp-height", type=int, default=64, help="Amplifier height in pixels.")
     parser.add_argument("--seed", type=int, default=FlatSimConfig.seed, help="Simulation seed.")
@@ -196,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[level] = read_normalization(repo.butler, collection, repo.instrument.getName(),
                                                 repo.simulator.config.physical_filter)
             ok &= _compare(results[level], repo.truth, level)
+        _compare_flats(repo)
     with _stage("Writing figures"):
         for path in write_figures(repo, results, output / "figures"):
             print(f"   wrote {path}")

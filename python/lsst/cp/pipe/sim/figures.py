@@ -62,9 +62,9 @@ def plot_focal_plane(
             value = scale.get(amp.getName(), np.nan) if isinstance(scale, Mapping) else scale
             values.append(np.nan if value is None else value)
     figure, axes = plt.subplots(figsize=(7, 6))
-    collection = PatchCollection(patches, cmap="viridis", edgecolor="white", linewidth=0.3)
+    colormap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    collection = PatchCollection(patches, cmap=colormap, edgecolor="white", linewidth=0.3)
     collection.set_array(np.ma.masked_invalid(values))
-    collection.cmap.set_bad("lightgrey")
     axes.add_collection(collection)
     for det in camera:
         axes.annotate(det.getName(), (det.focal_plane_x, det.focal_plane_y), ha="center", va="center",
