@@ -13,7 +13,8 @@ from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig
 from lsst.cp.pipe.sim.repo import build_sim_repo
 from lsst.cp.pipe.sim.run import pipeline_path, read_normalization, run_pipetask
 
-pytestmark = pytest.mark.slow
+# One repo per module: with pytest-xdist, "--dist loadgroup" keeps these tests on one worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("end_to_end")]
 
 CAMERA = make_sim_camera(n_side=2, n_wavefront=1, amp_width=8, amp_height=16)
 CONFIG = FlatSimConfig(n_exposures=5, dead_amplifier=(3, "C03"), shadow=(2, 1), saturation=(4, 0))
