@@ -12,6 +12,8 @@ import resource
 
 import numpy as np
 
+from lsst.utils.threads import disable_implicit_threading
+
 from . import gather, measure, solver
 
 PARTS = {
@@ -27,9 +29,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="run at a small scale (seconds)")
     parser.add_argument("--part", choices=PARTS, action="append",
                         help="benchmark to run (repeatable; all by default)")
+    parser.add_argument("--implicit-threading", action="store_true",
+                        help="keep the thread pools of numerical libraries (OpenBLAS); by default they "
+                             "are limited to one thread, as pipetask does")
     args = parser.parse_args(argv)
+    if not args.implicit_threading:
+        disable_implicit_threading()
+    threading = "implicit threading on" if args.implicit_threading else "implicit threading off"
     print(f"# python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {threading}, "
           f"{'quick' if args.quick else 'full'} run", flush=True)
     for part in args.part or PARTS:
         for result in PARTS[part](args.quick):
