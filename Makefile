@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(PY) -m flake8 python tests bench
 
 test: $(STAMP) lint
-	$(PY) -m pytest -n 2 --durations=10 $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m lsst.cp.pipe.sim.demo --output $(DEMO_DIR)

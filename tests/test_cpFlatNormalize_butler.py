@@ -186,7 +186,9 @@ class PipetaskRunTestCase(lsst.utils.tests.TestCase):
         butler = Butler.from_config(self.root, collections="u/test/amp")
         data_id = {"instrument": INSTRUMENT, "physical_filter": FILTER}
         scales = butler.get("cpFlatNormScales", data_id)
-        table = butler.get("cpFlatNormScaleTable", data_id)
+        table = butler.get("cpFlatNormScaleTable", data_id, parameters={"strip_astropy_meta_yaml": False})
+        meta = table.meta
+        self.assertEqual((meta["LEVEL"], meta["CONVERGED"], meta["N_GROUPS"]), ("AMP", True, 1))
         gains = self.factory.amp_gain
         counts = {d: sum(1 for _, det in self.pairs if det == d) for d, _ in gains}
         norm = sum(g * counts[d] for (d, _), g in gains.items()) / sum(counts[d] for d, _ in gains)
