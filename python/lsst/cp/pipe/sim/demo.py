@@ -4,18 +4,19 @@
 """End-to-end demonstration on simulated flats: ``python -m lsst.cp.pipe.sim.demo --output DIR``.
 
 1. builds a fresh butler repository in ``DIR/repo`` holding simulated post-ISR flats of the
-   SimFlatCam mosaic (with a known truth and three deliberate corruptions);
+   SimFlatCam mosaic (with a known truth, three deliberate corruptions, and one detector that was
+   not read out in two exposures);
 2. runs the real ``pipetask`` on the SimFlatCam ``cpFlat`` pipeline (cpFlatMeasure ->
    cpFlatNorm at DETECTOR level -> cpFlatCombine), then cpFlatNorm again at AMP level on the same
-   statistics;
+   statistics, then cpFlatCombine again without normalization (``exposureScaling=Unity``);
 3. reads the scales and flats back from the butler and compares them with the truth (lines with
-   "truth");
+   "truth"), the normalized flat next to the un-normalized one;
 4. writes figures to ``DIR/figures``.
 """
 
 from __future__ import annotations
 
-__all__ = ["main", "write_figures"]
+__all__ = ["flat_quality", "main", "read_flats", "write_figures"]
 
 import argparse
 import contextlib
@@ -26,12 +27,28 @@ from pathlib import Path
 import numpy as np
 
 from .camera import make_sim_camera
-from .figures import plot_exposure_scales, plot_focal_plane, plot_residual_matrix
+from .figures import plot_exposure_scales, plot_flat_mosaic, plot_focal_plane, plot_residual_matrix
+from .flat_quality import (
+    MosaicQuality,
+    amplifier_regions,
+    gauge_constant,
+    measure_mosaic_quality,
+    response_ratio,
+)
 from .flat_simulator import FlatSimConfig, FlatTruth
 from .repo import SimRepo, build_sim_repo
 from .run import NormalizationOutputs, pipeline_path, read_normalization, run_pipetask
 
 _OUTPUT_COLLECTION = "u/demo/cpFlat"
+_UNSCALED_COLLECTION = _OUTPUT_COLLECTION + "Unscaled"
+_MISSING_IMAGES = ((1, 7), (2, 7))
+"""(exposure index, detector) images that do not exist: detector 7 was not read out in the second
+and third exposures (15 s and 20 s), so its un-normalized flat has a lower mean lamp level."""
+_ERROR_LIMITS = (-0.03, 0.03)
+"""Colour scale of the flat error maps: the un-normalized flat's errors are a few per cent."""
+_OUTLIER_SIGMAS = 5.0
+"""A flat pixel is an outlier if it strays from its detector's median by more than this many times
+the flat's expected (Poisson and read) noise."""
 
 
 @contextlib.contextmanager
@@ -45,7 +62,7 @@ def _stage(title: str) -> Iterator[None]:
 
 def _build(output: Path, args: argparse.Namespace) -> SimRepo:
     camera = make_sim_camera(amp_width=args.amp_width, amp_height=args.amp_height)
-    config = FlatSimConfig(n_exposures=args.exposures, seed=args.seed)
+    config = FlatSimConfig(n_exposures=args.exposures, seed=args.seed, missing_images=_MISSING_IMAGES)
     repo = build_sim_repo(output / "repo", camera=camera, config=config)
     n_amps = sum(len(det) for det in camera)
     print(f"   repo {repo.root}: {len(camera)} detectors ({n_amps} amplifiers), "
@@ -55,6 +72,8 @@ def _build(output: Path, args: argparse.Namespace) -> SimRepo:
         when = "every exposure" if corruption.exposure is None else f"exposure {corruption.exposure}"
         print(f"   simulated {corruption.kind}: detector {corruption.detector}, {when}, amplifiers "
               f"{','.join(corruption.amplifiers)} ({'masked' if corruption.masked else 'not masked'})")
+    for exposure, detector in sorted(repo.truth.missing_images()):
+        print(f"   simulated missing image: detector {detector} not read out in exposure {exposure}")
     return repo
 
 
@@ -67,6 +86,11 @@ def _run_pipelines(repo: SimRepo, output: Path, jobs: int) -> None:
           f"-o {_OUTPUT_COLLECTION}Amp (reusing the flatStats)")
     run_pipetask(repo.root, f"{pipeline}#cpFlatNorm", [_OUTPUT_COLLECTION], _OUTPUT_COLLECTION + "Amp",
                  extra_args=["-c", "cpFlatNorm:level=AMP"], log_path=output / "pipetask_amp.log")
+    print(f"   no normalization: pipetask run -p {pipeline}#cpFlatCombine "
+          f"-c cpFlatCombine:exposureScaling=Unity -o {_UNSCALED_COLLECTION}")
+    run_pipetask(repo.root, f"{pipeline}#cpFlatCombine", [_OUTPUT_COLLECTION], _UNSCALED_COLLECTION,
+                 extra_args=["-c", "cpFlatCombine:exposureScaling=Unity"],
+                 log_path=output / "pipetask_unscaled.log")
     print(f"   logs in {output}/pipetask_*.log")
 
 
@@ -115,37 +139,82 @@ def _compare(outputs: NormalizationOutputs, truth: FlatTruth, level: str) -> boo
     return ok
 
 
-def _compare_flats(repo: SimRepo) -> None:
-    """Print how the combined flats compare with the true pixel response."""
+def read_flats(repo: SimRepo, collection: str) -> dict[int, np.ndarray]:
+    """Read the combined flat image of every detector from a collection."""
+    return {
+        det.getId(): repo.butler.get(
+            "flat", instrument=repo.instrument.getName(), detector=det.getId(),
+            physical_filter=repo.simulator.config.physical_filter, collections=collection,
+        ).image.array
+        for det in repo.simulator.camera
+    }
+
+
+def _response_ratios(repo: SimRepo, flats: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """flat / true response of every detector, NaN outside the usable pixels."""
     truth = repo.truth
-    shadows = {c.detector: c for c in truth.corruptions if c.kind == "shadow"}
-    offsets, widths, expected = [], [], []
-    for det in repo.simulator.camera:
-        flat = repo.butler.get("flat", instrument=repo.instrument.getName(), detector=det.getId(),
-                               physical_filter=repo.simulator.config.physical_filter,
-                               collections=_OUTPUT_COLLECTION)
-        usable = truth.usable_pixels(det.getId())
-        ratio = np.ones(usable.shape)
-        ratio[usable] = flat.image.array[usable] / truth.pixel_response(det.getId())[usable]
-        if det.getId() in shadows:
-            shadow = shadows[det.getId()]
-            in_shadow = np.zeros_like(usable)
-            for amp in det:
-                if amp.getName() in shadow.amplifiers:
-                    box = amp.getBBox()
-                    in_shadow[box.getMinY():box.getMaxY() + 1, box.getMinX():box.getMaxX() + 1] = True
-            print(f"   flat of detector {det.getId()} vs truth: median ratio - 1 = "
-                  f"{np.median(ratio[usable & in_shadow]) - 1:+.2e} under the shadow of exposure "
-                  f"{shadow.exposure}, {np.median(ratio[usable & ~in_shadow]) - 1:+.2e} elsewhere "
-                  "(the shadowed exposure is in the stack: its pixels there must be clipped)")
-            continue
-        ratio = ratio[usable]
-        offsets.append(np.median(ratio) - 1)
-        widths.append(1.4826 * np.median(np.abs(ratio - np.median(ratio))))
-        expected.append(truth.flat_noise(det.getId()))
-    print(f"   flats of the other {len(offsets)} detectors vs truth: largest |median ratio - 1| "
-          f"{np.max(np.abs(offsets)):.2e}; robust pixel scatter {np.min(widths):.2e} .. {np.max(widths):.2e} "
-          f"(Poisson expectation {np.min(expected):.2e} .. {np.max(expected):.2e})")
+    return {det: response_ratio(flat, truth.pixel_response(det), truth.usable_pixels(det))
+            for det, flat in flats.items()}
+
+
+def flat_quality(repo: SimRepo, flats: dict[int, np.ndarray]) -> MosaicQuality:
+    """Compare the flats of every detector with the true response, on one gauge constant.
+
+    A pixel is an outlier if it is further than ``_OUTLIER_SIGMAS`` times the detector's expected
+    flat noise (`FlatTruth.flat_noise`) from the detector's median.
+    """
+    truth, camera = repo.truth, repo.simulator.camera
+    return measure_mosaic_quality(
+        _response_ratios(repo, flats),
+        {det: amplifier_regions(camera[det]) for det in flats},
+        {det: _OUTLIER_SIGMAS * truth.flat_noise(det) for det in flats},
+    )
+
+
+def _print_flat_rows(rows: list[tuple[str, str, str]]) -> None:
+    width = max(len(label) for label, _, _ in rows)
+    print(f"   {'':{width}}   {'normalized':>18}   {'un-normalized':>18}")
+    for label, normalized, unnormalized in rows:
+        print(f"   {label:{width}}   {normalized:>18}   {unnormalized:>18}")
+
+
+def _compare_flats(repo: SimRepo, qualities: dict[str, MosaicQuality]) -> None:
+    """Print how the normalized and un-normalized flats compare with the true response."""
+    truth = repo.truth
+    normalized, unnormalized = qualities["normalized"], qualities["un-normalized"]
+    print(f"   normalized: {_OUTPUT_COLLECTION}; un-normalized (exposureScaling=Unity): "
+          f"{_UNSCALED_COLLECTION}. Error = flat / (k x true response) - 1, with one constant k per "
+          "mosaic (median of flat / truth over all usable pixels).")
+    both = (normalized, unnormalized)
+    noise = [truth.flat_noise(det) for det in normalized.detectors]
+    rows = [
+        ("gauge constant k = flat / truth", *(f"{q.gauge:.5g}" for q in both)),
+        ("detectors vs truth: largest |error|", *(f"{e:+.2e} (det {d})" for d, e in
+                                                  (q.worst_detector() for q in both))),
+        ("detectors vs truth: rms error", *(f"{q.detector_rms():.2e}" for q in both)),
+        ("amplifiers vs truth: largest |error|", *(f"{e:+.2e} ({d}:{a})" for (d, a), e in
+                                                   (q.worst_amplifier() for q in both))),
+        ("amplifiers vs truth: rms error", *(f"{q.amplifier_rms():.2e}" for q in both)),
+        ("pixels vs truth: robust scatter, median", *(
+            f"{np.median([f.pixel_scatter for f in q.detectors.values()]):.2e}" for q in both)),
+        (f"pixels vs truth: beyond {_OUTLIER_SIGMAS:g} sigma",
+         *(f"{q.outlier_fraction():.3%}" for q in both)),
+    ]
+    for detector in sorted({det for _, det in truth.missing_images()}):
+        rows.append((f"detector {detector} (missing images) vs truth",
+                     *(f"{q.detectors[detector].detector_error:+.2e}" for q in both)))
+    for corruption in truth.corruptions:
+        detector = corruption.detector
+        if corruption.kind == "shadow":
+            rows.append((f"detector {detector} shadowed amps vs truth", *(
+                f"{np.mean([q.detectors[detector].amplifier_errors[a] for a in corruption.amplifiers]):+.2e}"
+                for q in both)))
+        elif corruption.kind == "saturation":
+            rows.append((f"detector {detector} (SAT band) outliers vs truth",
+                         *(f"{q.detectors[detector].outlier_fraction:.3%}" for q in both)))
+    _print_flat_rows(rows)
+    print(f"   (sigma: the expected flat noise from Poisson and read noise, {np.min(noise):.2e} .. "
+          f"{np.max(noise):.2e}, which the robust pixel scatter should match)")
 
 
 def _residual_matrix(outputs: NormalizationOutputs, truth: FlatTruth, level: str) -> tuple:
@@ -166,7 +235,12 @@ def _residual_matrix(outputs: NormalizationOutputs, truth: FlatTruth, level: str
     return residuals, labels, [str(e % 100_000) for e in exposures], rejected, invalid
 
 
-def write_figures(repo: SimRepo, results: dict[str, NormalizationOutputs], directory: Path) -> list[Path]:
+def write_figures(
+    repo: SimRepo,
+    results: dict[str, NormalizationOutputs],
+    directory: Path,
+    flats: dict[str, dict[int, np.ndarray]] | None = None,
+) -> list[Path]:
     """Write the demo's figures.
 
     Parameters
@@ -177,6 +251,12 @@ def write_figures(repo: SimRepo, results: dict[str, NormalizationOutputs], direc
         Normalization outputs by level; must include ``"DETECTOR"``.
     directory : `pathlib.Path`
         Where to write the PNG files (created if needed).
+    flats : `dict` [`str`, `dict` [`int`, `numpy.ndarray`]], optional
+        Combined flats by name (``"normalized"``, ...) -> ``{detector: image}``.  If given, each is
+        divided by its gauge constant (`flat_quality.gauge_constant`) and drawn side by side in
+        ``flat_mosaic.png`` (the first sets the shared colour scale), and its error against the
+        truth, ``flat / (k x response) - 1``, in ``flat_errors.png``; pixels that are not usable
+        (dead amplifier, defect columns) are grey in the first and black in the second.
 
     Returns
     -------
@@ -200,7 +280,27 @@ def write_figures(repo: SimRepo, results: dict[str, NormalizationOutputs], direc
     paths.append(directory / "exposure_scales.png")
     plot_exposure_scales(times, exposure_times, [recovered[i] for i in ids], [true_scales[i] for i in ids],
                          paths[-1])
+    if flats is not None:
+        paths += [directory / "flat_mosaic.png", directory / "flat_errors.png"]
+        _plot_flats(repo, flats, *paths[-2:])
     return paths
+
+
+def _plot_flats(repo: SimRepo, flats: dict[str, dict[int, np.ndarray]], mosaic: Path, errors: Path) -> None:
+    """Draw the gauged flats (usable pixels only) and their errors against the truth."""
+    gauged, error_maps = {}, {}
+    for name, images in flats.items():
+        ratios = _response_ratios(repo, images)
+        gauge = gauge_constant(ratios.values())
+        gauged[f"{name} flat / k (k = {gauge:.4g})"] = {
+            det: np.where(np.isfinite(ratios[det]), image / gauge, np.nan) for det, image in images.items()
+        }
+        error_maps[f"{name}: flat / (k x truth) - 1"] = {
+            det: ratio / gauge - 1 for det, ratio in ratios.items()
+        }
+    plot_flat_mosaic(repo.simulator.camera, gauged, mosaic)
+    plot_flat_mosaic(repo.simulator.camera, error_maps, errors, label="flat / (k x true response) - 1",
+                     limits=_ERROR_LIMITS, colormap="coolwarm", bad_colour="black")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -231,9 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[level] = read_normalization(repo.butler, collection, repo.instrument.getName(),
                                                 repo.simulator.config.physical_filter)
             ok &= _compare(results[level], repo.truth, level)
-        _compare_flats(repo)
+    with _stage("Comparing the combined flats with the truth, with and without normalization"):
+        flats = {"normalized": read_flats(repo, _OUTPUT_COLLECTION),
+                 "un-normalized": read_flats(repo, _UNSCALED_COLLECTION)}
+        qualities = {name: flat_quality(repo, images) for name, images in flats.items()}
+        _compare_flats(repo, qualities)
     with _stage("Writing figures"):
-        for path in write_figures(repo, results, output / "figures"):
+        for path in write_figures(repo, results, output / "figures", flats):
             print(f"   wrote {path}")
     print(f"\nDemo finished in {time.perf_counter() - start:.1f} s; flagged entries "
           f"{'match' if ok else 'DO NOT match'} the simulator's corruptions (truth).")

@@ -2,12 +2,15 @@
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
 """Figures of a flat normalization: focal-plane map of the row scales, exposure scales against
-time, and the residual matrix with the rejected entries marked (matplotlib, Agg backend)."""
+time, the residual matrix with the rejected entries marked, and focal-plane mosaics of combined
+flats (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
-__all__ = ["plot_focal_plane", "plot_exposure_scales", "plot_residual_matrix"]
+__all__ = ["bin_image", "plot_exposure_scales", "plot_flat_mosaic", "plot_focal_plane",
+           "plot_residual_matrix"]
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -20,7 +23,7 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from ..camera_model import CameraModel  # noqa: E402
+from ..camera_model import CameraModel, DetectorModel  # noqa: E402
 
 
 def _save(figure: plt.Figure, path: str | os.PathLike[str]) -> None:
@@ -156,4 +159,104 @@ def plot_residual_matrix(
     axes.set_xlabel("exposure (sequence number)")
     figure.suptitle("log residuals of the separable model (used entries)")
     figure.colorbar(image, ax=axes, label="log(level / (G E))")
+    _save(figure, path)
+
+
+def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` blocks of an image, ignoring NaN pixels.
+
+    Rows and columns that do not fill a whole block are dropped; a block without any finite pixel
+    is NaN.
+
+    Parameters
+    ----------
+    image : `numpy.ndarray`, (ny, nx)
+        Image to bin.
+    factor : `int`
+        Block size (1 returns the image as float).
+
+    Returns
+    -------
+    binned : `numpy.ndarray`, (ny // factor, nx // factor)
+    """
+    if factor < 1:
+        raise ValueError(f"Binning factor must be at least 1; got {factor}.")
+    ny, nx = (n // factor for n in image.shape)
+    blocks = np.asarray(image, dtype=float)[:ny * factor, :nx * factor].reshape(ny, factor, nx, factor)
+    finite = np.isfinite(blocks)
+    counts = finite.sum(axis=(1, 3))
+    sums = np.where(finite, blocks, 0.0).sum(axis=(1, 3))
+    return np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
+
+
+def _detector_extent(det: DetectorModel) -> tuple[float, float, float, float]:
+    """Focal-plane (left, right, bottom, top) of a detector, in mm."""
+    width = det.getBBox().getWidth() * det.pixel_size
+    height = det.getBBox().getHeight() * det.pixel_size
+    return (det.focal_plane_x - width / 2, det.focal_plane_x + width / 2,
+            det.focal_plane_y - height / 2, det.focal_plane_y + height / 2)
+
+
+def plot_flat_mosaic(
+    camera: CameraModel,
+    panels: Mapping[str, Mapping[int, np.ndarray]],
+    path: str | os.PathLike[str],
+    *,
+    label: str = "flat / k (relative response)",
+    limits: tuple[float, float] | None = None,
+    colormap: str = "viridis",
+    bad_colour: str = "lightgrey",
+    max_binned_size: int = 256,
+) -> None:
+    """Draw flats at their focal-plane positions, one mosaic per panel, all on one colour scale.
+
+    Parameters
+    ----------
+    camera : `lsst.cp.pipe.camera_model.CameraModel`
+        Camera geometry: each detector's image is placed on its focal-plane footprint.
+    panels : `~collections.abc.Mapping` [`str`, `~collections.abc.Mapping` [`int`, `numpy.ndarray`]]
+        Panel title -> ``{detector: image}``; detectors missing from a panel are left blank, and
+        non-finite pixels are drawn in ``bad_colour``.
+    path : `str` or `os.PathLike`
+        PNG file to write.
+    label : `str`, optional
+        Colour bar label.
+    limits : `tuple` [`float`, `float`], optional
+        Colour scale, shared by all panels; if `None`, the 0.5 and 99.5 percentiles of the first
+        panel's finite pixels (so that an offset in another panel shows as a colour change).
+    colormap : `str`, optional
+        Matplotlib colour map name.
+    bad_colour : `str`, optional
+        Colour of the non-finite pixels.
+    max_binned_size : `int`, optional
+        Images are binned (`bin_image`) by the smallest integer factor that brings their larger
+        side to at most this many pixels.
+    """
+    if limits is None:
+        reference = np.concatenate([image[np.isfinite(image)].ravel()
+                                    for image in next(iter(panels.values())).values()])
+        limits = tuple(np.percentile(reference, (0.5, 99.5)))
+    vmin, vmax = limits
+    cmap = matplotlib.colormaps[colormap].with_extremes(bad=bad_colour)
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 1, 5.5), squeeze=False,
+                                sharex=True, sharey=True)
+    for ax, (title, images) in zip(axes[0], panels.items()):
+        for det in camera:
+            if det.getId() not in images:
+                continue
+            image = images[det.getId()]
+            factor = max(1, math.ceil(max(image.shape) / max_binned_size))
+            shown = ax.imshow(np.ma.masked_invalid(bin_image(image, factor)), origin="lower",
+                              extent=_detector_extent(det), cmap=cmap, vmin=vmin, vmax=vmax,
+                              interpolation="nearest")
+            ax.annotate(det.getName(), (det.focal_plane_x, det.focal_plane_y), ha="center",
+                        va="center", fontsize=8, color="black")
+        ax.set_title(title, fontsize=10)
+        ax.set_aspect("equal")
+        ax.set_xlabel("focal plane x (mm)")
+    edges = np.array([_detector_extent(det) for det in camera])
+    axes[0, 0].set_xlim(edges[:, 0].min(), edges[:, 1].max())
+    axes[0, 0].set_ylim(edges[:, 2].min(), edges[:, 3].max())
+    axes[0, 0].set_ylabel("focal plane y (mm)")
+    figure.colorbar(shown, ax=list(axes[0]), label=label, shrink=0.8)
     _save(figure, path)

@@ -109,6 +109,9 @@ class FlatSimConfig:
     shadow_transmission: float = 0.6
     saturation: tuple[int, int] | None = (6, 4)
     """(exposure index, detector) with a saturated, SAT-flagged band, or `None`."""
+    missing_images: tuple[tuple[int, int], ...] = ()
+    """(exposure index, detector) pairs with no image at all (the detector was not read out), so
+    that detector's flat is made from fewer exposures than the others'."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +204,10 @@ class FlatTruth:
             for exposure in self.exposures for amp in c.amplifiers
         }
 
+    def missing_images(self) -> set[tuple[int, int]]:
+        """(exposure ID, detector) pairs that have no image."""
+        return self._sim.missing_images
+
     def row_keys(self, level: str = "DETECTOR") -> list:
         """Row keys in camera order: detector IDs, or (detector, amplifier) pairs."""
         if _check_level(level) == "DETECTOR":
@@ -211,7 +218,7 @@ class FlatTruth:
         """Noise-free mean signal over the usable pixels of every entry.
 
         Usable pixels are live and not masked.  Corrupted entries (shadow) are included as
-        they are; entries without usable pixels are 0.
+        they are; entries without usable pixels, or without an image, are 0.
 
         Returns
         -------
@@ -277,14 +284,15 @@ class FlatTruth:
         return self._sim.response(detector) / factor
 
     def flat_noise(self, detector: int) -> float:
-        """Expected relative RMS, over the usable pixels, of the mean of all exposures of a detector
+        """Expected relative RMS, over the usable pixels, of the mean of all images of a detector
         each divided by its lamp level (Poisson and read noise only)."""
         response = self._sim.response(detector)[self.usable_pixels(detector)]
         variance = np.zeros_like(response)
-        for exposure in self.exposures:
+        exposures = [e for e in self.exposures if self._sim.has_image(e.id, detector)]
+        for exposure in exposures:
             signal = exposure.lamp_level * response
             variance += (signal + self._sim.config.read_noise**2) / signal**2
-        return float(np.sqrt(variance.mean()) / len(self.exposures))
+        return float(np.sqrt(variance.mean()) / len(exposures))
 
     def usable_pixels(self, detector: int) -> np.ndarray:
         """Boolean array: pixels that are live and not in a defect column."""
@@ -324,6 +332,9 @@ class FlatSimulator:
         self._colour_slope = self._centred_colour_slopes(rng)
         self.exposures = self._make_exposures(rng)
         self.corruptions = self._make_corruptions()
+        self.missing_images = {
+            (self.exposures[index].id, detector) for index, detector in self.config.missing_images
+        }
         self._expected: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.truth = FlatTruth(self)
 
@@ -335,8 +346,15 @@ class FlatSimulator:
                 raise ValueError(f"dead_amplifier={config.dead_amplifier} names no amplifier of the camera.")
         for name in ("shadow", "saturation"):
             entry = getattr(config, name)
-            if entry is not None and not (0 <= entry[0] < config.n_exposures and entry[1] in self.camera):
+            if entry is not None and not self._is_simulated(entry):
                 raise ValueError(f"{name}={entry} names no simulated (exposure index, detector).")
+        for entry in config.missing_images:
+            if not self._is_simulated(entry):
+                raise ValueError(f"missing_images: {entry} names no simulated (exposure index, detector).")
+
+    def _is_simulated(self, entry: tuple[int, int]) -> bool:
+        """Whether an (exposure index, detector) pair is in the simulated sequence and camera."""
+        return 0 <= entry[0] < self.config.n_exposures and entry[1] in self.camera
 
     def _centred_colour_slopes(self, rng: np.random.Generator) -> dict[int, float]:
         """Draw colour sensitivities and remove their pixel-count weighted mean, so that the
@@ -509,6 +527,8 @@ class FlatSimulator:
         counts = np.zeros_like(levels)
         for j, exposure in enumerate(self.exposures):
             for det in self.camera:
+                if not self.has_image(exposure.id, det.getId()):
+                    continue
                 signal, usable = self._signal(exposure, det.getId())
                 for i, key in enumerate(keys):
                     if key == det.getId() or (isinstance(key, tuple) and key[0] == det.getId()):
@@ -517,6 +537,10 @@ class FlatSimulator:
                         counts[i, j] = n
                         levels[i, j] = signal[region][usable[region]].mean() if n else 0.0
         return levels, counts
+
+    def has_image(self, exposure_id: int, detector: int) -> bool:
+        """Whether the detector was read out in the exposure (see ``FlatSimConfig.missing_images``)."""
+        return (exposure_id, detector) not in self.missing_images
 
     def exposure(self, exposure_id: int) -> SimExposure:
         """Return the exposure with the given ID."""

@@ -158,7 +158,8 @@ def insert_exposure_records(butler: Butler, instrument: str, exposures: list[Sim
 
 
 def put_images(butler: Butler, simulator: FlatSimulator, instrument: str, run: str) -> int:
-    """Simulate every (exposure, detector) image and put it as ``cpFlatProc`` into ``run``.
+    """Simulate every (exposure, detector) image and put it as ``cpFlatProc`` into ``run``, except
+    the ones the simulator has no image for (``FlatSimConfig.missing_images``).
 
     Returns
     -------
@@ -174,6 +175,8 @@ def put_images(butler: Butler, simulator: FlatSimulator, instrument: str, run: s
     n_images = 0
     for exposure in simulator.exposures:
         for detector in simulator.camera:
+            if not simulator.has_image(exposure.id, detector.getId()):
+                continue
             image = simulator.make_image(exposure.id, detector.getId())
             butler.put(image, dataset_type, instrument=instrument, exposure=exposure.id,
                        detector=detector.getId(), run=run)
