@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lsst.cp.pipe.camera_model import DetectorModel
 from lsst.cp.pipe.cpFlatMeasure import CpFlatMeasureConfig, CpFlatMeasureTask
 from lsst.cp.pipe.sim.camera import make_sim_camera
 from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig
@@ -71,7 +72,7 @@ def _clip(values: np.ma.MaskedArray, n_sigma: float, max_iter: int) -> tuple[flo
     return float(values.mean()), float(values.std()), int(values.count())
 
 
-def _amp_regions(detector) -> list[tuple[slice, slice]]:
+def _amp_regions(detector: DetectorModel) -> list[tuple[slice, slice]]:
     regions = []
     for amp in detector:
         box = amp.getBBox()
