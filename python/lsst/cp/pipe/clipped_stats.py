@@ -3,10 +3,10 @@
 
 """Iterative sigma-clipped statistics of an image and of all its amplifier regions.
 
-Every pixel carries an integer label (the index of the region that contains it), and each
-clipping pass computes the moments of all regions at once with `numpy.bincount` and clips each
-region with its own mean and sigma: there is no Python loop over pixels or over regions.  The
-whole image is clipped the same way, as a single label of its own.
+Each region (and the whole image) is clipped on its own, one vectorised pass over its pixels per
+clipping iteration; the only Python loop is over the handful of regions.  An earlier version
+clipped all regions at once with label images and `numpy.bincount`; the label gathers over every
+pixel made it 3x slower than this plain loop on a 4k x 4k detector (bench/README.md).
 """
 
 from __future__ import annotations
@@ -91,12 +91,12 @@ def sigma_clipped_region_stats(
        cumulative: a dropped pixel never comes back.  A set with sigma 0 (all values equal) is
        left as it is, so rounding in the mean cannot drop identical values.
 
-    Passes stop after the first one that drops no pixel (from any region, for the regions; from
-    the image, for the whole image) or after ``max_iter`` passes; ``n_iter`` is the larger pass
+    Passes over a set stop after the first one that drops no pixel or after ``max_iter`` passes
+    (a pass that drops nothing would drop nothing ever after); ``n_iter`` is the largest pass
     count of the regions and the whole image, and counts the final pass that dropped nothing.
-    Pixels outside every region are clipped as one more region, whose statistics are not
-    returned.  The returned mean, sigma and N are those of the final kept set.  A region without
-    any good pixel gets mean NaN, sigma NaN and N 0.
+    Pixels outside every region count for the whole image only.  The returned mean, sigma and N
+    are those of the final kept set.  A region without any good pixel gets mean NaN, sigma NaN
+    and N 0.
     """
     if image.shape != good.shape:
         raise ValueError(f"Image shape {image.shape} differs from good-pixel mask shape {good.shape}.")
@@ -104,71 +104,56 @@ def sigma_clipped_region_stats(
         raise ValueError(f"n_sigma must be positive; got {n_sigma}.")
     if max_iter < 0:
         raise ValueError(f"max_iter must not be negative; got {max_iter}.")
-    n_regions = len(regions)
+    _check_disjoint(image.shape, regions)
     use = good & np.isfinite(image)
-    values = image[use].astype(np.float64)
-    # Label n_regions gathers the pixels outside every region; its statistics are dropped.
-    region_labels = _label_image(image.shape, regions)[use]
-    mean, sigma, n, region_iter = _clip_labels(values, region_labels, n_regions + 1, n_sigma, max_iter)
-    del region_labels
-    # The whole image is one more labelling of the same pixels, clipped on its own.
-    whole_mean, whole_sigma, whole_n, whole_iter = _clip_labels(
-        values, np.zeros(values.size, dtype=np.intp), 1, n_sigma, max_iter
-    )
+    per_region = [_clip(image[region][use[region]], n_sigma, max_iter) for region in regions]
+    whole_mean, whole_sigma, whole_n, whole_iter = _clip(image[use], n_sigma, max_iter)
+    columns = list(zip(*per_region)) if per_region else [(), (), (), ()]
     return SigmaClippedStats(
-        whole_mean=float(whole_mean[0]), whole_sigma=float(whole_sigma[0]), whole_n=int(whole_n[0]),
-        mean=mean[:n_regions], sigma=sigma[:n_regions], n=n[:n_regions].astype(np.int64),
-        n_iter=max(region_iter, whole_iter),
+        whole_mean=whole_mean, whole_sigma=whole_sigma, whole_n=whole_n,
+        mean=np.array(columns[0], dtype=float), sigma=np.array(columns[1], dtype=float),
+        n=np.array(columns[2], dtype=np.int64), n_iter=max([whole_iter, *columns[3]]),
     )
 
 
-def _label_image(shape: tuple[int, ...], regions: Sequence[tuple[slice, slice]]) -> np.ndarray:
-    """Return an image holding each pixel's region index (``len(regions)`` outside them all)."""
-    outside = len(regions)
-    labels = np.full(shape, outside, dtype=np.intp)
+def _check_disjoint(shape: tuple[int, ...], regions: Sequence[tuple[slice, slice]]) -> None:
+    """Raise if two regions share a pixel (a pixel must count for one amplifier only)."""
+    claimed = np.zeros(shape, dtype=bool)
     for index, region in enumerate(regions):
-        if np.any(labels[region] != outside):
+        if claimed[region].any():
             raise ValueError(f"Region {index} overlaps an earlier region.")
-        labels[region] = index
-    return labels
+        claimed[region] = True
 
 
-def _clip_labels(
-    values: np.ndarray, labels: np.ndarray, n_labels: int, n_sigma: float, max_iter: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Clip every label's values at once; see `sigma_clipped_region_stats` for the rule.
+def _clip(values: np.ndarray, n_sigma: float, max_iter: int) -> tuple[float, float, int, int]:
+    """Clip one set of pixels; see `sigma_clipped_region_stats` for the rule.
 
-    Clipping is cumulative, so dropped pixels are removed from the arrays rather than masked:
-    later passes work on fewer pixels and need no masked sums.
+    Clipping is cumulative, so dropped pixels are removed from the array rather than masked:
+    later passes work on fewer pixels.
     """
-    mean, sigma, n = _label_moments(values, labels, n_labels)
+    values = values.astype(np.float64)
+    mean, sigma = _moments(values)
     n_iter = 0
     while n_iter < max_iter:
         n_iter += 1
-        # A zero sigma means every kept value of the label is equal: the label has converged.
-        threshold = np.where(sigma > 0, n_sigma * sigma, np.inf)
-        keep = np.abs(values - mean[labels]) <= threshold[labels]
+        # A zero sigma means every kept value is equal: clipping has converged.
+        if not sigma > 0:
+            break
+        keep = np.abs(values - mean) <= n_sigma * sigma
         if keep.all():
             break
-        values, labels = values[keep], labels[keep]
-        mean, sigma, n = _label_moments(values, labels, n_labels)
-    return mean, sigma, n, n_iter
+        values = values[keep]
+        mean, sigma = _moments(values)
+    return mean, sigma, int(values.size), n_iter
 
 
-def _label_moments(
-    values: np.ndarray, labels: np.ndarray, n_labels: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the mean, population sigma and count of the values of each label.
+def _moments(values: np.ndarray) -> tuple[float, float]:
+    """Mean and population sigma (NaN for no values, without a RuntimeWarning).
 
     Sigma comes from the squared deviations from the mean (two passes), not from the difference
     of the sum of squares and the squared sum, which loses precision on flats with a large level.
     """
-    n = np.bincount(labels, minlength=n_labels)
-    mean = _divide_or_nan(np.bincount(labels, weights=values, minlength=n_labels), n)
-    squares = np.bincount(labels, weights=(values - mean[labels])**2, minlength=n_labels)
-    return mean, np.sqrt(_divide_or_nan(squares, n)), n
-
-
-def _divide_or_nan(numerator: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Divide by counts, giving NaN (and no RuntimeWarning) where the count is zero."""
-    return np.divide(numerator, count, out=np.full(numerator.shape, np.nan), where=count > 0)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    mean = float(values.mean())
+    return mean, float(np.sqrt(np.mean(np.square(values - mean))))
