@@ -49,6 +49,11 @@ class CameraProtocolTestCase(lsst.utils.tests.TestCase):
             covered = sum(amp.getBBox().width * amp.getBBox().height for amp in detector)
             self.assertEqual(covered, detector.getBBox().width * detector.getBBox().height)
 
+    def test_large_grid_names_are_unique(self):
+        camera = make_sim_camera(n_side=14, amp_width=2, amp_height=2, n_wavefront=4)
+        self.assertEqual(len({detector.name for detector in camera}), 14 * 14 + 4)
+        self.assertEqual((camera[0].name, camera[15].name), ("S0000", "S0101"))
+
     def test_validation(self):
         with self.assertRaisesRegex(pydantic.ValidationError, "overlap"):
             two_amp_detector(second_box=PixelBox(x0=5, y0=0, width=10, height=10))

@@ -62,11 +62,12 @@ def make_sim_camera(
     pitch_x = (width + _GAP_PIXELS) * pixel_size
     pitch_y = (2 * amp_height + _GAP_PIXELS) * pixel_size
     centre = (n_side - 1) / 2
+    digits = len(str(n_side - 1))  # "S00".."S22" for 3 x 3; zero-padded so that names never collide
     detectors = []
     for i in range(n_side * n_side):
         row, column = divmod(i, n_side)
         detectors.append(DetectorModel(
-            id=i, name=f"S{row}{column}", type="SCIENCE", serial=f"SIM-SCI-{i:03d}",
+            id=i, name=f"S{row:0{digits}d}{column:0{digits}d}", type="SCIENCE", serial=f"SIM-SCI-{i:03d}",
             bbox=PixelBox(x0=0, y0=0, width=width, height=2 * amp_height),
             focal_plane_x=(column - centre) * pitch_x, focal_plane_y=(row - centre) * pitch_y,
             pixel_size=pixel_size, amplifiers=_amplifiers(amp_width, amp_height, 2),
