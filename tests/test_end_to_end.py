@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lsst.cp.pipe.sim.camera import make_sim_camera
-from lsst.cp.pipe.sim.demo import write_figures
+from lsst.cp.pipe.sim.demo import flat_quality, read_flats, write_figures
 from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig
 from lsst.cp.pipe.sim.repo import build_sim_repo
 from lsst.cp.pipe.sim.run import pipeline_path, read_normalization, run_pipetask
@@ -17,8 +17,12 @@ from lsst.cp.pipe.sim.run import pipeline_path, read_normalization, run_pipetask
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("end_to_end")]
 
 CAMERA = make_sim_camera(n_side=2, n_wavefront=1, amp_width=8, amp_height=16)
-CONFIG = FlatSimConfig(n_exposures=5, dead_amplifier=(3, "C03"), shadow=(2, 1), saturation=(4, 0))
+# Detector 2 is not read out in the second and third exposures (15 s and 20 s).
+MISSING_DETECTOR = 2
+CONFIG = FlatSimConfig(n_exposures=5, dead_amplifier=(3, "C03"), shadow=(2, 1), saturation=(4, 0),
+                       missing_images=((1, MISSING_DETECTOR), (2, MISSING_DETECTOR)))
 OUTPUT = "u/test/cpFlat"
+UNSCALED = OUTPUT + "Unscaled"
 # Noise of one amplifier level: Poisson on 128 pixels of >= 8000 electrons, ~1e-3; the scales average
 # several levels, and the clipped mean of a detector with a vignetting gradient and amplifier steps
 # differs from the plain mean (the truth) by up to ~1e-3.
@@ -28,12 +32,15 @@ G_TOLERANCE = 3e-3
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """Build the repo and run the pipeline at DETECTOR level, then cpFlatNorm alone at AMP level."""
+    """Build the repo and run the pipeline at DETECTOR level, then cpFlatNorm alone at AMP level, then
+    cpFlatCombine alone without normalization."""
     repo = build_sim_repo(tmp_path_factory.mktemp("e2e") / "repo", camera=CAMERA, config=CONFIG)
     pipeline = pipeline_path("SimFlatCam", "cpFlat.yaml")
     run_pipetask(repo.root, pipeline, [repo.defaults_collection], OUTPUT)
     run_pipetask(repo.root, f"{pipeline}#cpFlatNorm", [OUTPUT], OUTPUT + "Amp",
                  extra_args=["-c", "cpFlatNorm:level=AMP"])
+    run_pipetask(repo.root, f"{pipeline}#cpFlatCombine", [OUTPUT], UNSCALED,
+                 extra_args=["-c", "cpFlatCombine:exposureScaling=Unity"])
     return repo
 
 
@@ -44,7 +51,9 @@ def _outputs(repo, collection):
 def test_every_flat_was_measured(repo):
     stats = repo.butler.query_datasets("flatStats", collections=OUTPUT)
     found = {(ref.dataId["exposure"], ref.dataId["detector"]) for ref in stats}
-    assert found == {(e.id, det.getId()) for e in repo.truth.exposures for det in CAMERA}
+    images = {(e.id, det.getId()) for e in repo.truth.exposures for det in CAMERA}
+    assert len(repo.truth.missing_images()) == 2
+    assert found == images - repo.truth.missing_images()
 
 
 @pytest.mark.parametrize("level, collection", [("DETECTOR", OUTPUT), ("AMP", OUTPUT + "Amp")])
@@ -95,10 +104,11 @@ def test_exposure_scale_layout_is_cp_pipes(repo):
 
 def test_demo_figures_are_written(repo, tmp_path):
     results = {"DETECTOR": _outputs(repo, OUTPUT), "AMP": _outputs(repo, OUTPUT + "Amp")}
-    paths = write_figures(repo, results, tmp_path / "figures")
+    flats = {"normalized": read_flats(repo, OUTPUT), "un-normalized": read_flats(repo, UNSCALED)}
+    paths = write_figures(repo, results, tmp_path / "figures", flats)
     assert sorted(path.name for path in paths) == [
-        "exposure_scales.png", "focal_plane_amp.png", "focal_plane_detector.png",
-        "residuals_amp.png", "residuals_detector.png",
+        "exposure_scales.png", "flat_errors.png", "flat_mosaic.png", "focal_plane_amp.png",
+        "focal_plane_detector.png", "residuals_amp.png", "residuals_detector.png",
     ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -121,3 +131,24 @@ def test_combined_flats_match_the_true_response(repo):
         # Robust width: with five inputs a clipped mean cannot reject the (unmasked-plane) cosmic rays.
         robust_sigma = 1.4826 * np.median(np.abs(ratio - np.median(ratio)))
         assert robust_sigma == pytest.approx(truth.flat_noise(det.getId()), rel=0.25)
+
+
+def test_normalized_flat_is_flatter_than_the_unnormalized_one(repo):
+    """On the demo's metric (one gauge constant per mosaic), the un-normalized flat of the detector
+    that misses two exposures sits at the mean lamp level of its own exposures, off by
+    mean(its levels) / mean(all levels) - 1 (-17% here); the normalized flat is right to ~1e-3."""
+    normalized = flat_quality(repo, read_flats(repo, OUTPUT))
+    unnormalized = flat_quality(repo, read_flats(repo, UNSCALED))
+    levels = np.array([e.lamp_level for e in repo.truth.exposures])
+    kept = [repo.simulator.has_image(e.id, MISSING_DETECTOR) for e in repo.truth.exposures]
+    expected = levels[kept].mean() / levels.mean() - 1
+    detector, error = unnormalized.worst_detector()
+    assert detector == MISSING_DETECTOR
+    # Up to the colour term of its three exposures (colour sensitivity up to 6e-3 x colour up to 0.4).
+    assert error == pytest.approx(expected, abs=5e-3)
+    assert normalized.gauge == pytest.approx(1, abs=1e-3)
+    assert abs(normalized.worst_detector()[1]) < 2e-3
+    assert abs(normalized.worst_amplifier()[1]) < 5e-3
+    assert abs(normalized.detectors[MISSING_DETECTOR].detector_error) < 2e-3
+    assert normalized.amplifier_rms() < unnormalized.amplifier_rms() / 20
+    assert normalized.outlier_fraction() < unnormalized.outlier_fraction() / 3
