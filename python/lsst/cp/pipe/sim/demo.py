@@ -65,9 +65,10 @@ def _build(output: Path, args: argparse.Namespace) -> SimRepo:
     config = FlatSimConfig(n_exposures=args.exposures, seed=args.seed, missing_images=_MISSING_IMAGES)
     repo = build_sim_repo(output / "repo", camera=camera, config=config)
     n_amps = sum(len(det) for det in camera)
+    n_images = len(camera) * len(repo.truth.exposures) - len(repo.truth.missing_images())
     print(f"   repo {repo.root}: {len(camera)} detectors ({n_amps} amplifiers), "
           f"{len(repo.truth.exposures)} flat exposures in {config.physical_filter}, "
-          f"{len(camera) * len(repo.truth.exposures)} cpFlatProc images in {repo.image_run}")
+          f"{n_images} cpFlatProc images in {repo.image_run}")
     for corruption in repo.truth.corruptions:
         when = "every exposure" if corruption.exposure is None else f"exposure {corruption.exposure}"
         print(f"   simulated {corruption.kind}: detector {corruption.detector}, {when}, amplifiers "
