@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lsst.cp.pipe.sim.camera import make_sim_camera
-from lsst.cp.pipe.sim.demo import flat_quality, read_flats, write_figures
+from lsst.cp.pipe.sim.demo import measure_flats, read_flats, write_figures
 from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig
 from lsst.cp.pipe.sim.repo import build_sim_repo
 from lsst.cp.pipe.sim.run import pipeline_path, read_normalization, run_pipetask
@@ -137,8 +137,8 @@ def test_normalized_flat_is_flatter_than_the_unnormalized_one(repo):
     """On the demo's metric (one gauge constant per mosaic), the un-normalized flat of the detector
     that misses two exposures sits at the mean lamp level of its own exposures, off by
     mean(its levels) / mean(all levels) - 1 (-17% here); the normalized flat is right to ~1e-3."""
-    normalized = flat_quality(repo, read_flats(repo, OUTPUT))
-    unnormalized = flat_quality(repo, read_flats(repo, UNSCALED))
+    normalized = measure_flats(repo, read_flats(repo, OUTPUT))
+    unnormalized = measure_flats(repo, read_flats(repo, UNSCALED))
     levels = np.array([e.lamp_level for e in repo.truth.exposures])
     kept = [repo.simulator.has_image(e.id, MISSING_DETECTOR) for e in repo.truth.exposures]
     expected = levels[kept].mean() / levels.mean() - 1

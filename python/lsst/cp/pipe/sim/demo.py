@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-__all__ = ["flat_quality", "main", "read_flats", "write_figures"]
+__all__ = ["main", "measure_flats", "read_flats", "write_figures"]
 
 import argparse
 import contextlib
@@ -158,7 +158,7 @@ def _response_ratios(repo: SimRepo, flats: dict[int, np.ndarray]) -> dict[int, n
             for det, flat in flats.items()}
 
 
-def flat_quality(repo: SimRepo, flats: dict[int, np.ndarray]) -> MosaicQuality:
+def measure_flats(repo: SimRepo, flats: dict[int, np.ndarray]) -> MosaicQuality:
     """Compare the flats of every detector with the true response, on one gauge constant.
 
     A pixel is an outlier if it is further than ``_OUTLIER_SIGMAS`` times the detector's expected
@@ -183,9 +183,10 @@ def _compare_flats(repo: SimRepo, qualities: dict[str, MosaicQuality]) -> None:
     """Print how the normalized and un-normalized flats compare with the true response."""
     truth = repo.truth
     normalized, unnormalized = qualities["normalized"], qualities["un-normalized"]
-    print(f"   normalized: {_OUTPUT_COLLECTION}; un-normalized (exposureScaling=Unity): "
-          f"{_UNSCALED_COLLECTION}. Error = flat / (k x true response) - 1, with one constant k per "
-          "mosaic (median of flat / truth over all usable pixels).")
+    print(f"   normalized: {_OUTPUT_COLLECTION}; "
+          f"un-normalized (exposureScaling=Unity): {_UNSCALED_COLLECTION}")
+    print("   error = flat / (k x true response) - 1, with one constant k per mosaic: the median of "
+          "flat / truth over all usable pixels")
     both = (normalized, unnormalized)
     noise = [truth.flat_noise(det) for det in normalized.detectors]
     rows = [
@@ -214,8 +215,8 @@ def _compare_flats(repo: SimRepo, qualities: dict[str, MosaicQuality]) -> None:
             rows.append((f"detector {detector} (SAT band) outliers vs truth",
                          *(f"{q.detectors[detector].outlier_fraction:.3%}" for q in both)))
     _print_flat_rows(rows)
-    print(f"   (sigma: the expected flat noise from Poisson and read noise, {np.min(noise):.2e} .. "
-          f"{np.max(noise):.2e}, which the robust pixel scatter should match)")
+    print(f"   (sigma: the normalized flat's expected Poisson and read noise, {np.min(noise):.2e} .. "
+          f"{np.max(noise):.2e}, which its robust pixel scatter should match)")
 
 
 def _residual_matrix(outputs: NormalizationOutputs, truth: FlatTruth, level: str) -> tuple:
@@ -335,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _stage("Comparing the combined flats with the truth, with and without normalization"):
         flats = {"normalized": read_flats(repo, _OUTPUT_COLLECTION),
                  "un-normalized": read_flats(repo, _UNSCALED_COLLECTION)}
-        qualities = {name: flat_quality(repo, images) for name, images in flats.items()}
+        qualities = {name: measure_flats(repo, images) for name, images in flats.items()}
         _compare_flats(repo, qualities)
     with _stage("Writing figures"):
         for path in write_figures(repo, results, output / "figures", flats):
