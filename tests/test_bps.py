@@ -266,7 +266,9 @@ site:
             flat = butler.get("flat", instrument=INSTRUMENT, detector=detector_id, physical_filter=FILTER)
             usable = self.repo.truth.usable_pixels(detector_id)
             ratio = flat.image.array[usable] / self.repo.truth.pixel_response(detector_id)[usable]
-            self.assertFloatsAlmostEqual(np.mean(ratio), 1.0, rtol=3e-3)
+            self.assertFloatsAlmostEqual(np.mean(ratio), 1.0, rtol=2e-3)
+            # 52 exposures of ~10^4 electrons: ~0.1% noise per pixel.
+            self.assertLess(np.percentile(np.abs(ratio - 1), 99), 0.01)
 
     def test_graph_needs_the_fix(self):
         """The submission's graph: a job's read of one late quantum fails without the fix."""
