@@ -167,7 +167,8 @@ class CpFlatMeasureRunTestCase(lsst.utils.tests.TestCase):
     def test_absent_mask_plane_is_ignored_with_debug_log(self):
         with self.assertLogs(self.task.log.name, level="DEBUG") as logs:
             self.task.run(self.flat, self.camera, SCIENCE_DETECTOR)
-        self.assertIn("Mask planes ['NO_DATA', 'SATURATED'] are not in the image's mask schema", "\n".join(logs.output))
+        self.assertIn("Mask planes ['NO_DATA', 'SATURATED'] are not in the image's mask schema",
+                      "\n".join(logs.output))
 
     def test_mask_name_list_and_clip_config(self):
         config = CpFlatMeasureConfig()
