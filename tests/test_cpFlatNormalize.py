@@ -117,6 +117,21 @@ class DetectorLevelTestCase(lsst.utils.tests.TestCase):
         self.assertAlmostEqual(result.outputScales["detScale"][7], true_g[7], places=10)
         self.assertEqual(self.task.metadata["nRejected"], 1)
 
+    def test_many_invalid_entries_are_counted_after_a_limit(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs())
+        config = CpFlatNormalizationTask.ConfigClass()
+        config.level = "AMP"
+        task = CpFlatNormalizationTask(config=config)
+        for md in mds[:14]:  # 14 datasets x 8 amplifiers without a level: 112 invalid entries
+            for i in range(8):
+                md[f"AMP_MEDIAN_{i}"] = float("nan")
+        with self.assertLogs(task.log.name, level="WARNING") as logs:
+            task.run(mds, dims, self.factory.camera)
+        individual = [line for line in logs.output if "is invalid; excluded" in line]
+        self.assertEqual(len(individual), 100)
+        self.assertTrue(any("... and 12 more entries flagged INVALID" in line for line in logs.output))
+        self.assertEqual(task.metadata["nInvalid"], 14 * 8)
+
     def test_disconnected_exposures_raise_naming_groups(self):
         first = [(e, d) for e in EXPOSURES[:2] for d in range(0, 5)]
         second = [(e, d) for e in EXPOSURES[2:] for d in range(5, 11)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 __all__ = ["CpFlatNormalizationConfig", "CpFlatNormalizationConnections", "CpFlatNormalizationTask"]
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,8 @@ from .scale_solver import DisconnectedDataError, EmptyColumnError, EntryFlag, so
 
 
 _FLAG_NAMES = np.array([flag.name for flag in sorted(EntryFlag)])
+_MAX_ENTRY_WARNINGS = 100
+"""Flagged entries of one kind warned about one by one; more are counted in one line."""
 
 
 class CpFlatNormalizationConnections(
@@ -319,13 +321,12 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
     def _report(self, matrix: StatisticsMatrix, result: pipeBase.Struct) -> None:
         """Log what was excluded and record the solve's diagnostics in the task metadata."""
         invalid = matrix.present & (result.flags == EntryFlag.INVALID)
-        for i, j in zip(*np.nonzero(invalid)):
-            self.log.warning("Flat level %r with %r pixels for %s is invalid; excluded.",
-                             matrix.levels[i, j], matrix.counts[i, j], matrix.entry_label(i, j))
-        for i, j in zip(*np.nonzero(result.rejected)):
-            self.log.warning("Rejected outlier %s: level %.6g is %+.2f%% from the separable model.",
-                             matrix.entry_label(i, j), matrix.levels[i, j],
-                             100 * np.expm1(result.logResiduals[i, j]))
+        self._log_entries("INVALID", np.argwhere(invalid), lambda i, j: (
+            f"Flat level {matrix.levels[i, j]!r} with {matrix.counts[i, j]!r} pixels for "
+            f"{matrix.entry_label(i, j)} is invalid; excluded."))
+        self._log_entries("REJECTED", np.argwhere(result.rejected), lambda i, j: (
+            f"Rejected outlier {matrix.entry_label(i, j)}: level {matrix.levels[i, j]:.6g} is "
+            f"{100 * np.expm1(result.logResiduals[i, j]):+.2f}% from the separable model."))
         for i in np.flatnonzero(result.rowGroups < 0):
             self.log.warning("No usable flat level for %s: its scale is NaN and it is flagged.",
                              matrix.row_label(i))
@@ -337,14 +338,27 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         if not result.converged:
             self.log.warning("Outlier rejection did not settle within scaleMaxIter=%d rounds; the scales are "
                              "the exact solution for the last rejected set.", self.config.scaleMaxIter)
+        counts = {"nUsed": int((result.flags == EntryFlag.USED).sum()),
+                  "nRejected": int(result.rejected.sum()), "nInvalid": int(invalid.sum())}
         self.log.info("Solved in %d round(s): %d entries used, %d rejected, %d invalid; log-residual rms "
-                      "%.3g, sigma %.3g.", result.iterations, int((result.flags == EntryFlag.USED).sum()),
-                      int(result.rejected.sum()), int(invalid.sum()), result.rms, result.sigma)
-        for key, value in (("nUsed", int((result.flags == EntryFlag.USED).sum())),
-                           ("nRejected", int(result.rejected.sum())), ("nInvalid", int(invalid.sum())),
-                           ("nGroups", int(result.nGroups)), ("iterations", int(result.iterations)),
-                           ("converged", bool(result.converged)), ("logResidualRms", float(result.rms))):
+                      "%.3g, sigma %.3g.", result.iterations, counts["nUsed"], counts["nRejected"],
+                      counts["nInvalid"], result.rms, result.sigma)
+        counts.update(nGroups=int(result.nGroups), iterations=int(result.iterations),
+                      converged=bool(result.converged), logResidualRms=float(result.rms))
+        for key, value in counts.items():
             self.metadata[key] = value
+
+    def _log_entries(self, flag: str, entries: np.ndarray, describe: Callable[[int, int], str]) -> None:
+        """Warn about each flagged (row, exposure) entry, up to a limit; count the rest.
+
+        Every entry is flagged in the scale table whatever the limit, so a sequence with thousands of
+        missing levels does not bury the log.
+        """
+        for i, j in entries[:_MAX_ENTRY_WARNINGS]:
+            self.log.warning("%s", describe(i, j))
+        if len(entries) > _MAX_ENTRY_WARNINGS:
+            self.log.warning("... and %d more entries flagged %s in the scale table.",
+                             len(entries) - _MAX_ENTRY_WARNINGS, flag)
 
     def _scale_dict(self, matrix: StatisticsMatrix, result: pipeBase.Struct, camera: Any) -> dict:
         """Build cp_pipe's output layout.
