@@ -117,6 +117,20 @@ class DetectorLevelTestCase(lsst.utils.tests.TestCase):
         self.assertAlmostEqual(result.outputScales["detScale"][7], true_g[7], places=10)
         self.assertEqual(self.task.metadata["nRejected"], 1)
 
+    def test_omit_unused_scales(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs())
+        index = next(i for i, d in enumerate(dims) if d["exposure"] == EXPOSURES[2] and d["detector"] == 7)
+        mds[index]["DETECTOR_MEDIAN"] *= 0.8
+        kept = self.task.run(mds, dims, self.factory.camera).outputScales
+        self.assertIn(EXPOSURES[2], kept["expScale"][7]["C10"])  # cp_pipe's layout by default
+        config = CpFlatNormalizationTask.ConfigClass()
+        config.omitUnusedScales = True
+        omitted = CpFlatNormalizationTask(config=config).run(mds, dims, self.factory.camera).outputScales
+        for amp, scales in omitted["expScale"][7].items():
+            self.assertEqual(sorted(scales), [e for e in EXPOSURES if e != EXPOSURES[2]], amp)
+        self.assertEqual(omitted["expScale"][6], kept["expScale"][6])
+        self.assertEqual(omitted["detScale"], kept["detScale"])
+
     def test_many_invalid_entries_are_counted_after_a_limit(self):
         mds, dims = self.factory.inputs(self.factory.all_pairs())
         config = CpFlatNormalizationTask.ConfigClass()
@@ -213,6 +227,16 @@ class AmpLevelTestCase(lsst.utils.tests.TestCase):
         norm = np.mean(list(alive.values()))
         for (det, amp), gain in alive.items():
             self.assertAlmostEqual(result.outputScales["detScale"][det][amp], gain / norm, places=10)
+
+    def test_omit_unused_scales_per_amplifier(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs())
+        for md, dim in zip(mds, dims):
+            if dim["detector"] == 3:
+                md[f"AMP_MEDIAN_{[md[f'AMP_NAME_{i}'] for i in range(16)].index('C05')}"] = 0.0
+        self.task.config.omitUnusedScales = True
+        exp_scale = self.task.run(mds, dims, self.factory.camera).outputScales["expScale"]
+        self.assertEqual(exp_scale[3]["C05"], {})
+        self.assertEqual(sorted(exp_scale[3]["C04"]), EXPOSURES)
 
     def test_unknown_amplifier_name(self):
         mds, dims = self.factory.inputs(self.factory.all_pairs()[:2])

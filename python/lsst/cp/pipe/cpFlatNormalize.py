@@ -140,6 +140,14 @@ class CpFlatNormalizationConfig(
                         "group of every entry in the table.",
         },
     )
+    omitUnusedScales = pexConfig.Field(
+        dtype=bool,
+        doc="Leave out of expScale[det][amp] the exposures whose entry covering that detector or "
+            "amplifier was rejected as an outlier or invalid, so that the combine step (which skips "
+            "inputs without a scale) does not combine a shadowed, saturated or dead region into the "
+            "flat. False keeps cp_pipe's layout: every exposure for every amplifier.",
+        default=False,
+    )
     doDownSelection = pexConfig.Field(
         dtype=bool,
         doc="Use only the exposures whose exposure record field downSelectionField equals "
@@ -364,7 +372,8 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         """Build cp_pipe's output layout.
 
         ``expScale[det][amp][exposure]`` is the exposure scale E for every amplifier of every
-        detector; ``detScale[det]`` (DETECTOR) or ``detScale[det][amp]`` (AMP) is G.
+        detector (with ``omitUnusedScales``, only where the entry covering that amplifier was
+        used); ``detScale[det]`` (DETECTOR) or ``detScale[det][amp]`` (AMP) is G.
         """
         exp_scales = {exposure: float(scale) for exposure, scale in zip(matrix.exposures, result.expScales)}
         det_scales: dict[int, Any] = {}
@@ -377,7 +386,21 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             detector: {amp.getName(): dict(exp_scales) for amp in camera[detector]}
             for detector in sorted(set(matrix.detectors))
         }
+        if self.config.omitUnusedScales:
+            self._omit_unused(exp_scale, matrix, result.flags)
         return {"expScale": exp_scale, "detScale": det_scales}
+
+    @staticmethod
+    def _omit_unused(exp_scale: dict, matrix: StatisticsMatrix, flags: np.ndarray) -> None:
+        """Drop ``expScale[det][amp][exposure]`` wherever the entry covering it was not used.
+
+        A DETECTOR-level row covers all amplifiers of its detector; an AMP-level row one.
+        """
+        for i, j in np.argwhere(flags != EntryFlag.USED):
+            detector, exposure = matrix.detectors[i], matrix.exposures[j]
+            amps = exp_scale[detector] if matrix.level == "DETECTOR" else [matrix.amplifiers[i]]
+            for amp in amps:
+                exp_scale[detector][amp].pop(exposure, None)
 
     def _scale_table(self, matrix: StatisticsMatrix, result: pipeBase.Struct) -> Table:
         """One row per measured (exposure, row) entry, exposure-major."""
