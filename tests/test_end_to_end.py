@@ -23,6 +23,7 @@ CONFIG = FlatSimConfig(n_exposures=5, dead_amplifier=(3, "C03"), shadow=(2, 1), 
                        missing_images=((1, MISSING_DETECTOR), (2, MISSING_DETECTOR)))
 OUTPUT = "u/test/cpFlat"
 UNSCALED = OUTPUT + "Unscaled"
+OMITTED = OUTPUT + "Omitted"
 # Noise of one amplifier level: Poisson on 128 pixels of >= 8000 electrons, ~1e-3; the scales average
 # several levels, and the clipped mean of a detector with a vignetting gradient and amplifier steps
 # differs from the plain mean (the truth) by up to ~1e-3.
@@ -33,7 +34,7 @@ G_TOLERANCE = 3e-3
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """Build the repo and run the pipeline at DETECTOR level, then cpFlatNorm alone at AMP level, then
-    cpFlatCombine alone without normalization."""
+    cpFlatCombine alone without normalization, then both with the rejected entries' scales omitted."""
     repo = build_sim_repo(tmp_path_factory.mktemp("e2e") / "repo", camera=CAMERA, config=CONFIG)
     pipeline = pipeline_path("SimFlatCam", "cpFlat.yaml")
     run_pipetask(repo.root, pipeline, [repo.defaults_collection], OUTPUT)
@@ -41,6 +42,8 @@ def repo(tmp_path_factory):
                  extra_args=["-c", "cpFlatNorm:level=AMP"])
     run_pipetask(repo.root, f"{pipeline}#cpFlatCombine", [OUTPUT], UNSCALED,
                  extra_args=["-c", "cpFlatCombine:exposureScaling=Unity"])
+    run_pipetask(repo.root, f"{pipeline}#cpFlatNorm,cpFlatCombine", [OUTPUT], OMITTED,
+                 extra_args=["-c", "cpFlatNorm:omitUnusedScales=True"])
     return repo
 
 
@@ -152,3 +155,26 @@ def test_normalized_flat_is_flatter_than_the_unnormalized_one(repo):
     assert abs(normalized.detectors[MISSING_DETECTOR].detector_error) < 2e-3
     assert normalized.amplifier_rms() < unnormalized.amplifier_rms() / 20
     assert normalized.outlier_fraction() < unnormalized.outlier_fraction() / 3
+
+
+def test_omitted_scales_keep_the_shadow_out_of_the_flat(repo):
+    """omitUnusedScales leaves the rejected (shadowed) entry's exposure out of its detector's scales;
+    the combine then skips that exposure there instead of relying on its clipping, and the flat under
+    the shadow matches the true response."""
+    shadow = next(c for c in repo.truth.corruptions if c.kind == "shadow")
+    exp_scale = _outputs(repo, OMITTED).scales["expScale"][shadow.detector]
+    assert all(shadow.exposure not in per_exposure for per_exposure in exp_scale.values())
+    flats = {collection: repo.butler.get("flat", instrument="SimFlatCam", detector=shadow.detector,
+                                         physical_filter=CONFIG.physical_filter, collections=collection)
+             for collection in (OUTPUT, OMITTED)}
+    assert flats[OUTPUT].metadata["CP_COMBINE_SKIPPED_EXPOSURES"] == ""
+    assert flats[OMITTED].metadata["CP_COMBINE_SKIPPED_EXPOSURES"] == str(shadow.exposure)
+    assert flats[OMITTED].metadata["CP_COMBINE_N_INPUTS"] == flats[OUTPUT].metadata["CP_COMBINE_N_INPUTS"] - 1
+    in_shadow = np.zeros(repo.truth.usable_pixels(shadow.detector).shape, dtype=bool)
+    for amp in CAMERA[shadow.detector]:
+        if amp.getName() in shadow.amplifiers:
+            box = amp.getBBox()
+            in_shadow[box.getMinY():box.getMaxY() + 1, box.getMinX():box.getMaxX() + 1] = True
+    pixels = in_shadow & repo.truth.usable_pixels(shadow.detector)
+    ratio = flats[OMITTED].image.array[pixels] / repo.truth.pixel_response(shadow.detector)[pixels]
+    assert abs(np.median(ratio) - 1) < 2e-3
