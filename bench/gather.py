@@ -11,9 +11,11 @@ camera.  In one process this times:
 (b) executing that quantum (reading every input, solving, writing the outputs);
 (c) a bare loop of ``butler.get`` over the same input refs;
 (d) the task's ``run`` on the inputs already in memory, and
-(e) putting the outputs of (d) into the repository (what (b) adds to (c) and (d)),
+(e) putting the outputs of (d) into the repository (what (b) adds to (c) and (d)), and
+(f) executing the same quantum on a quantum-backed butler, from a graph built with datastore
+    records attached (what ``pipetask run-qbb`` and BPS jobs do: no registry query per input),
 
-and reports (b)/(c) and the peak Python memory (`tracemalloc`) of (b) and (c), each measured
+and reports (b)/(c), (f)/(c) and the peak Python memory (`tracemalloc`) of (b) and (c), each measured
 in a second, untimed pass because tracing slows Python down.
 """
 
@@ -48,9 +50,10 @@ from lsst.cp.pipe.sim.camera import SIM_CAMERA_NAME, make_sim_camera
 from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig, FlatSimulator
 from lsst.cp.pipe.sim.instrument import SimFlatCam
 from lsst.cp.pipe.sim.repo import insert_exposure_records
-from lsst.daf.butler import Butler, DatasetRef, DatasetType
-from lsst.pipe.base import Struct, TaskMetadata
+from lsst.daf.butler import Butler, DatasetRef, DatasetType, QuantumBackedButler
+from lsst.pipe.base import Struct, TaskFactory, TaskMetadata
 from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
+from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
 from .timing import format_seconds
 
@@ -173,6 +176,7 @@ class GatherResult:
     reads: float
     run: float
     writes: float
+    qbb_quantum: float
     quantum_peak: int
     reads_peak: int
 
@@ -188,6 +192,8 @@ class GatherResult:
             f"{label}: quantum / bare reads ratio {self.quantum / self.reads:.2f} "
             f"(task adds {100 * (self.quantum / self.reads - 1):.0f}%); reads are "
             f"{100 * self.reads / self.quantum:.0f}% of the quantum",
+            f"{label}: (f) quantum on a quantum-backed butler {format_seconds(self.qbb_quantum)}; "
+            f"(f) / bare reads ratio {self.qbb_quantum / self.reads:.2f}",
             f"{label}: peak traced memory: quantum {self.quantum_peak / 2**20:.1f} MiB, "
             f"bare reads {self.reads_peak / 2**20:.1f} MiB",
         ]
@@ -209,6 +215,28 @@ def _run_quantum(executor: SimplePipelineExecutor) -> Callable[[], Any]:
     """Do the executor's one-off initialisation now and return the call that runs the quantum."""
     quanta = executor.as_generator(register_dataset_types=True, save_versions=False)
     return lambda: next(quanta)
+
+
+def _qbb_quantum(repo: StatisticsRepo, output: str) -> Callable[[], Any]:
+    """Build the graph with datastore records attached and return the call that runs its quantum
+    on a `QuantumBackedButler`, as ``pipetask run-qbb`` does (outputs reach the datastore only)."""
+    butler = SimplePipelineExecutor.prep_butler(repo.root, inputs=repo.inputs, output=output)
+    executor = SimplePipelineExecutor.from_task_class(
+        CpFlatNormalizationTask, config=_config(), butler=butler, attach_datastore_records=True
+    )
+    executor.predicted.pipeline_graph.register_dataset_types(butler)
+    executor.predicted.build_execution_quanta()
+    dataset_types = {dataset_type.name: dataset_type for dataset_type in butler.registry.queryDatasetTypes()}
+    quantum_executor = SingleQuantumExecutor(
+        butler=None,
+        task_factory=TaskFactory(),
+        limited_butler_factory=lambda quantum: QuantumBackedButler.initialize(
+            config=repo.root, quantum=quantum, dimensions=butler.dimensions, dataset_types=dataset_types
+        ),
+    )
+    quantum_id = next(iter(executor.predicted))
+    node = executor.predicted.quantum_only_xgraph.nodes[quantum_id]
+    return lambda: quantum_executor.execute(node["pipeline_node"], node["quantum"], quantum_id)
 
 
 def _read_all(butler: Butler, refs: list[DatasetRef]) -> list[Any]:
@@ -261,10 +289,12 @@ def measure_gather(root: str, n_detectors: int, n_exposures: int) -> GatherResul
     quantum, _ = _elapsed(_run_quantum(executor))
     writes = _time_output_writes(executor.butler, outputs)
     del outputs
+    qbb_quantum, _ = _elapsed(_qbb_quantum(repo, "bench/norm-qbb"))
     reads_peak = _traced_peak(lambda: _read_all(executor.butler, repo.refs))
     quantum_peak = _traced_peak(_run_quantum(_executor(repo, "bench/norm-traced")))
     return GatherResult(n_detectors=n_detectors, n_exposures=n_exposures, write=write, graph=graph,
-                        quantum=quantum, reads=reads, run=run, writes=writes, quantum_peak=quantum_peak,
+                        quantum=quantum, reads=reads, run=run, writes=writes, qbb_quantum=qbb_quantum,
+                        quantum_peak=quantum_peak,
                         reads_peak=reads_peak)
 
 

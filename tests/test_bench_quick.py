@@ -59,6 +59,8 @@ class QuickRunTestCase(unittest.TestCase):
         label = "gather AMP 9x4"
         self.assertRegex(self.result.stdout, rf"{label}: \(a\) graph .*\(b\) quantum .*\(c\) bare reads")
         self.assertRegex(self.result.stdout, rf"{label}: quantum / bare reads ratio \d+\.\d\d")
+        self.assertRegex(self.result.stdout, rf"{label}: \(f\) quantum on a quantum-backed butler .*"
+                                             r"\(f\) / bare reads ratio \d+\.\d\d")
         peaks = re.search(rf"{label}: peak traced memory: quantum ([\d.]+) MiB, bare reads ([\d.]+) MiB",
                           self.result.stdout)
         self.assertIsNotNone(peaks, self.result.stdout)
