@@ -39,7 +39,7 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.images import Box, Image, Mask, MaskedImage, MaskPlane, MaskSchema
 
-from .camera_connection import camera_prerequisite
+from .flat_connections import camera_prerequisite, post_isr_flat_input
 from .combine_stack import combine_stack, iter_row_bands
 
 NO_DATA = "NO_DATA"
@@ -48,14 +48,8 @@ NO_DATA = "NO_DATA"
 class CpFlatCombineConnections(
     pipeBase.PipelineTaskConnections, dimensions=("instrument", "detector", "physical_filter")
 ):
-    inputExpHandles = cT.Input(
-        name="cpFlatProc",
-        doc="Post-ISR flats of the detector; read in row bands.",
-        storageClass="MaskedImageV2",
-        dimensions=("instrument", "exposure", "detector"),
-        multiple=True,
-        deferLoad=True,
-    )
+    inputExpHandles = post_isr_flat_input("Post-ISR flats of the detector; read in row bands.",
+                                          multiple=True, deferLoad=True)
     inputScales = cT.Input(
         name="cpFlatNormScales",
         doc="Scales from the flat normalization: expScale[det][amp][exposure] divides each input.",

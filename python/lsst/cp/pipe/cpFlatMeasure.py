@@ -24,7 +24,7 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.images import MaskedImage
 
-from .camera_connection import camera_prerequisite
+from .flat_connections import camera_prerequisite, post_isr_flat_input
 from .clipped_stats import SigmaClippedStats, sigma_clipped_region_stats
 from .cpFlatNormalize import (
     CpFlatNormalizationConfig,
@@ -36,12 +36,7 @@ from .cpFlatNormalize import (
 class CpFlatMeasureConnections(
     pipeBase.PipelineTaskConnections, dimensions=("instrument", "exposure", "detector")
 ):
-    inputExp = cT.Input(
-        name="cpFlatProc",
-        doc="Post-ISR flat image of one exposure and detector.",
-        storageClass="MaskedImageV2",
-        dimensions=("instrument", "exposure", "detector"),
-    )
+    inputExp = post_isr_flat_input("Post-ISR flat image of one exposure and detector.")
     camera = camera_prerequisite("Camera geometry: the amplifier regions of each detector.")
     outputStats = cT.Output(
         name="flatStats",

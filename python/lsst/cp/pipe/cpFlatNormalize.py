@@ -24,7 +24,7 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.daf.butler import DataCoordinate, DatasetRef
 
-from .camera_connection import camera_prerequisite
+from .flat_connections import camera_prerequisite
 from .flat_statistics import StatisticsMatrix, gather_statistics
 from .scale_solver import DisconnectedDataError, EmptyColumnError, EntryFlag, solve_separable_scales
 
