@@ -106,7 +106,8 @@ def gather_statistics(
     _check_unique(keys)
     exposures = sorted({exposure for exposure, _ in keys})
     detectors = sorted({detector for _, detector in keys})
-    row_detectors, row_amps = _rows(detectors, camera, level)
+    amp_names = {detector: _amp_names(camera, detector) for detector in detectors} if level == "AMP" else {}
+    row_detectors, row_amps = _rows(detectors, amp_names, level)
     row_index = {key: i for i, key in enumerate(zip(row_detectors, row_amps))}
     column_index = {exposure: j for j, exposure in enumerate(exposures)}
 
@@ -116,7 +117,7 @@ def gather_statistics(
     present = np.zeros(shape, dtype=bool)
     for md, dims, (exposure, detector) in zip(inputMDs, inputDims, keys):
         column = column_index[exposure]
-        for amp, value, count in _entries(md, dims, detector, level, camera):
+        for amp, value, count in _entries(md, dims, detector, level, amp_names):
             row = row_index[(detector, amp)]
             levels[row, column] = value
             counts[row, column] = count
@@ -141,23 +142,25 @@ def _check_unique(keys: list[tuple[int, int]]) -> None:
         seen.add((exposure, detector))
 
 
-def _rows(detectors: list[int], camera: Any, level: str) -> tuple[list[int], list[str]]:
+def _rows(
+    detectors: list[int], amp_names: Mapping[int, list[str]], level: str
+) -> tuple[list[int], list[str]]:
     if level == "DETECTOR":
         return detectors, [""] * len(detectors)
     row_detectors: list[int] = []
     row_amps: list[str] = []
     for detector in detectors:
-        names = [amp.getName() for amp in _camera_detector(camera, detector)]
-        row_detectors.extend([detector] * len(names))
-        row_amps.extend(names)
+        row_detectors.extend([detector] * len(amp_names[detector]))
+        row_amps.extend(amp_names[detector])
     return row_detectors, row_amps
 
 
-def _camera_detector(camera: Any, detector: int) -> Any:
+def _amp_names(camera: Any, detector: int) -> list[str]:
     try:
-        return camera[detector]
+        amplifiers = camera[detector]
     except (KeyError, IndexError, LookupError):
         raise KeyError(f"Detector {detector} has flat statistics but is not in the camera.") from None
+    return [amp.getName() for amp in amplifiers]
 
 
 def _require(md: Any, key: str, dims: Mapping[str, Any]) -> Any:
@@ -172,12 +175,12 @@ def _describe(dims: Mapping[str, Any]) -> str:
 
 
 def _entries(
-    md: Any, dims: Mapping[str, Any], detector: int, level: str, camera: Any
+    md: Any, dims: Mapping[str, Any], detector: int, level: str, amp_names: Mapping[int, list[str]]
 ) -> list[tuple[str, float, float]]:
     """Return (amplifier name, level, count) triples of one statistics dataset."""
     if level == "DETECTOR":
         return [("", float(_require(md, "DETECTOR_MEDIAN", dims)), float(_require(md, "DETECTOR_N", dims)))]
-    expected = [amp.getName() for amp in _camera_detector(camera, detector)]
+    expected = amp_names[detector]
     entries = []
     for i in range(len(expected)):
         name = str(_require(md, f"AMP_NAME_{i}", dims))
