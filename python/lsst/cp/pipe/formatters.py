@@ -86,22 +86,19 @@ def _scalar_text(value: Any) -> str:
     return writer(value)
 
 
-def _write_mapping(mapping: dict, indent: str, lines: list[str], seen: set[int], keys: dict) -> None:
+def _write_mapping(mapping: dict, indent: str, lines: list[str], seen: set[int]) -> None:
     if id(mapping) in seen:
         raise _Unsupported("a dictionary appears twice; PyYAML writes an alias")
     seen.add(id(mapping))
     for key, value in mapping.items():
-        # Keys repeat (every amplifier lists the same exposures); 1, 1.0 and True must not share text.
-        key_text = keys.get((type(key), key))
-        if key_text is None:
-            key_text = keys[(type(key), key)] = _scalar_text(key)
+        key_text = _scalar_text(key)
         if type(value) is float:  # the bulk of a scale dictionary
             lines.append(f"{indent}{key_text}: {_float_text(value)}\n")
         elif type(value) is not dict:
             lines.append(f"{indent}{key_text}: {_scalar_text(value)}\n")
         elif value:
             lines.append(f"{indent}{key_text}:\n")
-            _write_mapping(value, indent + _INDENT, lines, seen, keys)
+            _write_mapping(value, indent + _INDENT, lines, seen)
         else:
             lines.append(f"{indent}{key_text}: {{}}\n")
 
@@ -127,7 +124,7 @@ def block_yaml(tree: Any) -> str | None:
         return "{}\n"
     lines: list[str] = []
     try:
-        _write_mapping(tree, "", lines, set(), {})
+        _write_mapping(tree, "", lines, set())
     except _Unsupported:
         return None
     return "".join(lines)
