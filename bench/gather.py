@@ -22,11 +22,11 @@ and reports (b)/(c), (g)/(c), the task's own share (b - g)/(c), (f)/(c) and the 
 (`tracemalloc`) of (b) and (c), each measured in a second, untimed pass because tracing slows
 Python down.
 
-On a shared machine single timings of the same step vary by 10-30%, so (b) and (g) are timed
+On a shared machine single timings of the same step vary by 20-40%, so (b) and (g) are timed
 `REPEATS` times, alternating which of the two goes first, with a bare read loop (c) before each
 and one after the last.  The report uses each step's fastest time, the one least disturbed by
-other work on the machine (one run's means were thrown 30% off by a single slow quantum), and
-prints every timing.
+other work on the machine (in one run with means, a single slow control quantum, 20.0 s against
+13.1 s, made the task's share negative), and prints every timing.
 """
 
 from __future__ import annotations
@@ -389,6 +389,7 @@ def measure_gather(root: str, n_detectors: int, n_exposures: int, repeats: int =
     write, repo = _elapsed(lambda: write_statistics_repo(root, n_detectors, n_exposures))
     butler = _prep_butler(repo, "bench/norm0")
     graph, executor = _elapsed(lambda: _executor(butler))
+    # This first read loop feeds (d) and warms the butler; it is not one of the (c) loops.
     _, run, outputs = _time_reads_and_run(butler, repo)
     writes = _time_output_writes(executor, outputs)
     del outputs

@@ -9,7 +9,7 @@ LSSTCam scale (3024 amplifiers x 50 exposures) that is 151,200 floats.  daf_butl
 on the benchmark machine); even with libyaml's C emitter, PyYAML's pure-Python *representer*
 takes 3-4 s (bench/README.md).  This formatter writes trees of plain dictionaries and scalars
 (what ``StructuredDataDict`` holds) directly as the block YAML text ``yaml.safe_dump(...,
-sort_keys=False)`` would write, in a tenth of a second; anything else goes through libyaml's
+sort_keys=False)`` would write, in 0.2-0.5 s at that size; anything else goes through libyaml's
 dumper.  It reads through libyaml's loader when PyYAML has it.  The package's butler seed config
 declares it for the ``StructuredDataDict`` storage class.
 """
