@@ -17,13 +17,13 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lint: $(STAMP)
-	$(PY) -m flake8 python tests bench
+	$(PY) -m flake8 python compat tests bench
 
 test: $(STAMP) lint
 	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m lsst.cp.pipe.sim.demo --output $(DEMO_DIR)
+	$(PY) -m lsst.cp.flatnorm.sim.demo --output $(DEMO_DIR)
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

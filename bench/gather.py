@@ -50,17 +50,17 @@ from typing import Any
 
 import numpy as np
 
-from lsst.cp.pipe.butler_setup import make_repo
-from lsst.cp.pipe.cpFlatNormalize import (
+from lsst.cp.flatnorm.butler_setup import make_repo
+from lsst.cp.flatnorm.cpFlatNormalize import (
     CpFlatNormalizationConfig,
     CpFlatNormalizationConnections,
     CpFlatNormalizationTask,
 )
-from lsst.cp.pipe.camera_model import CameraModel
-from lsst.cp.pipe.sim.camera import SIM_CAMERA_NAME, make_sim_camera
-from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig, FlatSimulator
-from lsst.cp.pipe.sim.instrument import SimFlatCam
-from lsst.cp.pipe.sim.repo import insert_exposure_records
+from lsst.cp.flatnorm.camera_model import CameraModel
+from lsst.cp.flatnorm.sim.camera import SIM_CAMERA_NAME, make_sim_camera
+from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig, FlatSimulator
+from lsst.cp.flatnorm.sim.instrument import SimFlatCam
+from lsst.cp.flatnorm.sim.repo import insert_exposure_records
 from lsst.daf.butler import Butler, DatasetRef, DatasetType, QuantumBackedButler
 from lsst.pipe.base import (
     InputQuantizedConnection,
@@ -96,7 +96,7 @@ class StatisticsRepo:
         Input collections: the statistics RUN and the camera's CALIBRATION collection.
     refs : `list` [`lsst.daf.butler.DatasetRef`]
         The statistics datasets.
-    camera : `lsst.cp.pipe.camera_model.CameraModel`
+    camera : `lsst.cp.flatnorm.camera_model.CameraModel`
         The camera.
     """
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lsst.cp.pipe.camera_model import DetectorModel
-from lsst.cp.pipe.cpFlatMeasure import CpFlatMeasureConfig, CpFlatMeasureTask
-from lsst.cp.pipe.sim.camera import make_sim_camera
-from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig
-from lsst.cp.pipe.sim.repo import INPUT_DATASET_TYPE, build_sim_repo
+from lsst.cp.flatnorm.camera_model import DetectorModel
+from lsst.cp.flatnorm.cpFlatMeasure import CpFlatMeasureConfig, CpFlatMeasureTask
+from lsst.cp.flatnorm.sim.camera import make_sim_camera
+from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
+from lsst.cp.flatnorm.sim.repo import INPUT_DATASET_TYPE, build_sim_repo
 from lsst.images import MaskedImage
 
 from .timing import format_seconds

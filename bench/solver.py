@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 
-from lsst.cp.pipe.cpFlatNormalize import CpFlatNormalizationTask
+from lsst.cp.flatnorm.cpFlatNormalize import CpFlatNormalizationTask
 
 from .timing import Timing, format_seconds, time_call
 

@@ -5,7 +5,7 @@
 
 import numpy as np
 
-from lsst.cp.pipe.sim.camera import make_sim_camera
+from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.pipe.base import TaskMetadata
 
 EXPOSURES = [2026112500010, 2026112500011, 2026112500012, 2026112500013]

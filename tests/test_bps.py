@@ -22,17 +22,16 @@ import numpy as np
 import pytest
 
 import lsst.utils.tests
-from lsst.cp.pipe import bps_support
-from lsst.cp.pipe.sim.camera import make_sim_camera
-from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig
-from lsst.cp.pipe.sim.repo import build_sim_repo
+from lsst.cp.flatnorm import bps_support
+from lsst.cp.flatnorm.sim.camera import make_sim_camera
+from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
+from lsst.cp.flatnorm.sim.repo import build_sim_repo
 from lsst.daf.butler import Butler
 from lsst.pipe.base import Pipeline
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
-PACKAGE_ROOT = Path(__file__).parents[1]
-BPS_DIR = PACKAGE_ROOT / "bps"
-PIPELINE = PACKAGE_ROOT / "pipelines" / "SimFlatCam" / "cpFlat.yaml"
+BPS_DIR = "resource://lsst.cp.flatnorm/bps"
+PIPELINE = "resource://lsst.cp.flatnorm/pipelines/SimFlatCam/cpFlat.yaml"
 ENV_BIN = Path(sys.executable).parent
 HAVE_BPS_PARSL = (
     importlib.util.find_spec("lsst.ctrl.bps") is not None
@@ -117,7 +116,7 @@ class ZipfileSeekFixTestCase(lsst.utils.tests.TestCase):
     def test_main_rejects_unknown_commands(self):
         with self.assertRaisesRegex(SystemExit, "no console script 'no-such-script'"):
             bps_support.main(["no-such-script"])
-        with self.assertRaisesRegex(SystemExit, "usage: python -m lsst.cp.pipe.bps_support"):
+        with self.assertRaisesRegex(SystemExit, "usage: python -m lsst.cp.flatnorm.bps_support"):
             bps_support.main([])
 
 
@@ -179,8 +178,8 @@ class BpsParslSubmitTestCase(lsst.utils.tests.TestCase):
         path = cls.root / "submit.yaml"
         path.write_text(f"""\
 includeConfigs:
-  - {BPS_DIR / "bps_cpFlat.yaml"}
-  - {BPS_DIR / "sites" / "parsl_local.yaml"}
+  - {BPS_DIR}/bps_cpFlat.yaml
+  - {BPS_DIR}/sites/parsl_local.yaml
 pipelineYaml: {PIPELINE}
 payload:
   butlerConfig: {cls.repo.root}
@@ -200,8 +199,9 @@ site:
         """Run ``bps submit`` (it blocks until the parsl workflow is done) in a session of its own."""
         # The jobs run `python -m ...` and pipetask: the environment's bin must come first on PATH.
         path = f"{ENV_BIN}{os.pathsep}{os.environ['PATH']}"
-        env = dict(os.environ, CP_PIPE_DIR=str(PACKAGE_ROOT), PATH=path)
-        command = [sys.executable, "-m", "lsst.cp.pipe.bps_support", "bps", "submit", str(cls.submit_yaml)]
+        env = dict(os.environ, PATH=path)
+        command = [sys.executable, "-m", "lsst.cp.flatnorm.bps_support", "bps", "submit",
+                   str(cls.submit_yaml)]
         with open(cls.root / "bps.log", "w") as log:
             process = subprocess.Popen(command, cwd=cls.root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True)
@@ -266,8 +266,7 @@ site:
         self.assertEqual(len(table), 2 * 52)
 
     def check_combined_flats_match_truth(self):
-        with mock.patch.dict(os.environ, {"CP_PIPE_DIR": str(PACKAGE_ROOT)}):
-            produced = Pipeline.from_uri(PIPELINE).to_graph().dataset_types
+        produced = Pipeline.from_uri(PIPELINE).to_graph().dataset_types
         self.assertIn("flat", produced, "the SimFlatCam pipeline should end with the combine step")
         butler = Butler.from_config(self.repo.root, collections=self.output)
         for detector in self.repo.simulator.camera:

@@ -9,9 +9,9 @@ import unittest
 import pydantic
 
 import lsst.utils.tests
-from lsst.cp.pipe.butler_setup import make_repo
-from lsst.cp.pipe.camera_model import AmplifierModel, CameraModel, DetectorModel, PixelBox
-from lsst.cp.pipe.sim.camera import make_sim_camera
+from lsst.cp.flatnorm.butler_setup import make_repo
+from lsst.cp.flatnorm.camera_model import AmplifierModel, CameraModel, DetectorModel, PixelBox
+from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.daf.butler import Butler, DatasetType
 
 

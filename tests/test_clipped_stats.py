@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 import lsst.utils.tests
-from lsst.cp.pipe.clipped_stats import sigma_clipped_region_stats
+from lsst.cp.flatnorm.clipped_stats import sigma_clipped_region_stats
 
 # Three regions covering all but the last two columns of a 12 x 20 image.
 SHAPE = (12, 20)

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 import lsst.utils.tests
-from lsst.cp.pipe.combine_stack import MEDIAN_VARIANCE_FACTOR, combine_stack, iter_row_bands
+from lsst.cp.flatnorm.combine_stack import MEDIAN_VARIANCE_FACTOR, combine_stack, iter_row_bands
 
 
 def _stack(values, variances=None, valid=None):

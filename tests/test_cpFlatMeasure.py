@@ -12,9 +12,9 @@ import lsst.daf.butler.tests as butlerTests
 import lsst.pipe.base.testUtils as pipeTestUtils
 import lsst.utils.tests
 from lsst.daf.butler import DatasetType
-from lsst.cp.pipe.butler_setup import seed_config
-from lsst.cp.pipe.cpFlatMeasure import CpFlatMeasureConfig, CpFlatMeasureTask
-from lsst.cp.pipe.sim.camera import SIM_CAMERA_NAME, make_sim_camera
+from lsst.cp.flatnorm.butler_setup import seed_config
+from lsst.cp.flatnorm.cpFlatMeasure import CpFlatMeasureConfig, CpFlatMeasureTask
+from lsst.cp.flatnorm.sim.camera import SIM_CAMERA_NAME, make_sim_camera
 from lsst.images import Image, MaskedImage, MaskPlane, MaskSchema
 
 AMP_WIDTH, AMP_HEIGHT = 4, 5  # 20 pixels an amplifier: 10 at level + 1, 10 at level - 1

@@ -17,11 +17,11 @@ import numpy as np
 import lsst.daf.butler.tests as butlerTests
 import lsst.pipe.base.testUtils
 import lsst.utils.tests
-from lsst.cp.pipe import CpFlatNormalizationTask
-from lsst.cp.pipe.butler_setup import make_repo, seed_config
-from lsst.cp.pipe.sim.flat_simulator import SimExposure
-from lsst.cp.pipe.sim.instrument import SimFlatCam
-from lsst.cp.pipe.sim.repo import insert_exposure_records
+from lsst.cp.flatnorm import CpFlatNormalizationTask
+from lsst.cp.flatnorm.butler_setup import make_repo, seed_config
+from lsst.cp.flatnorm.sim.flat_simulator import SimExposure
+from lsst.cp.flatnorm.sim.instrument import SimFlatCam
+from lsst.cp.flatnorm.sim.repo import insert_exposure_records
 from lsst.daf.butler import Butler, DatasetType
 from stats_factory import EXPOSURES, StatisticsFactory
 

@@ -7,11 +7,11 @@ scales read back from the butler checked against the simulator's truth."""
 import numpy as np
 import pytest
 
-from lsst.cp.pipe.sim.camera import make_sim_camera
-from lsst.cp.pipe.sim.demo import measure_flats, read_flats, write_figures
-from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig
-from lsst.cp.pipe.sim.repo import build_sim_repo
-from lsst.cp.pipe.sim.run import pipeline_path, read_normalization, run_pipetask
+from lsst.cp.flatnorm.sim.camera import make_sim_camera
+from lsst.cp.flatnorm.sim.demo import measure_flats, read_flats, write_figures
+from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
+from lsst.cp.flatnorm.sim.repo import build_sim_repo
+from lsst.cp.flatnorm.sim.run import pipeline_uri, read_normalization, run_pipetask
 
 # One repo per module: with pytest-xdist, "--dist loadgroup" keeps these tests on one worker.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("end_to_end")]
@@ -36,7 +36,7 @@ def repo(tmp_path_factory):
     """Build the repo and run the pipeline at DETECTOR level, then cpFlatNorm alone at AMP level, then
     cpFlatCombine alone without normalization, then both with the rejected entries' scales omitted."""
     repo = build_sim_repo(tmp_path_factory.mktemp("e2e") / "repo", camera=CAMERA, config=CONFIG)
-    pipeline = pipeline_path("SimFlatCam", "cpFlat.yaml")
+    pipeline = pipeline_uri("SimFlatCam", "cpFlat.yaml")
     run_pipetask(repo.root, pipeline, [repo.defaults_collection], OUTPUT)
     run_pipetask(repo.root, f"{pipeline}#cpFlatNorm", [OUTPUT], OUTPUT + "Amp",
                  extra_args=["-c", "cpFlatNorm:level=AMP"])

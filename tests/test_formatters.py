@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lsst.utils.tests
-from lsst.cp.pipe.butler_setup import make_repo
-from lsst.cp.pipe.formatters import block_yaml
+from lsst.cp.flatnorm.butler_setup import make_repo
+from lsst.cp.flatnorm.formatters import block_yaml
 from lsst.daf.butler import Butler, DatasetType
 
 
-class LibyamlFormatterTestCase(lsst.utils.tests.TestCase):
+class BlockYamlFormatterTestCase(lsst.utils.tests.TestCase):
     def test_scales_round_trip_through_repo(self):
         scales = {
             "expScale": {3: {"C10": {2026112500010: 1234.5, 2026112500011: float("nan")}}},
@@ -37,7 +37,7 @@ class LibyamlFormatterTestCase(lsst.utils.tests.TestCase):
             self.assertEqual(uri.read().decode(), yaml.safe_dump(scales, sort_keys=False))
             stored = butler._datastore.getStoredItemsInfo(ref)  # which formatter the seed config chose
             self.assertEqual([info.formatter for info in stored],
-                             ["lsst.cp.pipe.formatters.LibyamlFormatter"])
+                             ["lsst.cp.flatnorm.formatters.BlockYamlFormatter"])
             copy = Butler.from_config(root, collections="run").get("scales", instrument="SimFlatCam")
         self.assertEqual(list(copy["expScale"][3]["C10"]), [2026112500010, 2026112500011])
         self.assertEqual(copy["expScale"][3]["C10"][2026112500010], 1234.5)

@@ -3,7 +3,6 @@
 
 """The shipped pipelines through the pipetask command: build, contracts and quantum graphs."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -13,36 +12,35 @@ import unittest
 from pathlib import Path
 
 import lsst.utils.tests
-from lsst.cp.pipe.sim.camera import make_sim_camera
-from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig
-from lsst.cp.pipe.sim.repo import build_sim_repo
+from lsst.cp.flatnorm.sim.camera import make_sim_camera
+from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
+from lsst.cp.flatnorm.sim.repo import build_sim_repo
+from lsst.cp.flatnorm.sim.run import pipeline_uri
 
-ROOT = Path(__file__).parents[1]
 PIPETASK = Path(sys.executable).with_name("pipetask")
-SIM_PIPELINE = ROOT / "pipelines" / "SimFlatCam" / "cpFlat.yaml"
-INGREDIENT = ROOT / "pipelines" / "_ingredients" / "cpFlatNorm.yaml"
+SIM_PIPELINE = pipeline_uri("SimFlatCam", "cpFlat.yaml")
+INGREDIENT = pipeline_uri("_ingredients", "cpFlatNorm.yaml")
 
 
 def pipetask(*args):
-    return subprocess.run([str(PIPETASK), *args], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, CP_PIPE_DIR=str(ROOT)))
+    return subprocess.run([str(PIPETASK), *args], capture_output=True, text=True, timeout=300)
 
 
 @unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
 class PipelineBuildTestCase(lsst.utils.tests.TestCase):
     def test_show_pipeline_has_cp_pipe_labels_and_classes(self):
-        process = pipetask("build", "-p", str(SIM_PIPELINE), "--show", "pipeline")
+        process = pipetask("build", "-p", SIM_PIPELINE, "--show", "pipeline")
         self.assertEqual(process.returncode, 0, process.stderr[-2000:])
         shown = process.stdout
-        for label, cls in (("cpFlatMeasure", "lsst.cp.pipe.cpFlatMeasure.CpFlatMeasureTask"),
-                           ("cpFlatNorm", "lsst.cp.pipe.cpFlatMeasure.CpFlatNormalizationTask"),
-                           ("cpFlatCombine", "lsst.cp.pipe.cpCombine.CalibCombineByFilterTask")):
+        for label, cls in (("cpFlatMeasure", "lsst.cp.flatnorm.cpFlatMeasure.CpFlatMeasureTask"),
+                           ("cpFlatNorm", "lsst.cp.flatnorm.cpFlatNormalize.CpFlatNormalizationTask"),
+                           ("cpFlatCombine", "lsst.cp.flatnorm.cpCombine.CpFlatCombineTask")):
             self.assertRegex(shown, rf"{label}:\s*\n\s*class: {re.escape(cls)}")
-        self.assertIn("instrument: lsst.cp.pipe.sim.instrument.SimFlatCam", shown)
+        self.assertIn("instrument: lsst.cp.flatnorm.sim.instrument.SimFlatCam", shown)
 
     def test_contract_rejects_mismatched_statistics_name(self):
         # Contracts are checked when the pipeline graph is built (not by --show pipeline).
-        process = pipetask("build", "-p", str(INGREDIENT), "-c", "cpFlatNorm:connections.inputMDs=otherStats",
+        process = pipetask("build", "-p", INGREDIENT, "-c", "cpFlatNorm:connections.inputMDs=otherStats",
                            "--show", "pipeline-graph")
         self.assertNotEqual(process.returncode, 0)
         self.assertIn("cpFlatNorm must read the statistics that cpFlatMeasure writes", process.stderr)
@@ -66,7 +64,7 @@ class QuantumGraphTestCase(lsst.utils.tests.TestCase):
 
     def test_qgraph_counts_quanta_per_task(self):
         process = pipetask("qgraph", "-b", str(self.repo.root), "-i", self.repo.defaults_collection,
-                           "-o", "u/test/qgraph", "-p", str(SIM_PIPELINE))
+                           "-o", "u/test/qgraph", "-p", SIM_PIPELINE)
         self.assertEqual(process.returncode, 0, process.stderr[-3000:])
         # pipetask prints a summary table with one "N label" row per task (on stderr without a terminal).
         rows = re.findall(r"^\s*(\d+)\s+(cpFlat\w+)\s*$", process.stdout + process.stderr, re.M)

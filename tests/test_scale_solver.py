@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lsst.utils.tests
-from lsst.cp.pipe.scale_solver import (
+from lsst.cp.flatnorm.scale_solver import (
     DisconnectedDataError,
     EmptyColumnError,
     EntryFlag,

@@ -1,7 +1,7 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Flat quality against truth (lsst.cp.pipe.sim.flat_quality) on synthetic arrays with known answers,
+"""Flat quality against truth (lsst.cp.flatnorm.sim.flat_quality) on synthetic arrays with known answers,
 the simulator's missing images, and the mosaic figure's binning."""
 
 import dataclasses
@@ -9,9 +9,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lsst.cp.pipe.sim.camera import make_sim_camera
-from lsst.cp.pipe.sim.figures import bin_image
-from lsst.cp.pipe.sim.flat_quality import (
+from lsst.cp.flatnorm.sim.camera import make_sim_camera
+from lsst.cp.flatnorm.sim.figures import bin_image
+from lsst.cp.flatnorm.sim.flat_quality import (
     ROBUST_SIGMA_PER_MAD,
     amplifier_regions,
     gauge_constant,
@@ -19,7 +19,7 @@ from lsst.cp.pipe.sim.flat_quality import (
     measure_mosaic_quality,
     response_ratio,
 )
-from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig, FlatSimulator
+from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig, FlatSimulator
 
 CAMERA = make_sim_camera(n_side=2, n_wavefront=1, amp_width=4, amp_height=6)
 SIM_CONFIG = FlatSimConfig(n_exposures=4, dead_amplifier=None, shadow=None, saturation=None)

@@ -6,9 +6,9 @@
 import numpy as np
 import pytest
 
-from lsst.cp.pipe.scale_solver import EntryFlag, solve_separable_scales
-from lsst.cp.pipe.sim.camera import make_sim_camera
-from lsst.cp.pipe.sim.flat_simulator import FlatSimConfig, FlatSimulator
+from lsst.cp.flatnorm.scale_solver import EntryFlag, solve_separable_scales
+from lsst.cp.flatnorm.sim.camera import make_sim_camera
+from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig, FlatSimulator
 
 CAMERA = make_sim_camera(n_side=2, n_wavefront=1, amp_width=8, amp_height=16)
 CONFIG = FlatSimConfig(n_exposures=6, dead_amplifier=(3, "C03"), shadow=(2, 1), saturation=(4, 0))

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lsst.cp.pipe.butler_setup import make_repo
-from lsst.cp.pipe.camera_model import CameraModel
-from lsst.cp.pipe.sim.camera import make_sim_camera
-from lsst.cp.pipe.sim.instrument import SIM_FILTERS, SimFlatCam
+from lsst.cp.flatnorm.butler_setup import make_repo
+from lsst.cp.flatnorm.camera_model import CameraModel
+from lsst.cp.flatnorm.sim.camera import make_sim_camera
+from lsst.cp.flatnorm.sim.instrument import SIM_FILTERS, SimFlatCam
 from lsst.daf.butler import Butler, CollectionType
 
 
@@ -25,7 +25,7 @@ def test_register_writes_instrument_detector_and_filter_records(butler):
     SimFlatCam().register(butler.registry)
     (instrument,) = butler.query_dimension_records("instrument")
     assert instrument.name == "SimFlatCam"
-    assert instrument.class_name == "lsst.cp.pipe.sim.instrument.SimFlatCam"
+    assert instrument.class_name == "lsst.cp.flatnorm.sim.instrument.SimFlatCam"
     assert instrument.detector_max == 11
     detectors = {record.id: record for record in butler.query_dimension_records("detector")}
     assert sorted(detectors) == list(range(11))
@@ -80,6 +80,6 @@ def test_butler_register_instrument_command(tmp_path):
     make_repo(root)
     butler_command = Path(sys.executable).with_name("butler")
     subprocess.run([str(butler_command), "register-instrument", str(root),
-                    "lsst.cp.pipe.sim.instrument.SimFlatCam"], check=True, capture_output=True)
+                    "lsst.cp.flatnorm.sim.instrument.SimFlatCam"], check=True, capture_output=True)
     butler = Butler.from_config(str(root))
     assert len(list(butler.query_dimension_records("detector"))) == 11

@@ -1,0 +1,170 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""CpFlatMeasureTask: the clipped flat level of each detector and amplifier, for the normalization."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CpFlatMeasureConfig",
+    "CpFlatMeasureConnections",
+    "CpFlatMeasureTask",
+]
+
+from typing import Any
+
+import numpy as np
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+from lsst.images import MaskedImage
+
+from .flat_connections import camera_prerequisite, post_isr_flat_input
+from .clipped_stats import SigmaClippedStats, sigma_clipped_region_stats
+
+
+class CpFlatMeasureConnections(
+    pipeBase.PipelineTaskConnections, dimensions=("instrument", "exposure", "detector")
+):
+    inputExp = post_isr_flat_input("Post-ISR flat image of one exposure and detector.")
+    camera = camera_prerequisite("Camera geometry: the amplifier regions of each detector.")
+    outputStats = cT.Output(
+        name="flatStats",
+        doc="Clipped flat level, sigma and pixel count of the detector and of each amplifier.",
+        storageClass="TaskMetadata",
+        dimensions=("instrument", "exposure", "detector"),
+    )
+
+
+class CpFlatMeasureConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFlatMeasureConnections):
+    maskNameList = pexConfig.ListField(
+        dtype=str,
+        doc="Mask planes whose pixels are left out of the statistics; planes absent from an "
+            "image's mask schema are ignored. SATURATED is lsst.images' name for afw's SAT plane in "
+            "converted images, so both are listed.",
+        default=["DETECTED", "BAD", "NO_DATA", "SAT", "SATURATED"],
+    )
+    numSigmaClip = pexConfig.RangeField(
+        dtype=float,
+        doc="Clipping threshold of the iterative clipped mean, in units of sigma.",
+        default=3.0,
+        min=0.0,
+        inclusiveMin=False,
+    )
+    clipMaxIter = pexConfig.RangeField(
+        dtype=int,
+        doc="Maximum number of clipping passes (0: plain mean of the unmasked pixels).",
+        default=3,
+        min=0,
+    )
+
+
+class CpFlatMeasureTask(pipeBase.PipelineTask):
+    """Measure the clipped flat level of one detector and of each of its amplifiers.
+
+    The statistics feed `CpFlatNormalizationTask`, which solves for the exposure and detector
+    scales of the flat-field normalization.
+    """
+
+    ConfigClass = CpFlatMeasureConfig
+    _DefaultName = "cpFlatMeasure"
+
+    def runQuantum(
+        self,
+        butlerQC: pipeBase.QuantumContext,
+        inputRefs: pipeBase.InputQuantizedConnection,
+        outputRefs: pipeBase.OutputQuantizedConnection,
+    ) -> None:
+        inputs: dict[str, Any] = butlerQC.get(inputRefs)
+        inputs["detectorId"] = butlerQC.quantum.dataId["detector"]
+        outputs = self.run(**inputs)
+        butlerQC.put(outputs, outputRefs)
+
+    def run(self, inputExp: MaskedImage, camera: Any, detectorId: int) -> pipeBase.Struct:
+        """Measure the flat statistics of one detector.
+
+        Parameters
+        ----------
+        inputExp : `lsst.images.MaskedImage`
+            Post-ISR flat image of the detector.
+        camera : camera-like
+            ``camera[detectorId]`` is a detector with ``getBBox()`` that iterates over amplifiers
+            with ``getName()`` and ``getBBox()`` (the afw camera protocol).
+        detectorId : `int`
+            ID of the detector the image belongs to.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``outputStats`` (`lsst.pipe.base.TaskMetadata`): ``DETECTOR_MEDIAN`` (the clipped
+            mean, named as in cp_pipe), ``DETECTOR_SIGMA``, ``DETECTOR_N``, and for each
+            amplifier ``i`` in the detector's order ``AMP_NAME_i``, ``AMP_MEDIAN_i``,
+            ``AMP_SIGMA_i``, ``AMP_N_i``.
+
+        Raises
+        ------
+        ValueError
+            Raised if the image shape differs from the detector's, or if an amplifier lies
+            outside the detector.
+        """
+        detector = camera[detectorId]
+        image = inputExp.image.array
+        _check_shape(detectorId, detector.getBBox(), image.shape)
+        names = [amp.getName() for amp in detector]
+        regions = [_amp_slices(detectorId, detector.getBBox(), amp) for amp in detector]
+        stats = sigma_clipped_region_stats(
+            image, ~self._bad_pixels(inputExp), regions, self.config.numSigmaClip, self.config.clipMaxIter
+        )
+        self._warn_empty(detectorId, names, stats)
+        return pipeBase.Struct(outputStats=_stats_metadata(names, stats))
+
+    def _bad_pixels(self, inputExp: MaskedImage) -> np.ndarray:
+        """Return the pixels flagged by any configured mask plane the image's schema has."""
+        schema = inputExp.mask.schema
+        planes = [name for name in self.config.maskNameList if name in schema.names]
+        missing = [name for name in self.config.maskNameList if name not in schema.names]
+        if missing:
+            self.log.debug("Mask planes %s are not in the image's mask schema; ignoring them.", missing)
+        return np.any(inputExp.mask.array & schema.bitmask(*planes), axis=-1)
+
+    def _warn_empty(self, detectorId: int, names: list[str], stats: SigmaClippedStats) -> None:
+        """Log the amplifiers (and the detector) left without any usable pixel."""
+        for name, count in zip(names, stats.n):
+            if count == 0:
+                self.log.warning("Detector %s amplifier %s has no unmasked pixel; its statistics are NaN.",
+                                 detectorId, name)
+        if stats.whole_n == 0:
+            self.log.warning("Detector %s has no unmasked pixel; its statistics are NaN.", detectorId)
+
+
+def _check_shape(detectorId: int, bbox: Any, shape: tuple[int, ...]) -> None:
+    expected = (bbox.getHeight(), bbox.getWidth())
+    if tuple(shape) != expected:
+        raise ValueError(f"Detector {detectorId}: image shape (ny, nx) = {tuple(shape)} does not match "
+                         f"the camera's detector shape {expected}.")
+
+
+def _amp_slices(detectorId: int, detectorBox: Any, amp: Any) -> tuple[slice, slice]:
+    """Return the ``(y, x)`` array slices of an amplifier, in an image of the detector box."""
+    box = amp.getBBox()
+    y0 = box.getMinY() - detectorBox.getMinY()
+    x0 = box.getMinX() - detectorBox.getMinX()
+    y1, x1 = y0 + box.getHeight(), x0 + box.getWidth()
+    if y0 < 0 or x0 < 0 or y1 > detectorBox.getHeight() or x1 > detectorBox.getWidth():
+        raise ValueError(f"Detector {detectorId}: amplifier {amp.getName()} lies outside the detector.")
+    return slice(y0, y1), slice(x0, x1)
+
+
+def _stats_metadata(names: list[str], stats: SigmaClippedStats) -> pipeBase.TaskMetadata:
+    """Pack the statistics under cp_pipe's flat statistics keys."""
+    metadata = pipeBase.TaskMetadata()
+    metadata["DETECTOR_MEDIAN"] = stats.whole_mean
+    metadata["DETECTOR_SIGMA"] = stats.whole_sigma
+    metadata["DETECTOR_N"] = stats.whole_n
+    for i, name in enumerate(names):
+        metadata[f"AMP_NAME_{i}"] = name
+        metadata[f"AMP_MEDIAN_{i}"] = float(stats.mean[i])
+        metadata[f"AMP_SIGMA_{i}"] = float(stats.sigma[i])
+        metadata[f"AMP_N_{i}"] = int(stats.n[i])
+    return metadata

@@ -1,0 +1,430 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""CpFlatNormalizationTask: butler I/O around the separable scale solver.
+
+The task gathers the flat statistics of every (exposure, detector) of one physical filter,
+solves ``B[row, exp] = G[row] * E[exp]`` with `lsst.cp.flatnorm.scale_solver`, and writes the scales
+in cp_pipe's dictionary layout (for the combine step) plus a table with one row per measured
+entry (for people).
+"""
+
+from __future__ import annotations
+
+__all__ = ["CpFlatNormalizationConfig", "CpFlatNormalizationConnections", "CpFlatNormalizationTask"]
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from astropy.table import Table
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+from lsst.daf.butler import DataCoordinate, DatasetRef
+
+from .flat_connections import camera_prerequisite
+from .flat_statistics import StatisticsMatrix, gather_statistics
+from .scale_solver import DisconnectedDataError, EmptyColumnError, EntryFlag, solve_separable_scales
+
+
+_FLAG_NAMES = np.array([flag.name for flag in sorted(EntryFlag)])
+_MAX_ENTRY_WARNINGS = 100
+"""Flagged entries of one kind warned about one by one; more are counted in one line."""
+
+
+class CpFlatNormalizationConnections(
+    pipeBase.PipelineTaskConnections, dimensions=("instrument", "physical_filter")
+):
+    inputMDs = cT.Input(
+        name="flatStats",
+        doc="Flat statistics (DETECTOR_MEDIAN, DETECTOR_N, AMP_*_i) of each exposure and detector.",
+        storageClass="TaskMetadata",
+        dimensions=("instrument", "exposure", "detector"),
+        multiple=True,
+    )
+    camera = camera_prerequisite("Camera geometry: the amplifiers of each detector.")
+    outputScales = cT.Output(
+        name="cpFlatNormScales",
+        doc="Scales in cp_pipe's layout: expScale[det][amp][exposure] and detScale[det] "
+            "(detScale[det][amp] at AMP level).",
+        storageClass="StructuredDataDict",
+        dimensions=("instrument", "physical_filter"),
+    )
+    outputScaleTable = cT.Output(
+        name="cpFlatNormScaleTable",
+        doc="One row per measured (exposure, detector[, amplifier]): level, count, scales, model, "
+            "log residual and flag (USED, INVALID, REJECTED).",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "physical_filter"),
+    )
+
+    def adjustQuantum(
+        self,
+        inputs: dict[str, tuple[cT.BaseInput, Collection[DatasetRef]]],
+        outputs: dict[str, tuple[cT.Output, Collection[DatasetRef]]],
+        label: str,
+        data_id: DataCoordinate,
+    ) -> tuple[Mapping[str, tuple[cT.BaseInput, Collection[DatasetRef]]],
+               Mapping[str, tuple[cT.Output, Collection[DatasetRef]]]]:
+        """Keep only the exposures whose record field matches the down-selection value."""
+        if not self.config.doDownSelection:
+            return super().adjustQuantum(inputs, outputs, label, data_id)
+        connection, refs = inputs["inputMDs"]
+        field, wanted = self.config.downSelectionField, self.config.downSelectionValue
+        kept = [ref for ref in refs if _exposure_field(ref, field) == wanted]
+        if not kept:
+            raise pipeBase.NoWorkFound(
+                f"{label} {data_id}: no input exposure has {field} == {wanted!r} "
+                f"(out of {len(refs)} inputs)."
+            )
+        adjusted = {"inputMDs": (connection, kept)}
+        inputs.update(adjusted)
+        super().adjustQuantum(inputs, outputs, label, data_id)
+        return adjusted, {}
+
+
+def _exposure_field(ref: DatasetRef, field: str) -> str:
+    """Return the exposure record's ``field`` as a string (config values are strings)."""
+    record = ref.dataId.records["exposure"] if ref.dataId.hasRecords() else None
+    if record is None:
+        raise RuntimeError(f"Down-selection needs exposure records, but {ref} has an unexpanded data ID.")
+    try:
+        return str(getattr(record, field))
+    except AttributeError:
+        raise KeyError(f"Exposure records have no field {field!r} (downSelectionField).") from None
+
+
+class CpFlatNormalizationConfig(
+    pipeBase.PipelineTaskConfig, pipelineConnections=CpFlatNormalizationConnections
+):
+    level = pexConfig.ChoiceField(
+        dtype=str,
+        doc="Which statistics make the rows of the background matrix.",
+        default="DETECTOR",
+        allowed={
+            "DETECTOR": "One row per detector (DETECTOR_MEDIAN, DETECTOR_N).",
+            "AMP": "One row per amplifier (AMP_MEDIAN_i, AMP_N_i, placed by AMP_NAME_i).",
+        },
+    )
+    scaleMaxIter = pexConfig.Field(
+        dtype=int,
+        doc="Maximum number of solve-and-reject rounds. Each round is an exact weighted least-squares "
+            "solve; the rounds stop when the set of rejected entries no longer changes.",
+        default=10,
+        check=lambda n: n >= 1,
+    )
+    outlierSigma = pexConfig.Field(
+        dtype=float,
+        doc="Reject entries whose log residual exceeds this many robust (MAD) sigmas of all log "
+            "residuals; 0 disables rejection.",
+        default=5.0,
+        check=lambda x: x >= 0,
+    )
+    outlierFloor = pexConfig.Field(
+        dtype=float,
+        doc="Never reject an entry whose |log residual| is at or below this (0.005 = 0.5%), so that "
+            "nearly separable data keep every entry however small the noise is.",
+        default=0.005,
+        check=lambda x: x >= 0,
+    )
+    disconnectedPolicy = pexConfig.ChoiceField(
+        dtype=str,
+        doc="What to do when the detector-exposure data split into groups that share no detector "
+            "and no exposure, so that their relative scale cannot be measured.",
+        default="RAISE",
+        allowed={
+            "RAISE": "Fail, naming the groups.",
+            "SEPARATE": "Solve each group with its own gauge, warn naming the groups, and record the "
+                        "group of every entry in the table.",
+        },
+    )
+    omitUnusedScales = pexConfig.Field(
+        dtype=bool,
+        doc="Leave out of expScale[det][amp] the exposures whose entry covering that detector or "
+            "amplifier was rejected as an outlier or invalid, so that the combine step (which skips "
+            "inputs without a scale) does not combine a shadowed, saturated or dead region into the "
+            "flat. False keeps cp_pipe's layout: every exposure for every amplifier.",
+        default=False,
+    )
+    doDownSelection = pexConfig.Field(
+        dtype=bool,
+        doc="Use only the exposures whose exposure record field downSelectionField equals "
+            "downSelectionValue.",
+        default=False,
+    )
+    downSelectionField = pexConfig.Field(
+        dtype=str,
+        doc="Exposure record field to select on (e.g. observation_reason, science_program).",
+        default=None,
+        optional=True,
+    )
+    downSelectionValue = pexConfig.Field(
+        dtype=str,
+        doc="Value the field must have (compared as a string).",
+        default=None,
+        optional=True,
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.doDownSelection and (self.downSelectionField is None or self.downSelectionValue is None):
+            raise pexConfig.FieldValidationError(
+                CpFlatNormalizationConfig.doDownSelection, self,
+                "doDownSelection needs both downSelectionField and downSelectionValue.",
+            )
+
+
+class CpFlatNormalizationTask(pipeBase.PipelineTask):
+    """Rescale merged flat frames to remove unequal screen illumination.
+
+    Solves ``B[row, exp] = G[row] * E[exp]`` for the exposure scales ``E`` (what the combine step
+    divides each exposure by) and the detector or amplifier scales ``G`` (the relative response
+    the final flat keeps), by exact count-weighted least squares in log space with outlier
+    rejection; see `lsst.cp.flatnorm.scale_solver`.
+    """
+
+    ConfigClass = CpFlatNormalizationConfig
+    _DefaultName = "cpFlatNorm"
+    config: CpFlatNormalizationConfig
+
+    def runQuantum(
+        self,
+        butlerQC: pipeBase.QuantumContext,
+        inputRefs: pipeBase.InputQuantizedConnection,
+        outputRefs: pipeBase.OutputQuantizedConnection,
+    ) -> None:
+        inputs = butlerQC.get(inputRefs)
+        inputs["inputDims"] = [dict(ref.dataId.required) for ref in inputRefs.inputMDs]
+        outputs = self.run(**inputs)
+        butlerQC.put(outputs, outputRefs)
+
+    def run(
+        self, inputMDs: Sequence[Any], inputDims: Sequence[Mapping[str, Any]], camera: Any
+    ) -> pipeBase.Struct:
+        """Normalize FLAT exposures to a consistent level.
+
+        Parameters
+        ----------
+        inputMDs : `~collections.abc.Sequence`
+            Flat statistics of each (exposure, detector): `lsst.pipe.base.TaskMetadata`,
+            ``lsst.daf.base.PropertyList`` or any mapping with ``get(key)``.
+        inputDims : `~collections.abc.Sequence` [`~collections.abc.Mapping`]
+            Data ID of each statistics dataset, with ``exposure`` and ``detector`` keys.
+        camera : afw-camera-like
+            `lsst.cp.flatnorm.camera_model.CameraModel` or ``lsst.afw.cameraGeom.Camera``.
+
+        Returns
+        -------
+        results : `lsst.pipe.base.Struct`
+            ``outputScales`` (`dict`, cp_pipe's layout) and ``outputScaleTable``
+            (`astropy.table.Table`).
+
+        Raises
+        ------
+        KeyError
+            Raised if a data ID lacks exposure or detector, or a statistic is missing (the message
+            names the key and the data ID).
+        ValueError
+            Raised if an exposure has no valid measurement, or the data split into unconnected
+            groups and ``disconnectedPolicy`` is RAISE (the message names exposures and detectors).
+        """
+        matrix = gather_statistics(inputMDs, inputDims, camera, self.config.level)
+        self.log.info("Solving %d %s rows x %d exposures (%d entries measured).", len(matrix.detectors),
+                      matrix.level, len(matrix.exposures), int(matrix.present.sum()))
+        result = self._solve(matrix)
+        self._report(matrix, result)
+        return pipeBase.Struct(
+            outputScales=self._scale_dict(matrix, result, camera),
+            outputScaleTable=self._scale_table(matrix, result),
+        )
+
+    def measureScales(
+        self, bgMatrix: np.ndarray, bgCounts: np.ndarray | None = None, iterations: int = 10
+    ) -> pipeBase.Struct:
+        """Convert backgrounds to exposure and detector components.
+
+        Parameters
+        ----------
+        bgMatrix : `numpy.ndarray`, (nRows, nExposures)
+            Background levels; rows are detectors (or amplifiers), columns exposures.  Entries that
+            are not finite or not positive are excluded from every sum.
+        bgCounts : `numpy.ndarray`, (nRows, nExposures), optional
+            Pixel counts behind each level, used as weights; 1 everywhere if `None`.  Entries with
+            a count that is not finite and positive are excluded too.
+        iterations : `int`, optional
+            Maximum number of solve-and-reject rounds (each an exact least-squares solve).
+
+        Returns
+        -------
+        scaleResult : `lsst.pipe.base.Struct`
+            ``expScales`` and ``vectorE`` (the same array, (nExposures,)), ``detScales`` and
+            ``vectorG`` ((nRows,), NaN for a row with no usable entry), ``bgModel`` (G x E for
+            every entry), ``logResiduals`` (NaN where invalid), ``flags`` (`EntryFlag` values),
+            ``rejected`` (bool mask), ``rowGroups``, ``expGroups``, ``nGroups``, ``iterations``,
+            ``converged``, ``rms`` (count-weighted RMS of used log residuals) and ``sigma``
+            (their MAD scatter).
+
+        Raises
+        ------
+        lsst.cp.flatnorm.scale_solver.EmptyColumnError
+            Raised if an exposure column has no valid entry.
+        lsst.cp.flatnorm.scale_solver.DisconnectedDataError
+            Raised if the data split into groups and ``disconnectedPolicy`` is RAISE.
+        """
+        solution = solve_separable_scales(
+            bgMatrix,
+            bgCounts,
+            max_iterations=iterations,
+            outlier_sigma=self.config.outlierSigma,
+            outlier_floor=self.config.outlierFloor,
+            allow_disconnected=self.config.disconnectedPolicy == "SEPARATE",
+        )
+        return pipeBase.Struct(
+            expScales=solution.column_scales,
+            detScales=solution.row_scales,
+            vectorE=solution.column_scales,
+            vectorG=solution.row_scales,
+            bgModel=solution.model,
+            logResiduals=solution.log_residuals,
+            flags=solution.flags,
+            rejected=solution.rejected,
+            rowGroups=solution.row_groups,
+            expGroups=solution.column_groups,
+            nGroups=solution.n_groups,
+            iterations=solution.iterations,
+            converged=solution.converged,
+            rms=solution.rms,
+            sigma=solution.sigma,
+        )
+
+    def _solve(self, matrix: StatisticsMatrix) -> pipeBase.Struct:
+        """Run measureScales, turning index-based errors into ones that name data IDs."""
+        try:
+            return self.measureScales(matrix.levels, matrix.counts, iterations=self.config.scaleMaxIter)
+        except EmptyColumnError as err:
+            exposures = [matrix.exposures[j] for j in err.columns]
+            raise ValueError(
+                f"Exposures {exposures} have no valid flat level (finite, > 0, with pixels) on any "
+                f"{matrix.level.lower()}: they cannot be scaled. Remove them from the input collection "
+                "or fix their statistics."
+            ) from err
+        except DisconnectedDataError as err:
+            groups = self._describe_groups(matrix, err.row_groups, err.column_groups)
+            raise ValueError(
+                "The flat statistics split into unconnected groups; set disconnectedPolicy='SEPARATE' "
+                f"to solve each on its own gauge. {groups}"
+            ) from err
+
+    @staticmethod
+    def _describe_groups(matrix: StatisticsMatrix, row_groups: list[list[int]],
+                         column_groups: list[list[int]]) -> str:
+        return " ".join(
+            f"Group {k}: detectors {sorted({matrix.detectors[i] for i in rows})}, "
+            f"exposures {[matrix.exposures[j] for j in columns]}."
+            for k, (rows, columns) in enumerate(zip(row_groups, column_groups))
+        )
+
+    def _report(self, matrix: StatisticsMatrix, result: pipeBase.Struct) -> None:
+        """Log what was excluded and record the solve's diagnostics in the task metadata."""
+        invalid = matrix.present & (result.flags == EntryFlag.INVALID)
+        self._log_entries("INVALID", np.argwhere(invalid), lambda i, j: (
+            f"Flat level {matrix.levels[i, j]!r} with {matrix.counts[i, j]!r} pixels for "
+            f"{matrix.entry_label(i, j)} is invalid; excluded."))
+        self._log_entries("REJECTED", np.argwhere(result.rejected), lambda i, j: (
+            f"Rejected outlier {matrix.entry_label(i, j)}: level {matrix.levels[i, j]:.6g} is "
+            f"{100 * np.expm1(result.logResiduals[i, j]):+.2f}% from the separable model."))
+        for i in np.flatnonzero(result.rowGroups < 0):
+            self.log.warning("No usable flat level for %s: its scale is NaN and it is flagged.",
+                             matrix.row_label(i))
+        if result.nGroups > 1:
+            row_groups = [np.flatnonzero(result.rowGroups == k).tolist() for k in range(result.nGroups)]
+            column_groups = [np.flatnonzero(result.expGroups == k).tolist() for k in range(result.nGroups)]
+            self.log.warning("Data split into %d groups, each solved on its own gauge: %s", result.nGroups,
+                             self._describe_groups(matrix, row_groups, column_groups))
+        if not result.converged:
+            self.log.warning("Outlier rejection did not settle within scaleMaxIter=%d rounds; the scales are "
+                             "the exact solution for the last rejected set.", self.config.scaleMaxIter)
+        counts = {"nUsed": int((result.flags == EntryFlag.USED).sum()),
+                  "nRejected": int(result.rejected.sum()), "nInvalid": int(invalid.sum())}
+        self.log.info("Solved in %d round(s): %d entries used, %d rejected, %d invalid; log-residual rms "
+                      "%.3g, sigma %.3g.", result.iterations, counts["nUsed"], counts["nRejected"],
+                      counts["nInvalid"], result.rms, result.sigma)
+        counts.update(nGroups=int(result.nGroups), iterations=int(result.iterations),
+                      converged=bool(result.converged), logResidualRms=float(result.rms))
+        for key, value in counts.items():
+            self.metadata[key] = value
+
+    def _log_entries(self, flag: str, entries: np.ndarray, describe: Callable[[int, int], str]) -> None:
+        """Warn about each flagged (row, exposure) entry, up to a limit; count the rest.
+
+        Every entry is flagged in the scale table whatever the limit, so a sequence with thousands of
+        missing levels does not bury the log.
+        """
+        for i, j in entries[:_MAX_ENTRY_WARNINGS]:
+            self.log.warning("%s", describe(i, j))
+        if len(entries) > _MAX_ENTRY_WARNINGS:
+            self.log.warning("... and %d more entries flagged %s in the scale table.",
+                             len(entries) - _MAX_ENTRY_WARNINGS, flag)
+
+    def _scale_dict(self, matrix: StatisticsMatrix, result: pipeBase.Struct, camera: Any) -> dict:
+        """Build cp_pipe's output layout.
+
+        ``expScale[det][amp][exposure]`` is the exposure scale E for every amplifier of every
+        detector (with ``omitUnusedScales``, only where the entry covering that amplifier was
+        used); ``detScale[det]`` (DETECTOR) or ``detScale[det][amp]`` (AMP) is G.
+        """
+        exp_scales = {exposure: float(scale) for exposure, scale in zip(matrix.exposures, result.expScales)}
+        det_scales: dict[int, Any] = {}
+        for detector, amp, scale in zip(matrix.detectors, matrix.amplifiers, result.detScales):
+            if matrix.level == "AMP":
+                det_scales.setdefault(detector, {})[amp] = float(scale)
+            else:
+                det_scales[detector] = float(scale)
+        exp_scale = {
+            detector: {amp.getName(): dict(exp_scales) for amp in camera[detector]}
+            for detector in sorted(set(matrix.detectors))
+        }
+        if self.config.omitUnusedScales:
+            self._omit_unused(exp_scale, matrix, result.flags)
+        return {"expScale": exp_scale, "detScale": det_scales}
+
+    @staticmethod
+    def _omit_unused(exp_scale: dict, matrix: StatisticsMatrix, flags: np.ndarray) -> None:
+        """Drop ``expScale[det][amp][exposure]`` wherever the entry covering it was not used.
+
+        A DETECTOR-level row covers all amplifiers of its detector; an AMP-level row one.
+        """
+        for i, j in np.argwhere(flags != EntryFlag.USED):
+            detector, exposure = matrix.detectors[i], matrix.exposures[j]
+            amps = exp_scale[detector] if matrix.level == "DETECTOR" else [matrix.amplifiers[i]]
+            for amp in amps:
+                exp_scale[detector][amp].pop(exposure, None)
+
+    def _scale_table(self, matrix: StatisticsMatrix, result: pipeBase.Struct) -> Table:
+        """One row per measured (exposure, row) entry, exposure-major."""
+        rows, columns = np.nonzero(matrix.present.T)  # exposure-major order
+        rows, columns = columns, rows
+        flags = result.flags[rows, columns]
+        table = Table(
+            {
+                "exposure": np.asarray(matrix.exposures, dtype=np.int64)[columns],
+                "detector": np.asarray(matrix.detectors, dtype=np.int64)[rows],
+                "amplifier": np.asarray(matrix.amplifiers, dtype=str)[rows],
+                "level": matrix.levels[rows, columns],
+                "n_pixels": matrix.counts[rows, columns],
+                "exp_scale": result.expScales[columns],
+                "det_scale": result.detScales[rows],
+                "model": result.bgModel[rows, columns],
+                "log_residual": result.logResiduals[rows, columns],
+                "flag": _FLAG_NAMES[flags],
+                "group": result.rowGroups[rows],
+            }
+        )
+        table.meta.update({
+            "LEVEL": matrix.level, "ITERATIONS": int(result.iterations),
+            "CONVERGED": bool(result.converged), "N_GROUPS": int(result.nGroups),
+            "LOG_RESIDUAL_RMS": float(result.rms), "LOG_RESIDUAL_SIGMA": float(result.sigma),
+        })
+        return table
