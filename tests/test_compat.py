@@ -1,0 +1,266 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""cp_pipe's class paths through the compat package, and lsst.cp.flatnorm beside a real cp_pipe.
+
+A stub ``lsst.cp.pipe`` placed ahead on ``PYTHONPATH`` plays the real cp_pipe: it must win, and
+the package and its pipelines must not need the compat package.
+"""
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import unittest
+from contextlib import closing
+from pathlib import Path
+
+import lsst.utils.tests
+from lsst.cp.flatnorm.camera_model import CameraModel
+from lsst.cp.flatnorm.cpCombine import CpFlatCombineConfig, CpFlatCombineConnections, CpFlatCombineTask
+from lsst.cp.flatnorm.cpFlatMeasure import CpFlatMeasureConfig, CpFlatMeasureConnections, CpFlatMeasureTask
+from lsst.cp.flatnorm.cpFlatNormalize import (
+    CpFlatNormalizationConfig,
+    CpFlatNormalizationConnections,
+    CpFlatNormalizationTask,
+)
+from lsst.cp.flatnorm.formatters import BlockYamlFormatter
+from lsst.cp.flatnorm.sim.camera import make_sim_camera
+from lsst.daf.butler import Butler, Config, DatasetType
+from lsst.pipe.base import Pipeline
+from lsst.utils import doImport
+
+ROOT = Path(__file__).parents[1]
+PIPETASK = Path(sys.executable).with_name("pipetask")
+PIPELINE_FILES = sorted(path.relative_to(ROOT / "pipelines").as_posix()
+                        for path in (ROOT / "pipelines").rglob("*.yaml"))
+
+CP_PIPE_PATHS = {
+    "lsst.cp.pipe.CpFlatMeasureTask": CpFlatMeasureTask,
+    "lsst.cp.pipe.CpFlatNormalizationTask": CpFlatNormalizationTask,
+    "lsst.cp.pipe.CalibCombineByFilterTask": CpFlatCombineTask,
+    "lsst.cp.pipe.cpFlatMeasure.CpFlatMeasureTask": CpFlatMeasureTask,
+    "lsst.cp.pipe.cpFlatMeasure.CpFlatMeasureTaskConfig": CpFlatMeasureConfig,
+    "lsst.cp.pipe.cpFlatMeasure.CpFlatMeasureConnections": CpFlatMeasureConnections,
+    "lsst.cp.pipe.cpFlatMeasure.CpFlatNormalizationTask": CpFlatNormalizationTask,
+    "lsst.cp.pipe.cpFlatMeasure.CpFlatNormalizationTaskConfig": CpFlatNormalizationConfig,
+    "lsst.cp.pipe.cpFlatMeasure.CpFlatNormalizationConnections": CpFlatNormalizationConnections,
+    "lsst.cp.pipe.cpCombine.CalibCombineByFilterTask": CpFlatCombineTask,
+    "lsst.cp.pipe.cpCombine.CalibCombineByFilterConfig": CpFlatCombineConfig,
+    "lsst.cp.pipe.cpCombine.CalibCombineByFilterConnections": CpFlatCombineConnections,
+    # Paths that repositories created before 0.2 store in their configs and datastore records.
+    "lsst.cp.pipe.formatters.LibyamlFormatter": BlockYamlFormatter,
+    "lsst.cp.pipe.camera_model.CameraModel": CameraModel,
+}
+
+CP_PIPE_STYLE_PIPELINE = """\
+description: The flat chain as cp_pipe's pipelines name it.
+tasks:
+  cpFlatMeasure:
+    class: lsst.cp.pipe.cpFlatMeasure.CpFlatMeasureTask
+    config:
+      connections.outputStats: cpFlatStatistics
+  cpFlatNormalize:
+    class: lsst.cp.pipe.cpFlatMeasure.CpFlatNormalizationTask
+    config:
+      connections.inputMDs: cpFlatStatistics
+      connections.outputScales: cpFlatNormalizeScales
+      level: AMP
+  cpFlatCombine:
+    class: lsst.cp.pipe.cpCombine.CalibCombineByFilterTask
+    config:
+      connections.inputScales: cpFlatNormalizeScales
+      exposureScaling: InputList
+"""
+
+
+def write_stub_cp_pipe(root: Path) -> Path:
+    """Write a stand-in for the real cp_pipe (its python/ directory, as eups puts it on the path)."""
+    package = root / "lsst" / "cp" / "pipe"
+    package.mkdir(parents=True)
+    namespace = "import pkgutil\n__path__ = pkgutil.extend_path(__path__, __name__)\n"
+    (root / "lsst" / "__init__.py").write_text(namespace)
+    (root / "lsst" / "cp" / "__init__.py").write_text(namespace)
+    (package / "__init__.py").write_text('IS_STUB = "the real cp_pipe"\n')
+    return root
+
+
+STUB_CHECK = textwrap.dedent("""\
+    import json, pkgutil, sys
+    import lsst.cp.flatnorm
+    from lsst.pipe.base import Pipeline
+    modules = [info.name for info in pkgutil.walk_packages(lsst.cp.flatnorm.__path__, "lsst.cp.flatnorm.")]
+    for name in modules:
+        __import__(name)
+    tasks = {}
+    for relative in sys.argv[1:]:
+        graph = Pipeline.from_uri(f"resource://lsst.cp.flatnorm/pipelines/{relative}").to_graph()
+        tasks[relative] = sorted(node.task_class_name for node in graph.tasks.values())
+    import lsst.cp.pipe
+    print(json.dumps({"stub": getattr(lsst.cp.pipe, "IS_STUB", None), "pipe": lsst.cp.pipe.__file__,
+                      "n_modules": len(modules), "tasks": tasks}))
+""")
+
+
+def check_stub_result(test: unittest.TestCase, result: dict, stub: Path) -> None:
+    """Check what `STUB_CHECK` printed: the stub won, every module imported, every pipeline built
+    on this package's task classes."""
+    test.assertEqual(result["stub"], "the real cp_pipe")
+    test.assertTrue(result["pipe"].startswith(str(stub)), result["pipe"])
+    test.assertGreaterEqual(result["n_modules"], 14)
+    test.assertEqual(set(result["tasks"]), set(PIPELINE_FILES))
+    for relative, classes in result["tasks"].items():
+        test.assertTrue(classes and all(name.startswith("lsst.cp.flatnorm.") for name in classes),
+                        (relative, classes))
+
+
+class ClassPathTestCase(lsst.utils.tests.TestCase):
+    """Where cp_pipe is absent, its class paths are this package's classes."""
+
+    def test_cp_pipe_class_paths_are_ours(self):
+        for path, expected in CP_PIPE_PATHS.items():
+            with self.subTest(path):
+                self.assertIs(doImport(path), expected)
+
+    def test_cp_pipe_style_pipeline_builds_on_our_tasks(self):
+        graph = Pipeline.fromString(CP_PIPE_STYLE_PIPELINE).to_graph()
+        classes = {label: node.task_class for label, node in graph.tasks.items()}
+        self.assertEqual(classes, {"cpFlatMeasure": CpFlatMeasureTask,
+                                   "cpFlatNormalize": CpFlatNormalizationTask,
+                                   "cpFlatCombine": CpFlatCombineTask})
+        self.assertEqual(graph.tasks["cpFlatNormalize"].config.level, "AMP")
+        self.assertIn("cpFlatNormalizeScales", graph.dataset_types)
+
+
+class BesideRealCpPipeTestCase(lsst.utils.tests.TestCase):
+    """eups set-ups of cp_pipe (a stub) and this product: the stub's lsst.cp.pipe wins, and the
+    package and its pipelines do not need ours. tests/test_wheel.py checks the same for the wheel.
+
+    (In this editable install, setuptools' import hook resolves lsst.cp.flatnorm only through an
+    ``lsst.cp`` package of its own, so a cp_pipe ahead on the path needs python/ on it as well, which
+    is what ``setup cp_flatnorm`` does.)
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.stub = write_stub_cp_pipe(Path(cls.tmp.name) / "cp_pipe_python")
+        cp_pipe_first = f"{cls.stub}{os.pathsep}{ROOT / 'python'}"
+        flatnorm_first = f"{ROOT / 'python'}{os.pathsep}{cls.stub}"
+        orders = {"cp_pipe first": cp_pipe_first, "cp_flatnorm first": flatnorm_first}
+        cls.envs = {order: {"PYTHONPATH": path, "PATH": str(PIPETASK.parent)}
+                    for order, path in orders.items()}
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_stub_wins_and_everything_imports_and_builds(self):
+        for order, env in self.envs.items():
+            with self.subTest(order):
+                process = subprocess.run([sys.executable, "-c", STUB_CHECK, *PIPELINE_FILES], env=env,
+                                         cwd=self.tmp.name, capture_output=True, text=True, timeout=300)
+                self.assertEqual(process.returncode, 0, process.stderr[-3000:])
+                check_stub_result(self, json.loads(process.stdout.splitlines()[-1]), self.stub)
+
+    @unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
+    def test_pipetask_builds_every_pipeline_file(self):
+        for relative in PIPELINE_FILES:
+            with self.subTest(relative):
+                process = subprocess.run(
+                    [str(PIPETASK), "build", "-p", f"resource://lsst.cp.flatnorm/pipelines/{relative}",
+                     "--show", "pipeline"],
+                    env=self.envs["cp_pipe first"], cwd=self.tmp.name, capture_output=True, text=True,
+                    timeout=300,
+                )
+                self.assertEqual(process.returncode, 0, process.stderr[-3000:])
+                self.assertRegex(process.stdout, r"class: lsst\.cp\.flatnorm\.")
+
+
+class EupsTableTestCase(lsst.utils.tests.TestCase):
+    def test_table_puts_no_cp_pipe_on_pythonpath(self):
+        table = (ROOT / "ups" / "cp_flatnorm.table").read_text()
+        entries = re.findall(r"^envPrepend\(PYTHONPATH,\s*(.+?)\)\s*$", table, re.M)
+        directories = [Path(entry.replace("${PRODUCT_DIR}", str(ROOT))) for entry in entries]
+        self.assertEqual(directories, [ROOT / "python"])
+        for directory in directories:
+            self.assertFalse((directory / "lsst" / "cp" / "pipe").exists(), directory)
+        self.assertTrue((ROOT / "python" / "lsst" / "cp" / "flatnorm" / "__init__.py").is_file())
+        # The shipped pipelines resolve inside the package directory the table puts on the path.
+        for relative in PIPELINE_FILES:
+            self.assertTrue((ROOT / "python" / "lsst" / "cp" / "flatnorm" / "pipelines" / relative).is_file())
+
+
+# The seed config of repositories created before 0.2, when the implementation was lsst.cp.pipe.
+PRE_0_2_SEED = """\
+storageClasses:
+  CameraModel:
+    pytype: lsst.cp.pipe.camera_model.CameraModel
+datastore:
+  formatters:
+    CameraModel: lsst.daf.butler.formatters.json.JsonFormatter
+    StructuredDataDict: lsst.cp.pipe.formatters.LibyamlFormatter
+"""
+
+
+OLD_FORMATTER = "lsst.cp.pipe.formatters.LibyamlFormatter"
+
+
+def rename_stored_formatter(repo: Path, new: str, old: str) -> int:
+    """Rewrite the formatter names in a repository's datastore records, as a pre-0.2 write left them
+    (the datastore records the written class's own path, so an alias cannot produce them)."""
+    with closing(sqlite3.connect(repo / "gen3.sqlite3")) as db, db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                  if "formatter" in {column[1] for column in db.execute(f'PRAGMA table_info("{name}")')}]
+        return sum(db.execute(f"UPDATE {table} SET formatter = ? WHERE formatter = ?", (old, new)).rowcount
+                   for table in tables)
+
+
+class ExistingRepositoryTestCase(lsst.utils.tests.TestCase):
+    """Repositories written before 0.2 name the old formatter and camera-model paths; they still read."""
+
+    def test_pre_0_2_repository_reads_back(self):
+        scales = {"expScale": {0: {"C00": {7: 1234.5}}}, "detScale": {0: 0.98}}
+        camera = make_sim_camera(n_side=1, amp_width=4, amp_height=4, n_wavefront=0)
+        with tempfile.TemporaryDirectory() as root:
+            repo = Path(root) / "repo"
+            seed = Path(root) / "seed.yaml"
+            seed.write_text(PRE_0_2_SEED)
+            Butler.makeRepo(str(repo), config=Config(str(seed)))
+            butler = Butler.from_config(str(repo), writeable=True, run="old")
+            butler.registry.insertDimensionData("instrument", {"name": "SimFlatCam"})
+            for name, storage_class in (("scales", "StructuredDataDict"), ("camera", "CameraModel")):
+                butler.registry.registerDatasetType(
+                    DatasetType(name, ("instrument",), storage_class, universe=butler.dimensions))
+            scales_ref = butler.put(scales, "scales", instrument="SimFlatCam")
+            butler.put(camera, "camera", instrument="SimFlatCam")
+            new_name = "lsst.cp.flatnorm.formatters.BlockYamlFormatter"
+            stored = butler._datastore.getStoredItemsInfo(scales_ref)
+            self.assertEqual([info.formatter for info in stored], [new_name])
+            butler.close()
+            self.assertEqual(rename_stored_formatter(repo, new_name, OLD_FORMATTER), 1)
+
+            reader = Butler.from_config(str(repo), collections="old")
+            stored = reader._datastore.getStoredItemsInfo(scales_ref)
+            self.assertEqual([info.formatter for info in stored], [OLD_FORMATTER])
+            self.assertEqual(reader.get("scales", instrument="SimFlatCam"), scales)
+            copy = reader.get("camera", instrument="SimFlatCam")
+        self.assertIsInstance(copy, CameraModel)
+        self.assertEqual([amp.getName() for amp in copy[0]], [amp.getName() for amp in camera[0]])
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
