@@ -26,7 +26,13 @@ from lsst.daf.butler import DataCoordinate, DatasetRef
 
 from .flat_connections import camera_prerequisite
 from .flat_statistics import StatisticsMatrix, gather_statistics
-from .scale_solver import DisconnectedDataError, EmptyColumnError, EntryFlag, solve_separable_scales
+from .scale_solver import (
+    DisconnectedDataError,
+    EmptyColumnError,
+    EntryFlag,
+    ScaleSolution,
+    solve_separable_scales,
+)
 
 
 _FLAG_NAMES = np.array([flag.name for flag in sorted(EntryFlag)])
@@ -233,11 +239,11 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         matrix = gather_statistics(inputMDs, inputDims, camera, self.config.level)
         self.log.info("Solving %d %s rows x %d exposures (%d entries measured).", len(matrix.detectors),
                       matrix.level, len(matrix.exposures), int(matrix.present.sum()))
-        result = self._solve(matrix)
-        self._report(matrix, result)
+        solution = self._solve(matrix)
+        self._report(matrix, solution)
         return pipeBase.Struct(
-            outputScales=self._scale_dict(matrix, result, camera),
-            outputScaleTable=self._scale_table(matrix, result),
+            outputScales=self._scale_dict(matrix, solution, camera),
+            outputScaleTable=self._scale_table(matrix, solution),
         )
 
     def measureScales(
@@ -273,36 +279,23 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         lsst.cp.flatnorm.scale_solver.DisconnectedDataError
             Raised if the data split into groups and ``disconnectedPolicy`` is RAISE.
         """
-        solution = solve_separable_scales(
-            bgMatrix,
-            bgCounts,
+        return _solution_struct(self._solve_scales(bgMatrix, bgCounts, iterations))
+
+    def _solve_scales(self, levels: np.ndarray, counts: np.ndarray | None, iterations: int) -> ScaleSolution:
+        """Solve with the configured outlier rejection and disconnected-data policy."""
+        return solve_separable_scales(
+            levels,
+            counts,
             max_iterations=iterations,
             outlier_sigma=self.config.outlierSigma,
             outlier_floor=self.config.outlierFloor,
             allow_disconnected=self.config.disconnectedPolicy == "SEPARATE",
         )
-        return pipeBase.Struct(
-            expScales=solution.column_scales,
-            detScales=solution.row_scales,
-            vectorE=solution.column_scales,
-            vectorG=solution.row_scales,
-            bgModel=solution.model,
-            logResiduals=solution.log_residuals,
-            flags=solution.flags,
-            rejected=solution.rejected,
-            rowGroups=solution.row_groups,
-            expGroups=solution.column_groups,
-            nGroups=solution.n_groups,
-            iterations=solution.iterations,
-            converged=solution.converged,
-            rms=solution.rms,
-            sigma=solution.sigma,
-        )
 
-    def _solve(self, matrix: StatisticsMatrix) -> pipeBase.Struct:
-        """Run measureScales, turning index-based errors into ones that name data IDs."""
+    def _solve(self, matrix: StatisticsMatrix) -> ScaleSolution:
+        """Solve the matrix, turning index-based errors into ones that name data IDs."""
         try:
-            return self.measureScales(matrix.levels, matrix.counts, iterations=self.config.scaleMaxIter)
+            return self._solve_scales(matrix.levels, matrix.counts, self.config.scaleMaxIter)
         except EmptyColumnError as err:
             exposures = [matrix.exposures[j] for j in err.columns]
             raise ValueError(
@@ -326,33 +319,31 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             for k, (rows, columns) in enumerate(zip(row_groups, column_groups))
         )
 
-    def _report(self, matrix: StatisticsMatrix, result: pipeBase.Struct) -> None:
+    def _report(self, matrix: StatisticsMatrix, solution: ScaleSolution) -> None:
         """Log what was excluded and record the solve's diagnostics in the task metadata."""
-        invalid = matrix.present & (result.flags == EntryFlag.INVALID)
+        invalid = matrix.present & (solution.flags == EntryFlag.INVALID)
         self._log_entries("INVALID", np.argwhere(invalid), lambda i, j: (
             f"Flat level {matrix.levels[i, j]!r} with {matrix.counts[i, j]!r} pixels for "
             f"{matrix.entry_label(i, j)} is invalid; excluded."))
-        self._log_entries("REJECTED", np.argwhere(result.rejected), lambda i, j: (
+        self._log_entries("REJECTED", np.argwhere(solution.rejected), lambda i, j: (
             f"Rejected outlier {matrix.entry_label(i, j)}: level {matrix.levels[i, j]:.6g} is "
-            f"{100 * np.expm1(result.logResiduals[i, j]):+.2f}% from the separable model."))
-        for i in np.flatnonzero(result.rowGroups < 0):
+            f"{100 * np.expm1(solution.log_residuals[i, j]):+.2f}% from the separable model."))
+        for i in solution.empty_rows:
             self.log.warning("No usable flat level for %s: its scale is NaN and it is flagged.",
                              matrix.row_label(i))
-        if result.nGroups > 1:
-            row_groups = [np.flatnonzero(result.rowGroups == k).tolist() for k in range(result.nGroups)]
-            column_groups = [np.flatnonzero(result.expGroups == k).tolist() for k in range(result.nGroups)]
-            self.log.warning("Data split into %d groups, each solved on its own gauge: %s", result.nGroups,
-                             self._describe_groups(matrix, row_groups, column_groups))
-        if not result.converged:
+        if solution.n_groups > 1:
+            self.log.warning("Data split into %d groups, each solved on its own gauge: %s", solution.n_groups,
+                             self._describe_groups(matrix, *solution.group_members()))
+        if not solution.converged:
             self.log.warning("Outlier rejection did not settle within scaleMaxIter=%d rounds; the scales are "
                              "the exact solution for the last rejected set.", self.config.scaleMaxIter)
-        counts = {"nUsed": int((result.flags == EntryFlag.USED).sum()),
-                  "nRejected": int(result.rejected.sum()), "nInvalid": int(invalid.sum())}
+        counts = {"nUsed": int(solution.used.sum()),
+                  "nRejected": int(solution.rejected.sum()), "nInvalid": int(invalid.sum())}
         self.log.info("Solved in %d round(s): %d entries used, %d rejected, %d invalid; log-residual rms "
-                      "%.3g, sigma %.3g.", result.iterations, counts["nUsed"], counts["nRejected"],
-                      counts["nInvalid"], result.rms, result.sigma)
-        counts.update(nGroups=int(result.nGroups), iterations=int(result.iterations),
-                      converged=bool(result.converged), logResidualRms=float(result.rms))
+                      "%.3g, sigma %.3g.", solution.iterations, counts["nUsed"], counts["nRejected"],
+                      counts["nInvalid"], solution.rms, solution.sigma)
+        counts.update(nGroups=int(solution.n_groups), iterations=int(solution.iterations),
+                      converged=bool(solution.converged), logResidualRms=float(solution.rms))
         for key, value in counts.items():
             self.metadata[key] = value
 
@@ -368,16 +359,17 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             self.log.warning("... and %d more entries flagged %s in the scale table.",
                              len(entries) - _MAX_ENTRY_WARNINGS, flag)
 
-    def _scale_dict(self, matrix: StatisticsMatrix, result: pipeBase.Struct, camera: Any) -> dict:
+    def _scale_dict(self, matrix: StatisticsMatrix, solution: ScaleSolution, camera: Any) -> dict:
         """Build cp_pipe's output layout.
 
         ``expScale[det][amp][exposure]`` is the exposure scale E for every amplifier of every
         detector (with ``omitUnusedScales``, only where the entry covering that amplifier was
         used); ``detScale[det]`` (DETECTOR) or ``detScale[det][amp]`` (AMP) is G.
         """
-        exp_scales = {exposure: float(scale) for exposure, scale in zip(matrix.exposures, result.expScales)}
+        exp_scales = {exposure: float(scale)
+                      for exposure, scale in zip(matrix.exposures, solution.column_scales)}
         det_scales: dict[int, Any] = {}
-        for detector, amp, scale in zip(matrix.detectors, matrix.amplifiers, result.detScales):
+        for detector, amp, scale in zip(matrix.detectors, matrix.amplifiers, solution.row_scales):
             if matrix.level == "AMP":
                 det_scales.setdefault(detector, {})[amp] = float(scale)
             else:
@@ -387,7 +379,7 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             for detector in sorted(set(matrix.detectors))
         }
         if self.config.omitUnusedScales:
-            self._omit_unused(exp_scale, matrix, result.flags)
+            self._omit_unused(exp_scale, matrix, solution.flags)
         return {"expScale": exp_scale, "detScale": det_scales}
 
     @staticmethod
@@ -402,11 +394,11 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             for amp in amps:
                 exp_scale[detector][amp].pop(exposure, None)
 
-    def _scale_table(self, matrix: StatisticsMatrix, result: pipeBase.Struct) -> Table:
+    def _scale_table(self, matrix: StatisticsMatrix, solution: ScaleSolution) -> Table:
         """One row per measured (exposure, row) entry, exposure-major."""
         rows, columns = np.nonzero(matrix.present.T)  # exposure-major order
         rows, columns = columns, rows
-        flags = result.flags[rows, columns]
+        flags = solution.flags[rows, columns]
         table = Table(
             {
                 "exposure": np.asarray(matrix.exposures, dtype=np.int64)[columns],
@@ -414,17 +406,38 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
                 "amplifier": np.asarray(matrix.amplifiers, dtype=str)[rows],
                 "level": matrix.levels[rows, columns],
                 "n_pixels": matrix.counts[rows, columns],
-                "exp_scale": result.expScales[columns],
-                "det_scale": result.detScales[rows],
-                "model": result.bgModel[rows, columns],
-                "log_residual": result.logResiduals[rows, columns],
+                "exp_scale": solution.column_scales[columns],
+                "det_scale": solution.row_scales[rows],
+                "model": solution.model[rows, columns],
+                "log_residual": solution.log_residuals[rows, columns],
                 "flag": _FLAG_NAMES[flags],
-                "group": result.rowGroups[rows],
+                "group": solution.row_groups[rows],
             }
         )
         table.meta.update({
-            "LEVEL": matrix.level, "ITERATIONS": int(result.iterations),
-            "CONVERGED": bool(result.converged), "N_GROUPS": int(result.nGroups),
-            "LOG_RESIDUAL_RMS": float(result.rms), "LOG_RESIDUAL_SIGMA": float(result.sigma),
+            "LEVEL": matrix.level, "ITERATIONS": int(solution.iterations),
+            "CONVERGED": bool(solution.converged), "N_GROUPS": int(solution.n_groups),
+            "LOG_RESIDUAL_RMS": float(solution.rms), "LOG_RESIDUAL_SIGMA": float(solution.sigma),
         })
         return table
+
+
+def _solution_struct(solution: ScaleSolution) -> pipeBase.Struct:
+    """Repack a solution under cp_pipe's ``measureScales`` field names."""
+    return pipeBase.Struct(
+        expScales=solution.column_scales,
+        detScales=solution.row_scales,
+        vectorE=solution.column_scales,
+        vectorG=solution.row_scales,
+        bgModel=solution.model,
+        logResiduals=solution.log_residuals,
+        flags=solution.flags,
+        rejected=solution.rejected,
+        rowGroups=solution.row_groups,
+        expGroups=solution.column_groups,
+        nGroups=solution.n_groups,
+        iterations=solution.iterations,
+        converged=solution.converged,
+        rms=solution.rms,
+        sigma=solution.sigma,
+    )

@@ -156,6 +156,10 @@ class ScaleSolution:
         """Indices of the rows with no used entry (their scale is NaN)."""
         return np.flatnonzero(self.row_groups < 0)
 
+    def group_members(self) -> tuple[list[list[int]], list[list[int]]]:
+        """Return the row and the column indices of each connected group, group by group."""
+        return _group_members(self.row_groups, self.column_groups, self.n_groups)
+
 
 def valid_entries(levels: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Return the mask of entries that may enter the fit: finite, > 0, with finite weight > 0."""
