@@ -26,6 +26,7 @@ from lsst.daf.butler import DataCoordinate, DatasetRef
 
 from .flat_connections import camera_prerequisite
 from .flat_statistics import StatisticsMatrix, gather_statistics
+from .scale_dictionary import build_scale_dictionary
 from .scale_solver import (
     DisconnectedDataError,
     EmptyColumnError,
@@ -360,39 +361,18 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
                              len(entries) - _MAX_ENTRY_WARNINGS, flag)
 
     def _scale_dict(self, matrix: StatisticsMatrix, solution: ScaleSolution, camera: Any) -> dict:
-        """Build cp_pipe's output layout.
-
-        ``expScale[det][amp][exposure]`` is the exposure scale E for every amplifier of every
-        detector (with ``omitUnusedScales``, only where the entry covering that amplifier was
-        used); ``detScale[det]`` (DETECTOR) or ``detScale[det][amp]`` (AMP) is G.
-        """
-        exp_scales = {exposure: float(scale)
-                      for exposure, scale in zip(matrix.exposures, solution.column_scales)}
-        det_scales: dict[int, Any] = {}
-        for detector, amp, scale in zip(matrix.detectors, matrix.amplifiers, solution.row_scales):
-            if matrix.level == "AMP":
-                det_scales.setdefault(detector, {})[amp] = float(scale)
-            else:
-                det_scales[detector] = float(scale)
-        exp_scale = {
-            detector: {amp.getName(): dict(exp_scales) for amp in camera[detector]}
-            for detector in sorted(set(matrix.detectors))
-        }
-        if self.config.omitUnusedScales:
-            self._omit_unused(exp_scale, matrix, solution.flags)
-        return {"expScale": exp_scale, "detScale": det_scales}
-
-    @staticmethod
-    def _omit_unused(exp_scale: dict, matrix: StatisticsMatrix, flags: np.ndarray) -> None:
-        """Drop ``expScale[det][amp][exposure]`` wherever the entry covering it was not used.
-
-        A DETECTOR-level row covers all amplifiers of its detector; an AMP-level row one.
-        """
-        for i, j in np.argwhere(flags != EntryFlag.USED):
-            detector, exposure = matrix.detectors[i], matrix.exposures[j]
-            amps = exp_scale[detector] if matrix.level == "DETECTOR" else [matrix.amplifiers[i]]
-            for amp in amps:
-                exp_scale[detector][amp].pop(exposure, None)
+        """Build cp_pipe's output layout; with ``omitUnusedScales``, without the unused entries."""
+        detectors = sorted(set(matrix.detectors))
+        return build_scale_dictionary(
+            matrix.level,
+            exposures=matrix.exposures,
+            row_detectors=matrix.detectors,
+            row_amplifiers=matrix.amplifiers,
+            e_values=solution.column_scales,
+            g_values=solution.row_scales,
+            amp_names={detector: [amp.getName() for amp in camera[detector]] for detector in detectors},
+            omit=~solution.used if self.config.omitUnusedScales else None,
+        )
 
     def _scale_table(self, matrix: StatisticsMatrix, solution: ScaleSolution) -> Table:
         """One row per measured (exposure, row) entry, exposure-major."""

@@ -1,0 +1,169 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""Tests of the cpFlatNormScales dictionary: written by build_scale_dictionary, read back."""
+
+import json
+import unittest
+
+import numpy as np
+import yaml
+
+import lsst.utils.tests
+from lsst.cp.flatnorm.formatters import block_yaml
+from lsst.cp.flatnorm.scale_dictionary import (
+    build_scale_dictionary,
+    exposure_scales,
+    has_exposure_scales,
+    row_scales,
+    scale_level,
+    usable_exposure_scale,
+)
+
+EXPOSURES = [2026112500010, 2026112500011, 2026112500012]
+E = [1000.0, 1300.0, 900.0]
+AMP_NAMES = {0: ["C00", "C01"], 3: ["C10"]}
+
+
+def detector_level(omit=None):
+    """Two detectors (0 with two amplifiers, 3 with one), one row each."""
+    return build_scale_dictionary(
+        "DETECTOR", exposures=EXPOSURES, row_detectors=[0, 3], row_amplifiers=["", ""], e_values=E,
+        g_values=[0.9, 1.1], amp_names=AMP_NAMES, omit=omit,
+    )
+
+
+def amp_level(omit=None):
+    """The same detectors, one row per amplifier."""
+    return build_scale_dictionary(
+        "AMP", exposures=EXPOSURES, row_detectors=[0, 0, 3], row_amplifiers=["C00", "C01", "C10"],
+        e_values=E, g_values=[0.95, 0.85, 1.2], amp_names=AMP_NAMES, omit=omit,
+    )
+
+
+def json_round_trip(scales):
+    """The scales with every key turned into a string, as JSON storage returns them."""
+    return json.loads(json.dumps(scales))
+
+
+class WriterTestCase(lsst.utils.tests.TestCase):
+    def test_detector_level_layout(self):
+        every_exposure = dict(zip(EXPOSURES, E))
+        self.assertEqual(detector_level(), {
+            "expScale": {0: {"C00": every_exposure, "C01": every_exposure}, 3: {"C10": every_exposure}},
+            "detScale": {0: 0.9, 3: 1.1},
+        })
+
+    def test_amp_level_layout(self):
+        scales = amp_level()
+        self.assertEqual(scales["detScale"], {0: {"C00": 0.95, "C01": 0.85}, 3: {"C10": 1.2}})
+        self.assertEqual(scales["expScale"], detector_level()["expScale"])
+
+    def test_plain_types_for_the_yaml_writer(self):
+        scales = build_scale_dictionary(
+            "AMP", exposures=np.array(EXPOSURES), row_detectors=np.array([0, 0, 3]),
+            row_amplifiers=np.array(["C00", "C01", "C10"]), e_values=np.array(E),
+            g_values=np.array([0.95, 0.85, np.nan]), amp_names=AMP_NAMES,
+        )
+        self.assertTrue(all(type(detector) is int for detector in scales["expScale"]))
+        self.assertTrue(all(type(exposure) is int and type(e) is float
+                            for exposure, e in scales["expScale"][3]["C10"].items()))
+        self.assertTrue(all(type(amp) is str and type(g) is float
+                            for amp, g in scales["detScale"][0].items()))
+        text = block_yaml(scales)
+        self.assertIsNotNone(text)  # the fast writer takes it: no numpy scalar, no shared dictionary
+        copy = yaml.safe_load(text)
+        self.assertTrue(np.isnan(copy["detScale"][3]["C10"]))
+        self.assertEqual(copy["expScale"], scales["expScale"])
+
+    def test_omitted_detector_row_leaves_every_amplifier_of_its_detector(self):
+        omit = np.zeros((2, 3), dtype=bool)
+        omit[0, 1] = True
+        exp_scale = detector_level(omit)["expScale"]
+        for amp in ("C00", "C01"):
+            self.assertEqual(exp_scale[0][amp], {EXPOSURES[0]: E[0], EXPOSURES[2]: E[2]})
+        self.assertEqual(exp_scale[3]["C10"], dict(zip(EXPOSURES, E)))
+
+    def test_omitted_amp_row_leaves_only_its_amplifier(self):
+        omit = np.zeros((3, 3), dtype=bool)
+        omit[1, :] = True
+        omit[2, 0] = True
+        exp_scale = amp_level(omit)["expScale"]
+        self.assertEqual(exp_scale[0]["C00"], dict(zip(EXPOSURES, E)))
+        self.assertEqual(exp_scale[0]["C01"], {})
+        self.assertEqual(list(exp_scale[3]["C10"]), EXPOSURES[1:])
+
+    def test_inconsistent_arguments(self):
+        with self.assertRaisesRegex(ValueError, "Unknown scaling level 'CHIP'"):
+            build_scale_dictionary("CHIP", exposures=[], row_detectors=[], row_amplifiers=[], e_values=[],
+                                   g_values=[], amp_names={})
+        with self.assertRaisesRegex(ValueError, "3 exposures but 2 exposure scales"):
+            build_scale_dictionary("DETECTOR", exposures=EXPOSURES, row_detectors=[0], row_amplifiers=[""],
+                                   e_values=E[:2], g_values=[1.0], amp_names=AMP_NAMES)
+        with self.assertRaisesRegex(ValueError, "2 row detectors, 2 row amplifiers and 1 row scales"):
+            build_scale_dictionary("DETECTOR", exposures=EXPOSURES, row_detectors=[0, 3],
+                                   row_amplifiers=["", ""], e_values=E, g_values=[1.0], amp_names=AMP_NAMES)
+        with self.assertRaisesRegex(ValueError, r"shape \(3, 2\); expected \(2, 3\)"):
+            detector_level(np.zeros((3, 2), dtype=bool))
+
+
+class ReaderTestCase(lsst.utils.tests.TestCase):
+    def test_level(self):
+        self.assertEqual(scale_level(detector_level()), "DETECTOR")
+        self.assertEqual(scale_level(amp_level()), "AMP")
+        with self.assertRaisesRegex(ValueError, "no detScale entry"):
+            scale_level({"expScale": {}, "detScale": {}})
+
+    def test_round_trip_with_int_and_str_keys(self):
+        for scales in (detector_level(), json_round_trip(detector_level())):
+            with self.subTest(key_type=type(next(iter(scales["detScale"]))).__name__):
+                self.assertEqual(exposure_scales(scales), dict(zip(EXPOSURES, E)))
+                self.assertEqual(row_scales(scales), {0: 0.9, 3: 1.1})
+                self.assertEqual(usable_exposure_scale(scales, 3, "C10", EXPOSURES[1]), 1300.0)
+                self.assertTrue(has_exposure_scales(scales, 0))
+                self.assertFalse(has_exposure_scales(scales, 1))
+        for scales in (amp_level(), json_round_trip(amp_level())):
+            with self.subTest(level="AMP", key_type=type(next(iter(scales["detScale"]))).__name__):
+                self.assertEqual(row_scales(scales), {(0, "C00"): 0.95, (0, "C01"): 0.85, (3, "C10"): 1.2})
+                self.assertEqual(usable_exposure_scale(scales, 0, "C01", EXPOSURES[2]), 900.0)
+
+    def test_omitted_entries_read_as_absent(self):
+        omit = np.zeros((3, 3), dtype=bool)
+        omit[0, 0] = True
+        scales = amp_level(omit)
+        self.assertIsNone(usable_exposure_scale(scales, 0, "C00", EXPOSURES[0]))
+        self.assertEqual(usable_exposure_scale(scales, 0, "C01", EXPOSURES[0]), 1000.0)
+        every_row = np.ones((3, 3), dtype=bool)
+        every_row[2, 0] = False
+        self.assertEqual(exposure_scales(amp_level(every_row)), {EXPOSURES[0]: 1000.0})
+
+    def test_empty_detector_entry_is_present(self):
+        scales = detector_level(np.ones((2, 3), dtype=bool))
+        self.assertEqual(scales["expScale"][0], {"C00": {}, "C01": {}})
+        self.assertTrue(has_exposure_scales(scales, 0))
+        self.assertEqual(exposure_scales(scales), {})
+
+    def test_only_finite_positive_scales_are_usable(self):
+        scales = {"expScale": {0: {"C00": {1: float("nan"), 2: 0.0, 3: -5.0, 4: float("inf"), 5: None,
+                                           6: 12}}},
+                  "detScale": {0: 1.0}}
+        for exposure in (1, 2, 3, 4, 5, 7):
+            with self.subTest(exposure=exposure):
+                self.assertIsNone(usable_exposure_scale(scales, 0, "C00", exposure))
+        self.assertEqual(usable_exposure_scale(scales, 0, "C00", 6), 12.0)
+        self.assertIsInstance(usable_exposure_scale(scales, 0, "C00", 6), float)
+        self.assertIsNone(usable_exposure_scale(scales, 0, "C99", 6))
+        self.assertIsNone(usable_exposure_scale(scales, 1, "C00", 6))
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
