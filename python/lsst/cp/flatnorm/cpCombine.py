@@ -25,7 +25,6 @@ __all__ = [
 ]
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,6 +37,7 @@ from lsst.images import Box, Image, Mask, MaskedImage, MaskPlane, MaskSchema
 
 from .flat_connections import camera_prerequisite, post_isr_flat_input
 from .combine_stack import combine_stack, iter_row_bands
+from .scale_dictionary import has_exposure_scales, usable_exposure_scale
 
 NO_DATA = "NO_DATA"
 
@@ -151,26 +151,6 @@ class _ScaledInput:
     regions: tuple[_Region, ...]
 
 
-def _lookup(mapping: Mapping[Any, Any], key: int | str) -> Any:
-    """Return ``mapping[key]``, also trying ``str(key)``, or `None` if neither is present.
-
-    The butler's YAML storage keeps integer keys (tested), but scales that went through JSON
-    arrive with string keys.
-    """
-    for candidate in (key, str(key)):
-        if candidate in mapping:
-            return mapping[candidate]
-    return None
-
-
-def _usable(scale: Any) -> float | None:
-    """Return the scale as a float if it is finite and positive, else `None`."""
-    if scale is None:
-        return None
-    scale = float(scale)
-    return scale if math.isfinite(scale) and scale > 0 else None
-
-
 def _box(pixel_box: Any) -> Box:
     """Convert an afw-protocol box (getMinX/getMinY/getWidth/getHeight) to an `lsst.images.Box`."""
     x0, y0 = pixel_box.getMinX(), pixel_box.getMinY()
@@ -254,14 +234,13 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
             return [_ScaledInput(int(h.dataId["exposure"]), h, whole) for h in self._sorted(handles)]
         if inputScales is None:
             raise ValueError("exposureScaling is InputList but no inputScales were given.")
-        detector_scales = _lookup(inputScales["expScale"], detectorId)
-        if detector_scales is None:
+        if not has_exposure_scales(inputScales, detectorId):
             raise pipeBase.NoWorkFound(f"Detector {detectorId} has no entry in the exposure scales.")
         inputs = []
         for handle in self._sorted(handles):
             exposure = int(handle.dataId["exposure"])
             amp_scales = {
-                amp.getName(): _usable(_lookup(_lookup(detector_scales, amp.getName()) or {}, exposure))
+                amp.getName(): usable_exposure_scale(inputScales, detectorId, amp.getName(), exposure)
                 for amp in detector
             }
             regions = self._regions(detector, detectorId, exposure, amp_scales)
