@@ -102,13 +102,6 @@ def _largest_error(recovered: dict, truth: dict) -> tuple[float, object]:
     return errors[worst], worst
 
 
-def _recovered_rows(outputs: NormalizationOutputs, level: str) -> dict:
-    det_scale = outputs.scales["detScale"]
-    if level == "DETECTOR":
-        return {int(det): float(g) for det, g in det_scale.items()}
-    return {(int(det), str(amp)): float(g) for det, amps in det_scale.items() for amp, g in amps.items()}
-
-
 def _compare(outputs: NormalizationOutputs, truth: FlatTruth, level: str) -> bool:
     """Print the comparison with the truth; return whether the flagged entries are the expected ones."""
     error, exposure = _largest_error(outputs.exposure_scales(), truth.exposure_scales(level))
@@ -116,7 +109,7 @@ def _compare(outputs: NormalizationOutputs, truth: FlatTruth, level: str) -> boo
           f"(exposure {exposure}, {len(truth.exposures)} exposures)")
     rows = "detector" if level == "DETECTOR" else "amplifier"
     true_rows = truth.row_scales(level)
-    error, key = _largest_error(_recovered_rows(outputs, level), true_rows)
+    error, key = _largest_error(outputs.row_scales(), true_rows)
     print(f"   {level}: {rows} scales G vs truth: largest relative error {error:.2e} "
           f"({rows} {key}, {len(true_rows)} {rows}s)")
     ok = True
@@ -271,7 +264,7 @@ def write_figures(
     for level, outputs in results.items():
         suffix = level.lower()
         paths += [directory / f"focal_plane_{suffix}.png", directory / f"residuals_{suffix}.png"]
-        plot_focal_plane(camera, outputs.scales["detScale"], paths[-2], f"Recovered {suffix} scales G")
+        plot_focal_plane(camera, outputs.row_scales(), paths[-2], f"Recovered {suffix} scales G")
         plot_residual_matrix(*_residual_matrix(outputs, truth, level), paths[-1])
     start = truth.exposures[0].begin
     times = [(exposure.begin - start).to_value("min") for exposure in truth.exposures]

@@ -33,7 +33,7 @@ def _save(figure: plt.Figure, path: str | os.PathLike[str]) -> None:
 
 def plot_focal_plane(
     camera: CameraModel,
-    scales: Mapping[int, float] | Mapping[int, Mapping[str, float]],
+    scales: Mapping[int, float] | Mapping[tuple[int, str], float],
     path: str | os.PathLike[str],
     title: str,
 ) -> None:
@@ -44,8 +44,9 @@ def plot_focal_plane(
     camera : `lsst.cp.flatnorm.camera_model.CameraModel`
         Camera geometry.
     scales : `~collections.abc.Mapping`
-        ``{detector: G}`` (DETECTOR level) or ``{detector: {amplifier: G}}`` (AMP level), as in
-        ``cpFlatNormScales["detScale"]``; missing or non-finite scales are drawn grey.
+        ``{detector: G}`` (DETECTOR level) or ``{(detector, amplifier): G}`` (AMP level), as
+        `lsst.cp.flatnorm.scale_dictionary.row_scales` returns them; missing or non-finite scales
+        are drawn grey.
     path : `str` or `os.PathLike`
         PNG file to write.
     title : `str`
@@ -53,7 +54,6 @@ def plot_focal_plane(
     """
     patches, values = [], []
     for det in camera:
-        scale = scales.get(det.getId(), np.nan)
         x0 = det.focal_plane_x - det.getBBox().getWidth() * det.pixel_size / 2
         y0 = det.focal_plane_y - det.getBBox().getHeight() * det.pixel_size / 2
         for amp in det:
@@ -62,8 +62,7 @@ def plot_focal_plane(
                 (x0 + box.getMinX() * det.pixel_size, y0 + box.getMinY() * det.pixel_size),
                 box.getWidth() * det.pixel_size, box.getHeight() * det.pixel_size,
             ))
-            value = scale.get(amp.getName(), np.nan) if isinstance(scale, Mapping) else scale
-            values.append(np.nan if value is None else value)
+            values.append(scales.get((det.getId(), amp.getName()), scales.get(det.getId(), np.nan)))
     figure, axes = plt.subplots(figsize=(7, 6))
     colormap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
     collection = PatchCollection(patches, cmap=colormap, edgecolor="white", linewidth=0.3)

@@ -25,6 +25,8 @@ from astropy.table import Table
 from lsst.daf.butler import Butler
 from lsst.resources import ResourcePath
 
+from ..scale_dictionary import exposure_scales, row_scales, scale_level
+
 PIPELINES_PACKAGE = "lsst.cp.flatnorm"
 """The package whose ``pipelines/`` directory ships the pipeline files (in the wheel and, through a
 link to the top-level ``pipelines/``, in a source tree)."""
@@ -125,13 +127,15 @@ class NormalizationOutputs:
     @property
     def level(self) -> str:
         """``"AMP"`` if the row scales are per amplifier, else ``"DETECTOR"``."""
-        first = next(iter(self.scales["detScale"].values()))
-        return "AMP" if isinstance(first, dict) else "DETECTOR"
+        return scale_level(self.scales)
 
     def exposure_scales(self) -> dict[int, float]:
-        """Exposure scale of every exposure (the same for every amplifier, so read off one)."""
-        first_detector = next(iter(self.scales["expScale"].values()))
-        return {int(exposure): float(e) for exposure, e in next(iter(first_detector.values())).items()}
+        """Exposure scale E of every exposure."""
+        return exposure_scales(self.scales)
+
+    def row_scales(self) -> dict:
+        """Row scale G by detector ID (DETECTOR level) or by ``(detector, amplifier)`` (AMP level)."""
+        return row_scales(self.scales)
 
 
 def read_normalization(
