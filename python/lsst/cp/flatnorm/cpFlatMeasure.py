@@ -22,6 +22,7 @@ from lsst.images import MaskedImage
 
 from .flat_connections import camera_prerequisite, post_isr_flat_input
 from .clipped_stats import SigmaClippedStats, sigma_clipped_region_stats
+from .flat_statistics import pack_statistics
 
 
 class CpFlatMeasureConnections(
@@ -117,7 +118,10 @@ class CpFlatMeasureTask(pipeBase.PipelineTask):
             image, ~self._bad_pixels(inputExp), regions, self.config.numSigmaClip, self.config.clipMaxIter
         )
         self._warn_empty(detectorId, names, stats)
-        return pipeBase.Struct(outputStats=_stats_metadata(names, stats))
+        return pipeBase.Struct(outputStats=pack_statistics(
+            median=stats.whole_mean, sigma=stats.whole_sigma, n=stats.whole_n,
+            amp_names=names, amp_medians=stats.mean, amp_sigmas=stats.sigma, amp_ns=stats.n,
+        ))
 
     def _bad_pixels(self, inputExp: MaskedImage) -> np.ndarray:
         """Return the pixels flagged by any configured mask plane the image's schema has."""
@@ -154,17 +158,3 @@ def _amp_slices(detectorId: int, detectorBox: Any, amp: Any) -> tuple[slice, sli
     if y0 < 0 or x0 < 0 or y1 > detectorBox.getHeight() or x1 > detectorBox.getWidth():
         raise ValueError(f"Detector {detectorId}: amplifier {amp.getName()} lies outside the detector.")
     return slice(y0, y1), slice(x0, x1)
-
-
-def _stats_metadata(names: list[str], stats: SigmaClippedStats) -> pipeBase.TaskMetadata:
-    """Pack the statistics under cp_pipe's flat statistics keys."""
-    metadata = pipeBase.TaskMetadata()
-    metadata["DETECTOR_MEDIAN"] = stats.whole_mean
-    metadata["DETECTOR_SIGMA"] = stats.whole_sigma
-    metadata["DETECTOR_N"] = stats.whole_n
-    for i, name in enumerate(names):
-        metadata[f"AMP_NAME_{i}"] = name
-        metadata[f"AMP_MEDIAN_{i}"] = float(stats.mean[i])
-        metadata[f"AMP_SIGMA_{i}"] = float(stats.sigma[i])
-        metadata[f"AMP_N_{i}"] = int(stats.n[i])
-    return metadata

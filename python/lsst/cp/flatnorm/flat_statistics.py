@@ -1,23 +1,31 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Gather per-(exposure, detector) flat statistics into the level and count matrices.
+"""The flat statistics datasets: their keys, written and read, and the matrices the solver takes.
 
-The flat measurement task writes one statistics dataset per (exposure, detector) with cp_pipe's
-keys (``DETECTOR_MEDIAN``, ``DETECTOR_N``, ``AMP_NAME_i``, ``AMP_MEDIAN_i``, ``AMP_N_i``).  This
-module turns a list of them into the ``(rows, exposures)`` matrices the solver takes, where a row
-is a detector (DETECTOR level) or one amplifier of a detector (AMP level).  Amplifier values are
-placed by their *name*, looked up in the camera, so the ``_i`` order in a statistics dataset
-never decides which row a value lands in, and detectors with different amplifier counts never
-collide.
+One statistics dataset per (exposure, detector) holds cp_pipe's keys: ``DETECTOR_MEDIAN``,
+``DETECTOR_SIGMA``, ``DETECTOR_N``, and for each amplifier ``i`` ``AMP_NAME_i``, ``AMP_MEDIAN_i``,
+``AMP_SIGMA_i``, ``AMP_N_i``.  `pack_statistics` writes them; `DETECTOR_KEYS` and `amp_keys`
+name them for readers.
 
-Any mapping with ``get(key)`` (``lsst.pipe.base.TaskMetadata``, ``lsst.daf.base.PropertyList``,
-a `dict`) works as a statistics dataset.
+`gather_statistics` turns a list of datasets into the ``(rows, exposures)`` matrices the solver
+takes, where a row is a detector (DETECTOR level) or one amplifier of a detector (AMP level).
+Amplifier values are placed by their *name*, looked up in the camera, so the ``_i`` order in a
+statistics dataset never decides which row a value lands in, and detectors with different
+amplifier counts never collide.  Any mapping with ``get(key)`` (``lsst.pipe.base.TaskMetadata``,
+``lsst.daf.base.PropertyList``, a `dict`) works as a statistics dataset.
 """
 
 from __future__ import annotations
 
-__all__ = ["StatisticsMatrix", "gather_statistics"]
+__all__ = [
+    "DETECTOR_KEYS",
+    "RegionKeys",
+    "StatisticsMatrix",
+    "amp_keys",
+    "gather_statistics",
+    "pack_statistics",
+]
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +33,98 @@ from typing import Any
 
 import numpy as np
 
+from lsst.pipe.base import TaskMetadata
+
 LEVELS = ("DETECTOR", "AMP")
+
+
+@dataclass(frozen=True)
+class RegionKeys:
+    """The keys of one region's statistics (the detector or one amplifier) in a dataset."""
+
+    median: str
+    """Clipped mean level (``MEDIAN`` in cp_pipe's name)."""
+    sigma: str
+    """Clipped standard deviation."""
+    n: str
+    """Number of pixels the statistics keep."""
+    name: str | None = None
+    """Amplifier name; `None` for the detector, which has no name key."""
+
+
+DETECTOR_KEYS = RegionKeys(median="DETECTOR_MEDIAN", sigma="DETECTOR_SIGMA", n="DETECTOR_N")
+"""The keys of the whole detector's statistics."""
+
+
+def amp_keys(index: int) -> RegionKeys:
+    """Return the keys of the ``index``-th amplifier's statistics in a dataset.
+
+    Parameters
+    ----------
+    index : `int`
+        Position of the amplifier in the dataset (the camera's order when written by the
+        measurement task; readers place values by the name key, not by this index).
+
+    Returns
+    -------
+    keys : `RegionKeys`
+    """
+    return RegionKeys(median=f"AMP_MEDIAN_{index}", sigma=f"AMP_SIGMA_{index}", n=f"AMP_N_{index}",
+                      name=f"AMP_NAME_{index}")
+
+
+def pack_statistics(
+    *,
+    median: float,
+    sigma: float,
+    n: int,
+    amp_names: Sequence[str],
+    amp_medians: Sequence[float],
+    amp_sigmas: Sequence[float],
+    amp_ns: Sequence[int],
+) -> TaskMetadata:
+    """Write one detector's flat statistics under cp_pipe's keys.
+
+    Parameters
+    ----------
+    median, sigma : `float`
+        Clipped mean level and standard deviation of the whole detector.
+    n : `int`
+        Number of detector pixels they keep.
+    amp_names : `~collections.abc.Sequence` [`str`]
+        Amplifier names, in the order their ``_i`` keys are numbered.
+    amp_medians, amp_sigmas : `~collections.abc.Sequence` [`float`]
+        Clipped mean level and standard deviation of each amplifier.
+    amp_ns : `~collections.abc.Sequence` [`int`]
+        Number of pixels each amplifier's statistics keep.
+
+    Returns
+    -------
+    metadata : `lsst.pipe.base.TaskMetadata`
+        The statistics dataset, with plain `float`, `int` and `str` values.
+
+    Raises
+    ------
+    ValueError
+        Raised if the amplifier sequences differ in length.
+    """
+    lengths = {len(values) for values in (amp_names, amp_medians, amp_sigmas, amp_ns)}
+    if len(lengths) > 1:
+        raise ValueError(f"Got {len(amp_names)} amplifier names, {len(amp_medians)} medians, "
+                         f"{len(amp_sigmas)} sigmas and {len(amp_ns)} counts.")
+    metadata = TaskMetadata()
+    _pack_region(metadata, DETECTOR_KEYS, median, sigma, n)
+    for i, (name, amp_median, amp_sigma, amp_n) in enumerate(zip(amp_names, amp_medians, amp_sigmas, amp_ns)):
+        keys = amp_keys(i)
+        metadata[keys.name] = str(name)
+        _pack_region(metadata, keys, amp_median, amp_sigma, amp_n)
+    return metadata
+
+
+def _pack_region(metadata: TaskMetadata, keys: RegionKeys, median: float, sigma: float, n: int) -> None:
+    metadata[keys.median] = float(median)
+    metadata[keys.sigma] = float(sigma)
+    metadata[keys.n] = int(n)
 
 
 @dataclass
@@ -170,6 +269,10 @@ def _require(md: Any, key: str, dims: Mapping[str, Any]) -> Any:
     return value
 
 
+def _level_and_count(md: Any, keys: RegionKeys, dims: Mapping[str, Any]) -> tuple[float, float]:
+    return float(_require(md, keys.median, dims)), float(_require(md, keys.n, dims))
+
+
 def _describe(dims: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}={v}" for k, v in dict(dims).items()) + "}"
 
@@ -179,13 +282,12 @@ def _entries(
 ) -> list[tuple[str, float, float]]:
     """Return (amplifier name, level, count) triples of one statistics dataset."""
     if level == "DETECTOR":
-        return [("", float(_require(md, "DETECTOR_MEDIAN", dims)), float(_require(md, "DETECTOR_N", dims)))]
+        return [("", *_level_and_count(md, DETECTOR_KEYS, dims))]
     expected = amp_names[detector]
     entries = []
     for i in range(len(expected)):
-        name = str(_require(md, f"AMP_NAME_{i}", dims))
-        entries.append((name, float(_require(md, f"AMP_MEDIAN_{i}", dims)),
-                        float(_require(md, f"AMP_N_{i}", dims))))
+        keys = amp_keys(i)
+        entries.append((str(_require(md, keys.name, dims)), *_level_and_count(md, keys, dims)))
     names = [name for name, _, _ in entries]
     if sorted(names) != sorted(expected):
         raise ValueError(f"Flat statistics for {_describe(dims)} name amplifiers {names}, but the camera's "
