@@ -57,6 +57,7 @@ from lsst.cp.flatnorm.cpFlatNormalize import (
     CpFlatNormalizationTask,
 )
 from lsst.cp.flatnorm.camera_model import CameraModel
+from lsst.cp.flatnorm.flat_statistics import pack_statistics
 from lsst.cp.flatnorm.sim.camera import SIM_CAMERA_NAME, make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig, FlatSimulator
 from lsst.cp.flatnorm.sim.instrument import SimFlatCam
@@ -108,16 +109,9 @@ class StatisticsRepo:
 
 def _statistics(names: list[str], amp_levels: np.ndarray) -> TaskMetadata:
     """Flat statistics of one detector in the layout `CpFlatMeasureTask` writes."""
-    metadata = TaskMetadata()
-    metadata["DETECTOR_MEDIAN"] = float(amp_levels.mean())
-    metadata["DETECTOR_SIGMA"] = float(0.01 * amp_levels.mean())
-    metadata["DETECTOR_N"] = _AMP_PIXELS * len(names)
-    for i, (name, level) in enumerate(zip(names, amp_levels)):
-        metadata[f"AMP_NAME_{i}"] = name
-        metadata[f"AMP_MEDIAN_{i}"] = float(level)
-        metadata[f"AMP_SIGMA_{i}"] = float(0.01 * level)
-        metadata[f"AMP_N_{i}"] = _AMP_PIXELS
-    return metadata
+    return pack_statistics(median=amp_levels.mean(), sigma=0.01 * amp_levels.mean(),
+                           n=_AMP_PIXELS * len(names), amp_names=names, amp_medians=amp_levels,
+                           amp_sigmas=0.01 * amp_levels, amp_ns=[_AMP_PIXELS] * len(names))
 
 
 def replicated_camera(n_detectors: int) -> CameraModel:

@@ -28,6 +28,7 @@ import numpy as np
 
 from lsst.cp.flatnorm.camera_model import DetectorModel
 from lsst.cp.flatnorm.cpFlatMeasure import CpFlatMeasureConfig, CpFlatMeasureTask
+from lsst.cp.flatnorm.flat_statistics import DETECTOR_KEYS, amp_keys
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
 from lsst.cp.flatnorm.sim.repo import INPUT_DATASET_TYPE, build_sim_repo
@@ -142,8 +143,8 @@ def measure_flats(root: str, amp_size: tuple[int, int], n_exposures: int) -> Mea
         start = time.perf_counter()
         expected = numpy_clipped_stats(image, regions, task.config)
         times["baseline"].append(time.perf_counter() - start)
-        ours = [(stats["DETECTOR_MEDIAN"], stats["DETECTOR_N"])]
-        ours += [(stats[f"AMP_MEDIAN_{i}"], stats[f"AMP_N_{i}"]) for i in range(len(regions))]
+        keys = [DETECTOR_KEYS] + [amp_keys(i) for i in range(len(regions))]
+        ours = [(stats[region.median], stats[region.n]) for region in keys]
         differences += [abs(mean / reference[0] - 1) for (mean, _), reference in zip(ours, expected)]
         counts_equal &= all(n == reference[2] for (_, n), reference in zip(ours, expected))
     return MeasureResult(shape=image.image.array.shape, max_mean_difference=max(differences),

@@ -5,8 +5,8 @@
 
 import numpy as np
 
+from lsst.cp.flatnorm.flat_statistics import pack_statistics
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
-from lsst.pipe.base import TaskMetadata
 
 EXPOSURES = [2026112500010, 2026112500011, 2026112500012, 2026112500013]
 AMP_PIXELS = 2048
@@ -24,18 +24,17 @@ class StatisticsFactory:
         }
 
     def metadata(self, exposure, detector, shuffle=False, drop=None):
-        """Statistics of one (exposure, detector), amp entries optionally in a shuffled order."""
+        """Statistics of one (exposure, detector), amp entries optionally in a shuffled order.
+
+        The levels are exact, so every sigma is zero.
+        """
         amps = [amp.getName() for amp in self.camera[detector]]
         if shuffle:
             amps = amps[::-1]
-        md = TaskMetadata()
         levels = [self.amp_gain[(detector, name)] * self.lamps[exposure] for name in amps]
-        md["DETECTOR_MEDIAN"] = float(np.mean(levels))
-        md["DETECTOR_N"] = AMP_PIXELS * len(amps)
-        for i, (name, level) in enumerate(zip(amps, levels)):
-            md[f"AMP_NAME_{i}"] = name
-            md[f"AMP_MEDIAN_{i}"] = level
-            md[f"AMP_N_{i}"] = AMP_PIXELS
+        zeros = [0.0] * len(amps)
+        md = pack_statistics(median=np.mean(levels), sigma=0.0, n=AMP_PIXELS * len(amps), amp_names=amps,
+                             amp_medians=levels, amp_sigmas=zeros, amp_ns=[AMP_PIXELS] * len(amps))
         if drop is not None:
             del md[drop]
         return md
