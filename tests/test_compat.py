@@ -10,13 +10,11 @@ the package and its pipelines must not need the compat package.
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import textwrap
 import unittest
-from contextlib import closing
 from pathlib import Path
 
 import lsst.utils.tests
@@ -30,9 +28,10 @@ from lsst.cp.flatnorm.cpFlatNormalize import (
 )
 from lsst.cp.flatnorm.formatters import BlockYamlFormatter
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
-from lsst.daf.butler import Butler, Config, DatasetType
+from lsst.daf.butler import Butler
 from lsst.pipe.base import Pipeline
 from lsst.utils import doImport
+from lsst.utils.introspection import get_full_type_name
 
 ROOT = Path(__file__).parents[1]
 PIPETASK = Path(sys.executable).with_name("pipetask")
@@ -195,62 +194,74 @@ class EupsTableTestCase(lsst.utils.tests.TestCase):
             self.assertTrue((ROOT / "python" / "lsst" / "cp" / "flatnorm" / "pipelines" / relative).is_file())
 
 
-# The seed config of repositories created before 0.2, when the implementation was lsst.cp.pipe.
-PRE_0_2_SEED = """\
-storageClasses:
-  CameraModel:
-    pytype: lsst.cp.pipe.camera_model.CameraModel
-datastore:
-  formatters:
-    CameraModel: lsst.daf.butler.formatters.json.JsonFormatter
-    StructuredDataDict: lsst.cp.pipe.formatters.LibyamlFormatter
-"""
-
-
 OLD_FORMATTER = "lsst.cp.pipe.formatters.LibyamlFormatter"
+OLD_CAMERA_TYPE = "lsst.cp.pipe.camera_model.CameraModel"
 
+# A repository as 0.1 made it, when the implementation was lsst.cp.pipe: its seed config names the
+# old camera-model type and formatter, and its datastore records the old formatter path (the
+# datastore records the written class's own path, so an alias cannot write it: the script rewrites
+# the record). It runs in a fresh process, as a user's session opening the repository would: one
+# process cannot hold two definitions of the CameraModel storage class.
+PRE_0_2_REPOSITORY = textwrap.dedent(f"""\
+    import json, sqlite3, sys
+    from contextlib import closing
+    from lsst.cp.flatnorm.sim.camera import make_sim_camera
+    from lsst.daf.butler import Butler, Config, DatasetType
 
-def rename_stored_formatter(repo: Path, new: str, old: str) -> int:
-    """Rewrite the formatter names in a repository's datastore records, as a pre-0.2 write left them
-    (the datastore records the written class's own path, so an alias cannot produce them)."""
-    with closing(sqlite3.connect(repo / "gen3.sqlite3")) as db, db:
-        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
-                  if "formatter" in {column[1] for column in db.execute(f'PRAGMA table_info("{name}")')}]
-        return sum(db.execute(f"UPDATE {table} SET formatter = ? WHERE formatter = ?", (old, new)).rowcount
-                   for table in tables)
+    repo = sys.argv[1]
+    seed = {{"storageClasses": {{"CameraModel": {{"pytype": "{OLD_CAMERA_TYPE}"}}}},
+            "datastore": {{"formatters": {{"CameraModel": "lsst.daf.butler.formatters.json.JsonFormatter",
+                                           "StructuredDataDict": "{OLD_FORMATTER}"}}}}}}
+    Butler.makeRepo(repo, config=Config(seed))
+    butler = Butler.from_config(repo, writeable=True, run="old")
+    butler.registry.insertDimensionData("instrument", {{"name": "SimFlatCam"}})
+    for name, storage_class in (("scales", "StructuredDataDict"), ("camera", "CameraModel")):
+        butler.registry.registerDatasetType(
+            DatasetType(name, ("instrument",), storage_class, universe=butler.dimensions))
+    scales = {{"expScale": {{0: {{"C00": {{7: 1234.5}}}}}}, "detScale": {{0: 0.98}}}}
+    ref = butler.put(scales, "scales", instrument="SimFlatCam")
+    butler.put(make_sim_camera(n_side=1, amp_width=4, amp_height=4, n_wavefront=0), "camera",
+               instrument="SimFlatCam")
+    written = [info.formatter for info in butler._datastore.getStoredItemsInfo(ref)]
+    butler.close()
+    with closing(sqlite3.connect(repo + "/gen3.sqlite3")) as db, db:
+        db.execute("UPDATE file_datastore_records SET formatter = ? WHERE formatter = ?",
+                   ("{OLD_FORMATTER}", written[0]))
+
+    reader = Butler.from_config(repo, collections="old")
+    camera = reader.get("camera", instrument="SimFlatCam")
+    print(json.dumps({{
+        "written": written,
+        "stored": [info.formatter for info in reader._datastore.getStoredItemsInfo(ref)],
+        "scales_equal": reader.get("scales", instrument="SimFlatCam") == scales,
+        "camera_type": f"{{type(camera).__module__}}.{{type(camera).__name__}}",
+        "amplifiers": [amp.getName() for amp in camera[0]],
+    }}))
+""")
 
 
 class ExistingRepositoryTestCase(lsst.utils.tests.TestCase):
     """Repositories written before 0.2 name the old formatter and camera-model paths; they still read."""
 
     def test_pre_0_2_repository_reads_back(self):
-        scales = {"expScale": {0: {"C00": {7: 1234.5}}}, "detScale": {0: 0.98}}
-        camera = make_sim_camera(n_side=1, amp_width=4, amp_height=4, n_wavefront=0)
         with tempfile.TemporaryDirectory() as root:
             repo = Path(root) / "repo"
-            seed = Path(root) / "seed.yaml"
-            seed.write_text(PRE_0_2_SEED)
-            Butler.makeRepo(str(repo), config=Config(str(seed)))
-            butler = Butler.from_config(str(repo), writeable=True, run="old")
-            butler.registry.insertDimensionData("instrument", {"name": "SimFlatCam"})
-            for name, storage_class in (("scales", "StructuredDataDict"), ("camera", "CameraModel")):
-                butler.registry.registerDatasetType(
-                    DatasetType(name, ("instrument",), storage_class, universe=butler.dimensions))
-            scales_ref = butler.put(scales, "scales", instrument="SimFlatCam")
-            butler.put(camera, "camera", instrument="SimFlatCam")
-            new_name = "lsst.cp.flatnorm.formatters.BlockYamlFormatter"
-            stored = butler._datastore.getStoredItemsInfo(scales_ref)
-            self.assertEqual([info.formatter for info in stored], [new_name])
-            butler.close()
-            self.assertEqual(rename_stored_formatter(repo, new_name, OLD_FORMATTER), 1)
-
-            reader = Butler.from_config(str(repo), collections="old")
-            stored = reader._datastore.getStoredItemsInfo(scales_ref)
-            self.assertEqual([info.formatter for info in stored], [OLD_FORMATTER])
-            self.assertEqual(reader.get("scales", instrument="SimFlatCam"), scales)
-            copy = reader.get("camera", instrument="SimFlatCam")
-        self.assertIsInstance(copy, CameraModel)
-        self.assertEqual([amp.getName() for amp in copy[0]], [amp.getName() for amp in camera[0]])
+            process = subprocess.run([sys.executable, "-c", PRE_0_2_REPOSITORY, str(repo)], cwd=root,
+                                     capture_output=True, text=True, timeout=300)
+            self.assertEqual(process.returncode, 0, process.stderr[-3000:])
+            result = json.loads(process.stdout.splitlines()[-1])
+            self.assertEqual(result["written"], ["lsst.cp.flatnorm.formatters.BlockYamlFormatter"])
+            self.assertEqual(result["stored"], [OLD_FORMATTER])
+            self.assertTrue(result["scales_equal"])
+            self.assertEqual(result["camera_type"], "lsst.cp.flatnorm.camera_model.CameraModel")
+            expected = [amp.getName() for amp in make_sim_camera(n_side=1, amp_width=4, amp_height=4,
+                                                                 n_wavefront=0)[0]]
+            self.assertEqual(result["amplifiers"], expected)
+            # The README's one-line migration lets this process, which knows the new definition, open it.
+            config = repo / "butler.yaml"
+            config.write_text(config.read_text().replace(OLD_CAMERA_TYPE, get_full_type_name(CameraModel)))
+            camera = Butler.from_config(str(repo), collections="old").get("camera", instrument="SimFlatCam")
+            self.assertEqual([amp.getName() for amp in camera[0]], expected)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
