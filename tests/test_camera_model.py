@@ -7,6 +7,7 @@ import tempfile
 import unittest
 
 import pydantic
+import yaml
 
 import lsst.utils.tests
 from lsst.cp.flatnorm.butler_setup import make_repo
@@ -63,6 +64,23 @@ class CameraProtocolTestCase(lsst.utils.tests.TestCase):
             CameraModel(name="dup", detectors=[two_amp_detector(0), two_amp_detector(0)])
         with self.assertRaises(pydantic.ValidationError):
             PixelBox(x0=0, y0=0, width=0, height=3)
+
+    def test_numeric_names_from_yaml_stay_text_and_focus_detectors_exist(self):
+        # What yaml.safe_load gives for an amplifier named 0 and a detector named 153.
+        detector = DetectorModel.model_validate(yaml.safe_load("""
+            id: 3
+            name: 153
+            type: FOCUS
+            bbox: {x0: 0, y0: 0, width: 4, height: 2}
+            amplifiers:
+              - {name: 0, bbox: {x0: 0, y0: 0, width: 2, height: 2}}
+              - {name: 1, bbox: {x0: 2, y0: 0, width: 2, height: 2}}
+        """))
+        self.assertEqual((detector.getName(), detector.type), ("153", "FOCUS"))
+        self.assertEqual([amp.getName() for amp in detector], ["0", "1"])
+        self.assertIs(detector["0"], detector.amplifiers[0])
+        with self.assertRaisesRegex(pydantic.ValidationError, "SCIENCE.*FOCUS.*GUIDER.*WAVEFRONT"):
+            DetectorModel(id=1, name="X", type="TELESCOPE", bbox=detector.bbox, amplifiers=[])
 
 
 class CameraButlerTestCase(lsst.utils.tests.TestCase):

@@ -90,6 +90,23 @@ class DetectorLevelTestCase(lsst.utils.tests.TestCase):
         with self.assertRaisesRegex(KeyError, "no 'exposure' dimension"):
             self.task.run(mds, dims, self.factory.camera)
 
+    def test_detector_name_in_data_id_is_refused_naming_it(self):
+        mds, dims = self.factory.inputs(self.factory.all_pairs()[:3])
+        dims[2]["detector"] = self.factory.camera[dims[2]["detector"]].getName()
+        with self.assertRaises(ValueError) as cm:
+            self.task.run(mds, dims, self.factory.camera)
+        self.assertEqual(str(cm.exception), f"Input data ID {dims[2]}: detector must be the integer ID, "
+                                            f"not {dims[2]['detector']!r} (a detector name?).")
+
+    def test_ids_that_went_through_text_are_accepted(self):
+        pairs = self.factory.all_pairs()
+        mds, dims = self.factory.inputs(pairs)
+        for dim in dims:
+            dim.update(exposure=str(dim["exposure"]), detector=str(dim["detector"]))
+        scales = self.task.run(mds, dims, self.factory.camera).outputScales
+        expected = self.task.run(*self.factory.inputs(pairs), self.factory.camera).outputScales
+        self.assertEqual(scales, expected)
+
     def test_exposure_without_valid_level_is_named(self):
         mds, dims = self.factory.inputs(self.factory.all_pairs())
         for md, dim in zip(mds, dims):

@@ -15,9 +15,10 @@ The model is stored through the butler with daf_butler's JSON formatter under th
 
 from __future__ import annotations
 
-__all__ = ["PixelBox", "AmplifierModel", "DetectorModel", "CameraModel"]
+__all__ = ["PixelBox", "AmplifierModel", "DetectorModel", "CameraModel", "DetectorType"]
 
 from collections.abc import Iterator
+from typing import Literal
 
 import pydantic
 
@@ -70,8 +71,18 @@ class PixelBox(pydantic.BaseModel):
         )
 
 
+_NAMES_ARE_STRINGS = pydantic.ConfigDict(coerce_numbers_to_str=True)
+"""Names are strings even where a YAML file gives a number (amplifier ``0``, a detector ``153``):
+the model keeps them as text instead of refusing them."""
+
+DetectorType = Literal["SCIENCE", "FOCUS", "GUIDER", "WAVEFRONT"]
+"""afw's ``DetectorType`` names."""
+
+
 class AmplifierModel(pydantic.BaseModel):
     """One amplifier: its name and the detector pixels it reads out."""
+
+    model_config = _NAMES_ARE_STRINGS
 
     name: str
     bbox: PixelBox
@@ -93,7 +104,7 @@ class DetectorModel(pydantic.BaseModel):
     name : `str`
         Detector name (``full_name`` in the detector dimension record).
     type : `str`
-        ``"SCIENCE"``, ``"WAVEFRONT"`` or ``"GUIDER"`` (afw's ``DetectorType`` names).
+        ``"SCIENCE"``, ``"FOCUS"``, ``"GUIDER"`` or ``"WAVEFRONT"`` (afw's ``DetectorType`` names).
     focal_plane_x, focal_plane_y : `float`
         Focal-plane position of the detector centre, in mm.
     pixel_size : `float`
@@ -102,9 +113,11 @@ class DetectorModel(pydantic.BaseModel):
         Amplifiers in readout order; their boxes must tile the detector without overlap.
     """
 
+    model_config = _NAMES_ARE_STRINGS
+
     id: int
     name: str
-    type: str = "SCIENCE"
+    type: DetectorType = "SCIENCE"
     serial: str = ""
     physical_type: str = "simulated"
     bbox: PixelBox
@@ -152,6 +165,8 @@ class DetectorModel(pydantic.BaseModel):
 
 class CameraModel(pydantic.BaseModel):
     """A camera: a named collection of detectors, indexed by ID or name."""
+
+    model_config = _NAMES_ARE_STRINGS
 
     name: str
     detectors: list[DetectorModel]

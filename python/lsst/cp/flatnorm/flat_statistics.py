@@ -225,11 +225,26 @@ def gather_statistics(
 
 
 def _exposure_detector(dims: Mapping[str, Any]) -> tuple[int, int]:
+    return _integer_id(dims, "exposure"), _integer_id(dims, "detector")
+
+
+def _integer_id(dims: Mapping[str, Any], dimension: str) -> int:
+    """Return a data ID's integer ``exposure`` or ``detector`` ID, naming the data ID if it has none.
+
+    Butler data IDs hold integer IDs; a detector given by name (``"R11_S01"``) is refused rather
+    than guessed, because names are not unique across instruments.
+    """
     try:
-        return int(dims["exposure"]), int(dims["detector"])
-    except KeyError as err:
-        raise KeyError(f"Input data ID {dict(dims)} has no {err} dimension; the flat statistics "
+        value = dims[dimension]
+    except KeyError:
+        raise KeyError(f"Input data ID {dict(dims)} has no {dimension!r} dimension; the flat statistics "
                        "must be indexed by exposure and detector.") from None
+    if isinstance(value, str) and value.isdigit():  # an ID that went through text, e.g. JSON keys
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"Input data ID {dict(dims)}: {dimension} must be the integer ID, not {value!r}"
+                         f"{' (a detector name?)' if dimension == 'detector' else ''}.")
+    return int(value)
 
 
 def _check_unique(keys: list[tuple[int, int]]) -> None:
