@@ -261,7 +261,7 @@ site:
         for detector, scale in truth.detector_scales().items():
             self.assertFloatsAlmostEqual(scales["detScale"][detector], scale, rtol=1e-3)
         for exposure, scale in truth.exposure_scales().items():
-            self.assertFloatsAlmostEqual(scales["expScale"][1]["C00"][exposure], scale, rtol=1e-3)
+            self.assertFloatsAlmostEqual(scales["expScale"][1]["C10"][exposure], scale, rtol=1e-3)
         self.assertEqual(set(table["flag"]), {"USED"})
         self.assertEqual(len(table), 2 * 52)
 

@@ -218,9 +218,9 @@ class AmpLevelTestCase(lsst.utils.tests.TestCase):
                                            self.factory.lamps[exposure] * norm, places=7)
         table = result.outputScaleTable
         self.assertEqual(len(table), sum(len(self.factory.camera[d]) for _, d in pairs))
-        row = table[(table["detector"] == 9) & (table["amplifier"] == "C03")
+        row = table[(table["detector"] == 9) & (table["amplifier"] == "C13")
                     & (table["exposure"] == EXPOSURES[0])][0]
-        expected = self.factory.amp_gain[(9, "C03")] * self.factory.lamps[EXPOSURES[0]]
+        expected = self.factory.amp_gain[(9, "C13")] * self.factory.lamps[EXPOSURES[0]]
         self.assertAlmostEqual(row["level"], expected)
         self.assertEqual(row["n_pixels"], AMP_PIXELS)
 

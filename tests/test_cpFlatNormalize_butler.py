@@ -118,7 +118,7 @@ class TestQuantumTestCase(lsst.utils.tests.TestCase):
         detector_counts = {d: sum(1 for _, det in self.pairs if det == d) for d, _ in gains}
         norm = sum(g * detector_counts[d] for (d, _), g in gains.items()) / sum(
             detector_counts[d] for d, _ in gains)
-        self.assertAlmostEqual(scales["detScale"][9]["C05"], gains[(9, "C05")] / norm, places=10)
+        self.assertAlmostEqual(scales["detScale"][9]["C15"], gains[(9, "C15")] / norm, places=10)
         self.assertAlmostEqual(scales["expScale"][2]["C10"][EXPOSURES[1]],
                                self.factory.lamps[EXPOSURES[1]] * norm, places=7)
         self.assertEqual(len(table), sum(len(self.factory.camera[d]) for _, d in self.pairs))

@@ -4,8 +4,9 @@
 """Geometry of the simulated mosaic camera ("SimFlatCam").
 
 A square grid of science detectors with 16 amplifiers (two rows of eight, named like LSSTCam's
-``C10..C17`` over ``C07..C00``) and half-height wavefront detectors with 8 amplifiers, placed
-around the grid.  Sizes are parameters so that tests can use tiny images.
+``C10..C17`` over ``C07..C00``) and half-height wavefront detectors with 8 amplifiers named
+``C10..C17``, as LSSTCam's wavefront sensors are, placed around the grid.  Sizes are parameters so
+that tests can use tiny images.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ _GAP_PIXELS = 20  # space between neighbouring detectors on the focal plane
 
 def _amplifiers(amp_width: int, amp_height: int, n_rows: int) -> list[AmplifierModel]:
     """Amplifiers of one detector, in LSSTCam's order: the top row C10..C17 left to right, then
-    the bottom row C07..C00 left to right.  A one-row (wavefront) detector has C07..C00."""
+    the bottom row C07..C00 left to right.  A one-row (wavefront) detector has C10..C17, as
+    LSSTCam's wavefront sensors do."""
     amps = []
     for row in reversed(range(n_rows)):
+        top = row == n_rows - 1
         for column in range(_AMPS_PER_ROW):
-            index = column if row == 1 else _AMPS_PER_ROW - 1 - column
+            name = f"C1{column}" if top else f"C0{_AMPS_PER_ROW - 1 - column}"
             box = PixelBox(x0=column * amp_width, y0=row * amp_height, width=amp_width, height=amp_height)
-            amps.append(AmplifierModel(name=f"C{row}{index}", bbox=box))
+            amps.append(AmplifierModel(name=name, bbox=box))
     return amps
 
 
