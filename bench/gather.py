@@ -61,7 +61,7 @@ from lsst.cp.flatnorm.flat_statistics import pack_statistics
 from lsst.cp.flatnorm.sim.camera import SIM_CAMERA_NAME, make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig, FlatSimulator
 from lsst.cp.flatnorm.sim.instrument import SimFlatCam
-from lsst.cp.flatnorm.sim.repo import insert_exposure_records
+from lsst.cp.flatnorm.exposure_records import insert_exposure_records
 from lsst.daf.butler import Butler, DatasetRef, DatasetType, QuantumBackedButler
 from lsst.pipe.base import (
     InputQuantizedConnection,

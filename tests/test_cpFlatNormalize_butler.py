@@ -21,7 +21,7 @@ from lsst.cp.flatnorm import CpFlatNormalizationTask
 from lsst.cp.flatnorm.butler_setup import make_repo, seed_config
 from lsst.cp.flatnorm.sim.flat_simulator import SimExposure
 from lsst.cp.flatnorm.sim.instrument import SimFlatCam
-from lsst.cp.flatnorm.sim.repo import insert_exposure_records
+from lsst.cp.flatnorm.exposure_records import insert_exposure_records
 from lsst.daf.butler import Butler, DatasetType
 from stats_factory import EXPOSURES, StatisticsFactory
 

@@ -50,6 +50,7 @@ import numpy as np
 from lsst.images import Image, Mask, MaskedImage, MaskPlane, MaskSchema
 
 from ..camera_model import CameraModel, DetectorModel
+from ..exposure_records import ExposureInfo
 
 MASK_PLANES: tuple[MaskPlane, ...] = (
     MaskPlane("BAD", "Bad pixel in the instrument (simulated defect column)."),
@@ -115,23 +116,14 @@ class FlatSimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SimExposure:
+class SimExposure(ExposureInfo):
     """Observation metadata and truth of one simulated exposure."""
 
-    id: int
-    obs_id: str
-    seq_num: int
-    day_obs: int
-    physical_filter: str
-    begin: astropy.time.Time
-    exposure_time: float
     lamp_level: float
     """Signal per unit response (electrons), before the colour term."""
     colour: float
-
-    @property
-    def end(self) -> astropy.time.Time:
-        return self.begin + self.exposure_time * u.s
+    science_program: str = dataclasses.field(default="SIM-FLATS", kw_only=True)
+    has_simulated: bool = dataclasses.field(default=True, kw_only=True)
 
 
 @dataclasses.dataclass(frozen=True)

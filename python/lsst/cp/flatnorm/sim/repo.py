@@ -11,28 +11,24 @@ through the instrument's umbrella collection ``SimFlatCam/defaults``.
 
 from __future__ import annotations
 
-__all__ = ["INPUT_DATASET_TYPE", "SimRepo", "build_sim_repo", "insert_exposure_records", "put_images"]
+__all__ = ["INPUT_DATASET_TYPE", "SimRepo", "build_sim_repo", "put_images"]
 
 import dataclasses
-import datetime
 import os
 import shutil
 from pathlib import Path
 
-import astropy.time
-
-from lsst.daf.butler import Butler, CollectionType, DatasetType, Timespan
+from lsst.daf.butler import Butler, CollectionType, DatasetType
 
 from ..butler_setup import make_repo
 from ..camera_model import CameraModel
+from ..exposure_records import insert_exposure_records
 from .camera import make_sim_camera
-from .flat_simulator import FlatSimConfig, FlatSimulator, FlatTruth, SimExposure
+from .flat_simulator import FlatSimConfig, FlatSimulator, FlatTruth
 from .instrument import SimFlatCam
 
 INPUT_DATASET_TYPE = "cpFlatProc"
 _INPUT_STORAGE_CLASS = "MaskedImageV2"
-_SCIENCE_PROGRAM = "SIM-FLATS"
-_DAY_OBS_ROLLOVER_HOURS = 12  # day_obs runs from noon to noon UTC
 
 
 @dataclasses.dataclass
@@ -95,66 +91,6 @@ def build_sim_repo(
     butler.collections.register(defaults, CollectionType.CHAINED)
     butler.collections.redefine_chain(defaults, [image_run, calib_collection])
     return SimRepo(root, butler, instrument, simulator, image_run, calib_collection, defaults)
-
-
-def _day_obs_timespan(day_obs: int) -> Timespan:
-    """The day of observation ``day_obs`` (YYYYMMDD), from noon UTC to the next noon UTC."""
-    date = datetime.datetime.strptime(str(day_obs), "%Y%m%d")
-    begin = date + datetime.timedelta(hours=_DAY_OBS_ROLLOVER_HOURS)
-    end = begin + datetime.timedelta(days=1)
-    return Timespan(astropy.time.Time(begin, scale="utc"), astropy.time.Time(end, scale="utc"))
-
-
-def _exposure_record(instrument: str, exposure: SimExposure) -> dict:
-    return {
-        "instrument": instrument,
-        "id": exposure.id,
-        "obs_id": exposure.obs_id,
-        "day_obs": exposure.day_obs,
-        "group": exposure.obs_id,
-        "physical_filter": exposure.physical_filter,
-        "exposure_time": exposure.exposure_time,
-        "dark_time": exposure.exposure_time,
-        "observation_type": "flat",
-        "observation_reason": "flat",
-        "seq_num": exposure.seq_num,
-        "seq_start": exposure.seq_num,
-        "seq_end": exposure.seq_num,
-        "target_name": "FlatField",
-        "science_program": _SCIENCE_PROGRAM,
-        "has_simulated": True,
-        "can_see_sky": False,
-        "timespan": Timespan(exposure.begin, exposure.end),
-    }
-
-
-def insert_exposure_records(butler: Butler, instrument: str, exposures: list[SimExposure]) -> None:
-    """Insert the day_obs, group and exposure records of simulated exposures.
-
-    ``Butler.registry.addDataIdValue`` cannot fill the metadata of these records (exposure
-    times, observation type, timespans, ...), so they are inserted directly.
-
-    Parameters
-    ----------
-    butler : `lsst.daf.butler.Butler`
-        Writeable butler; the instrument and its filters must be registered.
-    instrument : `str`
-        Instrument name.
-    exposures : `list` [`SimExposure`]
-        The exposures.
-    """
-    registry = butler.registry
-    with registry.transaction():
-        for day_obs in sorted({exposure.day_obs for exposure in exposures}):
-            registry.syncDimensionData(
-                "day_obs", {"instrument": instrument, "id": day_obs, "timespan": _day_obs_timespan(day_obs)}
-            )
-        registry.insertDimensionData(
-            "group", *[{"instrument": instrument, "name": exposure.obs_id} for exposure in exposures]
-        )
-        registry.insertDimensionData(
-            "exposure", *[_exposure_record(instrument, exposure) for exposure in exposures]
-        )
 
 
 def put_images(butler: Butler, simulator: FlatSimulator, instrument: str, run: str) -> int:
