@@ -11,15 +11,21 @@ camera works wherever afw is importable.
 
 The model is stored through the butler with daf_butler's JSON formatter under the storage class
 ``CameraModel`` (declared in ``configs/butler-seed.yaml``, see `lsst.cp.flatnorm.butler_setup`).
+A real camera comes in through `CameraModel.from_obs_yaml` (an obs package's camera YAML, see
+`lsst.cp.flatnorm.obs_camera_yaml`) or `CameraModel.from_afw` (an afw camera, see
+`lsst.cp.flatnorm.afw_camera`).
 """
 
 from __future__ import annotations
 
-__all__ = ["PixelBox", "AmplifierModel", "DetectorModel", "CameraModel", "DetectorType"]
+__all__ = ["PixelBox", "AmplifierModel", "DetectorModel", "CameraModel", "DetectorType",
+           "summarize_validation_error"]
 
+import os
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import pydantic
 
 
@@ -105,10 +111,24 @@ class DetectorModel(pydantic.BaseModel):
         Detector name (``full_name`` in the detector dimension record).
     type : `str`
         ``"SCIENCE"``, ``"FOCUS"``, ``"GUIDER"`` or ``"WAVEFRONT"`` (afw's ``DetectorType`` names).
+    serial : `str`
+        Serial number of the device in this slot.
+    physical_type : `str`
+        How the detector is built (afw's ``getPhysicalType()``, e.g. ``"ITL"``, ``"E2V"``).
+    bbox : `PixelBox`
+        The detector's pixels (the assembled, trimmed image).
     focal_plane_x, focal_plane_y : `float`
-        Focal-plane position of the detector centre, in mm.
+        Focal-plane position, in mm, of the reference point (afw's ``getFpPosition()``).
+    yaw : `float`
+        Rotation of the detector on the focal plane, in degrees: the angle from the focal-plane
+        x axis to the detector's x axis, counter-clockwise (x towards y), about the reference point.
+        afw's ``Orientation.getYaw()``; obs camera YAML ``yaw``.
+    reference_point : `tuple` [`float`, `float`] or `None`
+        The detector pixel (x, y) that sits at ``(focal_plane_x, focal_plane_y)`` (afw's
+        ``Orientation.getReferencePoint()``; obs camera YAML ``refpos``).  `None` means the centre
+        of ``bbox``.
     pixel_size : `float`
-        Pixel size in mm.
+        Pixel size in mm (square pixels).
     amplifiers : `list` [`AmplifierModel`]
         Amplifiers in readout order; their boxes must tile the detector without overlap.
     """
@@ -123,6 +143,8 @@ class DetectorModel(pydantic.BaseModel):
     bbox: PixelBox
     focal_plane_x: float = 0.0
     focal_plane_y: float = 0.0
+    yaw: float = 0.0
+    reference_point: tuple[float, float] | None = None
     pixel_size: float = 0.01
     amplifiers: list[AmplifierModel]
 
@@ -154,6 +176,41 @@ class DetectorModel(pydantic.BaseModel):
     def __len__(self) -> int:
         return len(self.amplifiers)
 
+    def get_reference_point(self) -> tuple[float, float]:
+        """Return the pixel (x, y) placed at the focal-plane position: ``reference_point``, or the
+        centre of the bounding box when that is `None`."""
+        if self.reference_point is not None:
+            return self.reference_point
+        return ((self.bbox.getMinX() + self.bbox.getMaxX()) / 2,
+                (self.bbox.getMinY() + self.bbox.getMaxY()) / 2)
+
+    def pixel_to_focal_plane(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """Return the focal-plane position (mm) of detector pixel positions.
+
+        Parameters
+        ----------
+        x, y : `float` or `numpy.ndarray`
+            Pixel positions in the detector's coordinates; integer values are pixel centres
+            (afw's convention: pixel ``(0, 0)`` spans ``-0.5 .. 0.5``).
+
+        Returns
+        -------
+        fp_x, fp_y : `float` or `numpy.ndarray`
+            Focal-plane positions in mm.
+
+        Notes
+        -----
+        This follows afw's ``Orientation.makePixelFpTransform`` with zero pitch and roll: the
+        offset from the reference point (`get_reference_point`) is scaled by the pixel size,
+        rotated counter-clockwise by ``yaw`` and added to ``(focal_plane_x, focal_plane_y)``.
+        """
+        ref_x, ref_y = self.get_reference_point()
+        dx = (np.asarray(x, dtype=float) - ref_x) * self.pixel_size
+        dy = (np.asarray(y, dtype=float) - ref_y) * self.pixel_size
+        cos_yaw, sin_yaw = np.cos(np.radians(self.yaw)), np.sin(np.radians(self.yaw))
+        return (self.focal_plane_x + cos_yaw * dx - sin_yaw * dy,
+                self.focal_plane_y + sin_yaw * dx + cos_yaw * dy)
+
     def __getitem__(self, key: int | str) -> AmplifierModel:
         if isinstance(key, str):
             for amp in self.amplifiers:
@@ -179,6 +236,26 @@ class CameraModel(pydantic.BaseModel):
             raise ValueError(f"Camera {self.name}: detector IDs and names must be unique.")
         return self
 
+    @classmethod
+    def from_obs_yaml(cls, path: str | os.PathLike[str]) -> CameraModel:
+        """Read a camera description in obs_base's camera YAML format (``yamlCamera``).
+
+        See `lsst.cp.flatnorm.obs_camera_yaml.read_obs_camera_yaml`.
+        """
+        from .obs_camera_yaml import read_obs_camera_yaml  # that module imports this one
+
+        return read_obs_camera_yaml(path)
+
+    @classmethod
+    def from_afw(cls, camera: Any) -> CameraModel:
+        """Convert an ``lsst.afw.cameraGeom.Camera`` (or anything with its methods).
+
+        See `lsst.cp.flatnorm.afw_camera.camera_from_afw`.
+        """
+        from .afw_camera import camera_from_afw  # that module imports this one
+
+        return camera_from_afw(camera)
+
     def getName(self) -> str:
         return self.name
 
@@ -196,3 +273,14 @@ class CameraModel(pydantic.BaseModel):
             if key == (det.name if isinstance(key, str) else det.id):
                 return det
         raise KeyError(f"Camera {self.name} has no detector {key!r}.")
+
+
+def summarize_validation_error(error: pydantic.ValidationError) -> str:
+    """Return a validation error of these models as one line, ``field: message; ...``, without
+    pydantic's input dumps, for importers that prefix where in their source the error is."""
+    parts = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        location = ".".join(str(part) for part in item["loc"])
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts)
