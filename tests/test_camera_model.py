@@ -30,7 +30,7 @@ class CameraProtocolTestCase(lsst.utils.tests.TestCase):
     def test_afw_like_protocol(self):
         camera = make_sim_camera(n_side=2, amp_width=4, amp_height=3, n_wavefront=1)
         self.assertEqual(len(camera), 5)
-        self.assertIs(camera[4], camera["W0"])
+        self.assertIs(camera[4], camera["R00_SW0"])
         self.assertIn(2, camera)
         self.assertNotIn(7, camera)
         detector = camera[1]
@@ -53,7 +53,7 @@ class CameraProtocolTestCase(lsst.utils.tests.TestCase):
     def test_large_grid_names_are_unique(self):
         camera = make_sim_camera(n_side=14, amp_width=2, amp_height=2, n_wavefront=4)
         self.assertEqual(len({detector.name for detector in camera}), 14 * 14 + 4)
-        self.assertEqual((camera[0].name, camera[15].name), ("S0000", "S0101"))
+        self.assertEqual((camera[0].name, camera[15].name), ("R22_S0000", "R22_S0101"))
 
     def test_validation(self):
         with self.assertRaisesRegex(pydantic.ValidationError, "overlap"):

@@ -1,7 +1,10 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Tests of the SimFlatCam instrument: registry records and the certified camera."""
+"""Tests of the SimFlatCam instrument: registry records and the certified camera.
+
+SimFlatCam is the FlatInstrument of the packaged SimFlatCam.yaml; tests/test_instrument.py tests
+FlatInstrument on a camera of its own."""
 
 import subprocess
 import sys
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lsst.cp.flatnorm import instrument as flat_instrument
 from lsst.cp.flatnorm.butler_setup import make_repo
 from lsst.cp.flatnorm.camera_model import CameraModel
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
@@ -25,13 +29,15 @@ def test_register_writes_instrument_detector_and_filter_records(butler):
     SimFlatCam().register(butler.registry)
     (instrument,) = butler.query_dimension_records("instrument")
     assert instrument.name == "SimFlatCam"
-    assert instrument.class_name == "lsst.cp.flatnorm.sim.instrument.SimFlatCam"
+    assert instrument.class_name == "lsst.cp.flatnorm.instrument.SimFlatCam"
     assert instrument.detector_max == 11
     detectors = {record.id: record for record in butler.query_dimension_records("detector")}
     assert sorted(detectors) == list(range(11))
     assert [detectors[i].purpose for i in range(11)] == ["SCIENCE"] * 9 + ["WAVEFRONT"] * 2
     assert (detectors[4].full_name, detectors[4].raft, detectors[4].name_in_raft) == ("R22_S11", "R22", "S11")
-    assert detectors[10].full_name == "RCW_W1"
+    assert (detectors[10].full_name, detectors[10].raft, detectors[10].name_in_raft) == (
+        "R44_SW0", "R44", "SW0"
+    )
     filters = {record.name: record.band for record in butler.query_dimension_records("physical_filter")}
     assert filters == SIM_FILTERS == {"sim_g": "g", "sim_r": "r", "sim_i": "i"}
 
@@ -68,8 +74,15 @@ def test_camera_survives_a_new_butler_process_view(tmp_path):
     assert len(reopened.get("camera", instrument="SimFlatCam", timespan=None)) == 11
 
 
+def test_sim_path_is_the_configured_class():
+    """Repositories and pipelines that name lsst.cp.flatnorm.sim.instrument.SimFlatCam get the class
+    lsst.cp.flatnorm.instrument makes from the packaged config."""
+    assert SimFlatCam is flat_instrument.SimFlatCam
+    assert SimFlatCam().getCamera() == make_sim_camera()
+
+
 def test_raw_formatter_and_wrong_camera_raise():
-    with pytest.raises(NotImplementedError, match="no raw data"):
+    with pytest.raises(NotImplementedError, match="reads no raw data: flats come in as post-ISR"):
         SimFlatCam().getRawFormatter({})
     with pytest.raises(ValueError, match="needs a camera named 'SimFlatCam'"):
         SimFlatCam(camera=CameraModel(name="Other", detectors=[]))

@@ -116,6 +116,7 @@ class WheelTestCase(lsst.utils.tests.TestCase):
         for relative in BPS_FILES:
             self.assertIn(f"lsst/cp/flatnorm/bps/{relative}", names)
         self.assertIn("lsst/cp/flatnorm/configs/butler-seed.yaml", names)
+        self.assertIn("lsst/cp/flatnorm/configs/instruments/SimFlatCam.yaml", names)
         self.assertIn("lsst/cp/pipe/cpFlatMeasure.py", names)
 
     def check_imports_from_the_wheel(self):

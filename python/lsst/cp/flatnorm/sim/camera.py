@@ -5,8 +5,11 @@
 
 A square grid of science detectors with 16 amplifiers (two rows of eight, named like LSSTCam's
 ``C10..C17`` over ``C07..C00``) and half-height wavefront detectors with 8 amplifiers named
-``C10..C17``, as LSSTCam's wavefront sensors are, placed around the grid.  Sizes are parameters so
-that tests can use tiny images.
+``C10..C17``, as LSSTCam's wavefront sensors are, placed around the grid.  Detectors have
+LSSTCam's full names: the grid is the central raft, ``R22_S00`` .. ``R22_S22`` for 3 x 3, and each
+wavefront detector is ``SW0`` of a corner raft (``R00_SW0``, ``R44_SW0``, ``R40_SW0``,
+``R04_SW0``), so that the instrument's records split them into raft and sensor as LSSTCam's are.
+Sizes are parameters so that tests can use tiny images.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from ..camera_model import AmplifierModel, CameraModel, DetectorModel, PixelBox
 SIM_CAMERA_NAME = "SimFlatCam"
 _AMPS_PER_ROW = 8
 _GAP_PIXELS = 20  # space between neighbouring detectors on the focal plane
+_SCIENCE_RAFT = "R22"  # LSSTCam's central raft
 
 
 def _amplifiers(amp_width: int, amp_height: int, n_rows: int) -> list[AmplifierModel]:
@@ -70,7 +74,8 @@ def make_sim_camera(
     for i in range(n_side * n_side):
         row, column = divmod(i, n_side)
         detectors.append(DetectorModel(
-            id=i, name=f"S{row:0{digits}d}{column:0{digits}d}", type="SCIENCE", serial=f"SIM-SCI-{i:03d}",
+            id=i, name=f"{_SCIENCE_RAFT}_S{row:0{digits}d}{column:0{digits}d}", type="SCIENCE",
+            serial=f"SIM-SCI-{i:03d}",
             bbox=PixelBox(x0=0, y0=0, width=width, height=2 * amp_height),
             focal_plane_x=(column - centre) * pitch_x, focal_plane_y=(row - centre) * pitch_y,
             pixel_size=pixel_size, amplifiers=_amplifiers(amp_width, amp_height, 2),
@@ -79,8 +84,9 @@ def make_sim_camera(
     reach = centre + 0.75
     for k in range(n_wavefront):
         sign_x, sign_y = corners[k]
+        raft = f"R{2 + 2 * sign_y}{2 + 2 * sign_x}"  # LSSTCam's 5 x 5 rafts are R<row><column>
         detectors.append(DetectorModel(
-            id=n_side * n_side + k, name=f"W{k}", type="WAVEFRONT", serial=f"SIM-WFS-{k:03d}",
+            id=n_side * n_side + k, name=f"{raft}_SW0", type="WAVEFRONT", serial=f"SIM-WFS-{k:03d}",
             bbox=PixelBox(x0=0, y0=0, width=width, height=amp_height),
             focal_plane_x=sign_x * reach * pitch_x, focal_plane_y=sign_y * reach * pitch_y,
             pixel_size=pixel_size, amplifiers=_amplifiers(amp_width, amp_height, 1),

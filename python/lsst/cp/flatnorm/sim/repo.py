@@ -23,6 +23,7 @@ from lsst.daf.butler import Butler, CollectionType, DatasetType
 from ..butler_setup import make_repo
 from ..camera_model import CameraModel
 from ..exposure_records import insert_exposure_records
+from ..instrument import FlatInstrument
 from .camera import make_sim_camera
 from .flat_simulator import FlatSimConfig, FlatSimulator, FlatTruth
 from .instrument import SimFlatCam
@@ -37,7 +38,8 @@ class SimRepo:
 
     root: Path
     butler: Butler
-    instrument: SimFlatCam
+    instrument: FlatInstrument
+    """The ``SimFlatCam`` instrument."""
     simulator: FlatSimulator
     image_run: str
     """RUN collection of the simulated ``cpFlatProc`` images."""
