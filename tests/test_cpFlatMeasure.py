@@ -201,6 +201,52 @@ class CpFlatMeasureRunTestCase(lsst.utils.tests.TestCase):
             self.task.run(self.flat, self.camera, WAVEFRONT_DETECTOR)
 
 
+class CpFlatMeasureVignetteTestCase(lsst.utils.tests.TestCase):
+    """doVignette leaves the pixels outside the vignette region out of every statistic."""
+
+    def setUp(self):
+        self.camera = make_sim_camera(amp_width=AMP_WIDTH, amp_height=AMP_HEIGHT)
+        self.detector = self.camera[SCIENCE_DETECTOR]  # 32 x 10 pixels of 0.01 mm, centred at (0, 0)
+        # Outside the square |x + 0.1| + |y| <= 0.083 mm (no pixel centre on its edge); pixel centres
+        # placed here, not by the code.
+        y, x = np.mgrid[0:10, 0:32]
+        self.vignetted = np.abs((x - 15.5) * 0.01 + 0.1) + np.abs((y - 4.5) * 0.01) > 0.083
+
+    def _config(self, doVignette):
+        config = CpFlatMeasureConfig()
+        config.doVignette = doVignette
+        config.vignette.xCenter, config.vignette.radius, config.vignette.numPolygonPoints = -0.1, 0.083, 4
+        return config
+
+    def test_vignetted_pixels_are_excluded(self):
+        # Vignetted pixels at 1e6 and unmasked, against the same pixels masked BAD without doVignette.
+        vignetted_flat, _ = _synthetic_flat(self.detector)
+        vignetted_flat.image.array[self.vignetted] = 1e6
+        masked_flat, _ = _synthetic_flat(self.detector)
+        masked_flat.mask.set("BAD", self.vignetted)
+        task = CpFlatMeasureTask(config=self._config(True))
+        with self.assertLogs(task.log.name, level="INFO") as logs:
+            stats = task.run(vignetted_flat, self.camera, SCIENCE_DETECTOR).outputStats
+        reference = CpFlatMeasureTask(config=self._config(False)).run(masked_flat, self.camera,
+                                                                      SCIENCE_DETECTOR).outputStats
+        self.assertEqual(self.vignetted.sum(), 206)
+        self.assertIn(f"Detector {SCIENCE_DETECTOR}: 206 of 320 pixels are vignetted.",
+                      "\n".join(logs.output))
+        np.testing.assert_equal(dict(stats), dict(reference))  # NaN equals NaN here
+        self.assertLess(stats["DETECTOR_MEDIAN"], 200.0)
+        # Amplifiers wholly right of x = 14 are wholly vignetted: no pixel, NaN level.
+        for i, amp in enumerate(self.detector):
+            if amp.getBBox().getMinX() >= 16:
+                self.assertEqual(stats[f"AMP_N_{i}"], 0)
+
+    def test_off_by_default(self):
+        self.assertFalse(CpFlatMeasureConfig().doVignette)
+        flat, kept = _synthetic_flat(self.detector)
+        config = self._config(False)
+        stats = CpFlatMeasureTask(config=config).run(flat, self.camera, SCIENCE_DETECTOR).outputStats
+        _assert_stats(self, stats, self.detector, kept)
+
+
 class CpFlatMeasureButlerTestCase(lsst.utils.tests.TestCase):
     """A quantum of the task read from and written to a butler repository."""
 

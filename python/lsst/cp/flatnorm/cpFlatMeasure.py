@@ -23,6 +23,7 @@ from lsst.images import MaskedImage
 from .flat_connections import camera_prerequisite, post_isr_flat_input
 from .clipped_stats import SigmaClippedStats, sigma_clipped_region_stats
 from .flat_statistics import pack_statistics
+from .vignette_config import VignetteConfig, detector_vignetted_pixels
 
 
 class CpFlatMeasureConnections(
@@ -46,6 +47,18 @@ class CpFlatMeasureConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFla
             "converted images, so both are listed.",
         default=["DETECTED", "BAD", "NO_DATA", "SAT", "SATURATED"],
     )
+    doVignette = pexConfig.Field(
+        dtype=bool,
+        doc="Leave the vignetted pixels (outside the focal-plane region of ``vignette``) out of the "
+            "statistics, whatever maskNameList says. cp_pipe's default is True, but there the region is "
+            "the valid polygon ISR attached to the exposure (nothing is masked without one); lsst.images "
+            "flats carry none, so here the region is configured and the default is False.",
+        default=False,
+    )
+    vignette = pexConfig.ConfigField(
+        dtype=VignetteConfig,
+        doc="The unvignetted focal-plane region (used if doVignette).",
+    )
     numSigmaClip = pexConfig.RangeField(
         dtype=float,
         doc="Clipping threshold of the iterative clipped mean, in units of sigma.",
@@ -65,7 +78,8 @@ class CpFlatMeasureTask(pipeBase.PipelineTask):
     """Measure the clipped flat level of one detector and of each of its amplifiers.
 
     The statistics feed `CpFlatNormalizationTask`, which solves for the exposure and detector
-    scales of the flat-field normalization.
+    scales of the flat-field normalization.  Pixels in the ``maskNameList`` planes, and with
+    ``doVignette`` the pixels outside the ``vignette`` region, are left out.
     """
 
     ConfigClass = CpFlatMeasureConfig
@@ -91,7 +105,9 @@ class CpFlatMeasureTask(pipeBase.PipelineTask):
             Post-ISR flat image of the detector.
         camera : camera-like
             ``camera[detectorId]`` is a detector with ``getBBox()`` that iterates over amplifiers
-            with ``getName()`` and ``getBBox()`` (the afw camera protocol).
+            with ``getName()`` and ``getBBox()`` (the afw camera protocol); with doVignette it is
+            also placed on the focal plane (``pixel_to_focal_plane``, or afw's orientation and
+            pixel size).
         detectorId : `int`
             ID of the detector the image belongs to.
 
@@ -115,13 +131,24 @@ class CpFlatMeasureTask(pipeBase.PipelineTask):
         names = [amp.getName() for amp in detector]
         regions = [_amp_slices(detectorId, detector.getBBox(), amp) for amp in detector]
         stats = sigma_clipped_region_stats(
-            image, ~self._bad_pixels(inputExp), regions, self.config.numSigmaClip, self.config.clipMaxIter
+            image, ~self._excluded_pixels(inputExp, detector, detectorId), regions,
+            self.config.numSigmaClip, self.config.clipMaxIter,
         )
         self._warn_empty(detectorId, names, stats)
         return pipeBase.Struct(outputStats=pack_statistics(
             median=stats.whole_mean, sigma=stats.whole_sigma, n=stats.whole_n,
             amp_names=names, amp_medians=stats.mean, amp_sigmas=stats.sigma, amp_ns=stats.n,
         ))
+
+    def _excluded_pixels(self, inputExp: MaskedImage, detector: Any, detectorId: int) -> np.ndarray:
+        """Return the pixels left out of the statistics: masked, or vignetted if doVignette."""
+        excluded = self._bad_pixels(inputExp)
+        if self.config.doVignette:
+            vignetted = detector_vignetted_pixels(self.config.vignette, detector)
+            self.log.info("Detector %s: %d of %d pixels are vignetted.", detectorId, vignetted.sum(),
+                          vignetted.size)
+            excluded |= vignetted
+        return excluded
 
     def _bad_pixels(self, inputExp: MaskedImage) -> np.ndarray:
         """Return the pixels flagged by any configured mask plane the image's schema has."""
