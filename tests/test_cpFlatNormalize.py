@@ -4,29 +4,72 @@
 """Tests of CpFlatNormalizationTask.run() and measureScales() on in-memory statistics."""
 
 import unittest
+from types import SimpleNamespace
 
 import numpy as np
 
 import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
 import lsst.utils.tests
 from lsst.cp.flatnorm import CpFlatNormalizationTask
 from stats_factory import AMP_PIXELS, EXPOSURES, StatisticsFactory
 
 
 class ApiTestCase(lsst.utils.tests.TestCase):
-    def test_config_fields(self):
+    def test_cp_pipe_config_fields(self):
+        """cp_pipe's fields and defaults: level, scaleMaxIter and the down-selection trio."""
         config = CpFlatNormalizationTask.ConfigClass()
-        self.assertEqual(config.level, "DETECTOR")
-        self.assertEqual(config.scaleMaxIter, 10)
-        self.assertFalse(config.doDownSelection)
+        self.assertEqual((config.level, config.scaleMaxIter), ("DETECTOR", 10))
+        self.assertEqual((config.doDownSelection, config.downSelectionField, config.downSelectionValue),
+                         (False, "observation_reason", None))
+        self.assertEqual(set(type(config).downSelectionField.allowed),
+                         {"observation_reason", "observation_type", "science_program", "group"})
+        for field in ("level", "downSelectionField"):
+            with self.assertRaises(pexConfig.FieldValidationError, msg=field):
+                setattr(config, field, "CHIP")
+            config = CpFlatNormalizationTask.ConfigClass()
+            setattr(config, field, None)  # cp_pipe accepts None, which cannot run
+            with self.assertRaisesRegex(pexConfig.FieldValidationError, "Required value cannot be None"):
+                config.validate()
+
+    def test_down_selection_needs_only_the_value(self):
+        config = CpFlatNormalizationTask.ConfigClass()
         config.doDownSelection = True
-        config.downSelectionField = "observation_reason"
-        with self.assertRaisesRegex(pexConfig.FieldValidationError, "downSelectionValue"):
-            config.validate()
-        config.downSelectionValue = "flat"
+        for missing in (None, ""):
+            config.downSelectionValue = missing
+            with self.assertRaises(pexConfig.FieldValidationError) as cm:
+                config.validate()
+            self.assertIn("downSelectionValue must be set when doDownSelection is True.", str(cm.exception))
+        config.downSelectionValue = "single_led_flat_m565l3"  # with the default field
         config.validate()
-        with self.assertRaises(pexConfig.FieldValidationError):
-            config.level = "CHIP"
+
+    @staticmethod
+    def down_select_group(value, records):
+        """Run adjustQuantum, selecting on ``group``, on stand-ins for expanded refs with ``records``."""
+        config = CpFlatNormalizationTask.ConfigClass()
+        config.doDownSelection = True
+        config.downSelectionField = "group"
+        config.downSelectionValue = value
+        connections = config.ConnectionsClass(config=config)
+        refs = [SimpleNamespace(dataId=SimpleNamespace(hasRecords=lambda: True, records={"exposure": record}))
+                for record in records]
+        return connections.adjustQuantum({"inputMDs": (connections.inputMDs, refs)}, {}, "cpFlatNorm",
+                                         "{instrument: 'Cam', physical_filter: 'r'}")
+
+    def test_down_selection_field_missing_from_records(self):
+        old_record = SimpleNamespace(id=1, group_name="SIM_1")  # "group" before universe version 6
+        with self.assertRaises(KeyError) as cm:
+            self.down_select_group("SIM_1", [old_record])
+        self.assertEqual(cm.exception.args, ("Exposure records have no field 'group' (downSelectionField).",))
+
+    def test_no_match_message_lists_ten_values(self):
+        records = [SimpleNamespace(group=f"G{i:02d}") for i in range(12)]
+        with self.assertRaises(pipeBase.NoWorkFound) as cm:
+            self.down_select_group("G99", records)
+        self.assertEqual(str(cm.exception), (
+            "cpFlatNorm {instrument: 'Cam', physical_filter: 'r'}: no input exposure has group matching "
+            "'G99' (ignoring case); the 12 inputs have 'G00', 'G01', 'G02', 'G03', 'G04', 'G05', 'G06', "
+            "'G07', 'G08', 'G09' and 2 more. No scales are written for this data ID."))
 
     def test_measure_scales_struct(self):
         task = CpFlatNormalizationTask()

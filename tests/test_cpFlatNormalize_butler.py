@@ -11,7 +11,6 @@ import tempfile
 import unittest
 from pathlib import Path
 
-import astropy.time
 import numpy as np
 
 import lsst.daf.butler.tests as butlerTests
@@ -19,49 +18,13 @@ import lsst.pipe.base.testUtils
 import lsst.utils.tests
 from lsst.cp.flatnorm import CpFlatNormalizationTask
 from lsst.cp.flatnorm.butler_setup import make_repo, seed_config
-from lsst.cp.flatnorm.sim.flat_simulator import SimExposure
 from lsst.cp.flatnorm.sim.instrument import SimFlatCam
-from lsst.cp.flatnorm.exposure_records import insert_exposure_records
-from lsst.daf.butler import Butler, DatasetType
+from lsst.daf.butler import Butler, DataCoordinate, DatasetType
+from flat_repo import FILTER, INSTRUMENT, fill_repo
 from stats_factory import EXPOSURES, StatisticsFactory
 
-INSTRUMENT = "SimFlatCam"
-FILTER = "sim_r"
 PIPELINE = Path(__file__).parents[1] / "pipelines" / "_ingredients" / "cpFlatNorm.yaml"
 PIPETASK = Path(sys.executable).with_name("pipetask")
-
-
-def sim_exposures():
-    """Exposure records for the factory's exposure IDs (day_obs * 100000 + seq_num)."""
-    start = astropy.time.Time("2026-11-25T20:00:00", scale="tai")
-    return [
-        SimExposure(id=exposure, obs_id=f"SIM_{exposure}", seq_num=exposure % 100000,
-                    day_obs=exposure // 100000, physical_filter=FILTER,
-                    begin=start + 60 * k * astropy.units.s, exposure_time=15.0,
-                    lamp_level=1.0, colour=0.0)
-        for k, exposure in enumerate(EXPOSURES)
-    ]
-
-
-def fill_repo(butler, factory, pairs, run):
-    """Register the instrument, exposures and dataset types, and put statistics and camera in run."""
-    SimFlatCam(camera=factory.camera).register(butler.registry)
-    insert_exposure_records(butler, INSTRUMENT, sim_exposures())
-    universe = butler.dimensions
-    dataset_types = [
-        DatasetType("flatStats", ("instrument", "exposure", "detector"), "TaskMetadata", universe=universe),
-        DatasetType("camera", ("instrument",), "CameraModel", universe=universe, isCalibration=True),
-        DatasetType("cpFlatNormScales", ("instrument", "physical_filter"), "StructuredDataDict",
-                    universe=universe),
-        DatasetType("cpFlatNormScaleTable", ("instrument", "physical_filter"), "ArrowAstropy",
-                    universe=universe),
-    ]
-    for dataset_type in dataset_types:
-        butler.registry.registerDatasetType(dataset_type)
-    mds, dims = factory.inputs(pairs)
-    for md, dim in zip(mds, dims):
-        butler.put(md, "flatStats", dim, run=run)
-    return dims
 
 
 class TestQuantumTestCase(lsst.utils.tests.TestCase):
@@ -74,9 +37,16 @@ class TestQuantumTestCase(lsst.utils.tests.TestCase):
         cls.factory = StatisticsFactory(seed=17)
         cls.pairs = cls.factory.all_pairs(skip={(EXPOSURES[1], 2)})
         cls.stats_run = "test/flatStats"
-        cls.repo.registry.registerRun(cls.stats_run)
         cls.dims = fill_repo(cls.repo, cls.factory, cls.pairs, cls.stats_run)
+        record = next(iter(cls.repo.registry.queryDimensionRecords("exposure", exposure=EXPOSURES[3],
+                                                                   instrument=INSTRUMENT)))
+        cls.repo.registry.syncDimensionData("exposure", dict(record.toDict(), observation_reason=None),
+                                            update=True)
         cls.repo.put(cls.factory.camera, "camera", instrument=INSTRUMENT, run=cls.stats_run)
+        for name, storage_class in (("cpFlatNormScales", "StructuredDataDict"),
+                                    ("cpFlatNormScaleTable", "ArrowAstropy")):
+            cls.repo.registry.registerDatasetType(DatasetType(
+                name, ("instrument", "physical_filter"), storage_class, universe=cls.repo.dimensions))
 
     @classmethod
     def tearDownClass(cls):
@@ -126,21 +96,42 @@ class TestQuantumTestCase(lsst.utils.tests.TestCase):
         result = task.run(*self._run_args())
         lsst.pipe.base.testUtils.assertValidOutput(task, result)
 
-    def test_down_selection_without_match_is_no_work(self):
+    def down_select(self, value, field=None, records=True):
+        """Run adjustQuantum with down-selection on every statistics dataset of the repo."""
         config = CpFlatNormalizationTask.ConfigClass()
         config.doDownSelection = True
-        config.downSelectionField = "observation_reason"
-        config.downSelectionValue = "dark"
+        config.downSelectionValue = value
+        if field is not None:
+            config.downSelectionField = field
         connections = config.ConnectionsClass(config=config)
         refs = self.butler.query_datasets("flatStats", collections=self.stats_run,
-                                          with_dimension_records=True)
-        inputs = {"inputMDs": (connections.inputMDs, refs)}
-        with self.assertRaisesRegex(lsst.pipe.base.NoWorkFound, "observation_reason == 'dark'"):
-            connections.adjustQuantum(inputs, {}, "cpFlatNorm", self.data_id)
-        config.downSelectionValue = "flat"
-        kept, _ = config.ConnectionsClass(config=config).adjustQuantum(
-            {"inputMDs": (connections.inputMDs, refs)}, {}, "cpFlatNorm", self.data_id)
-        self.assertEqual(len(kept["inputMDs"][1]), len(self.pairs))
+                                          with_dimension_records=records)
+        data_id = DataCoordinate.standardize(self.data_id, universe=self.butler.dimensions)
+        adjusted, _ = connections.adjustQuantum({"inputMDs": (connections.inputMDs, refs)}, {},
+                                                "cpFlatRedNormalize", data_id)
+        return sorted((ref.dataId["exposure"], ref.dataId["detector"]) for ref in adjusted["inputMDs"][1])
+
+    def test_down_selection_ignores_case(self):
+        # observation_reason is "flat" but for EXPOSURES[3], which has none; the default field is
+        # observation_reason.
+        self.assertEqual(self.down_select("FLAT"), sorted(p for p in self.pairs if p[0] != EXPOSURES[3]))
+        self.assertEqual(self.down_select("sim-flats", field="science_program"), sorted(self.pairs))
+
+    def test_down_selection_without_match_warns_naming_data_id(self):
+        message = (f"cpFlatRedNormalize {{instrument: '{INSTRUMENT}', physical_filter: '{FILTER}'}}: no "
+                   "input exposure has observation_reason matching 'dark' (ignoring case); the "
+                   f"{len(self.pairs)} inputs have 'flat', None. No scales are written for this data ID.")
+        with self.assertLogs("lsst.cpFlatRedNormalize", level="WARNING") as logs:
+            with self.assertRaises(lsst.pipe.base.NoWorkFound) as cm:
+                self.down_select("dark")
+        self.assertEqual(str(cm.exception), message)
+        self.assertEqual(logs.output, [f"WARNING:lsst.cpFlatRedNormalize:{message}"])
+
+    def test_down_selection_needs_exposure_records(self):
+        pattern = (r"^Down-selection needs exposure records, but flatStats@\{instrument: 'SimFlatCam'.* "
+                   r"has an unexpanded data ID\.$")
+        with self.assertRaisesRegex(RuntimeError, pattern):
+            self.down_select("flat", records=False)
 
     def _run_args(self):
         mds = [self.butler.get("flatStats", dim) for dim in self.dims]
@@ -158,7 +149,6 @@ class PipetaskRunTestCase(lsst.utils.tests.TestCase):
         cls.pairs = cls.factory.all_pairs(skip={(EXPOSURES[0], 5), (EXPOSURES[3], 10)})
         butler = make_repo(cls.root)
         cls.inputs = "test/flatStats"
-        butler.registry.registerRun(cls.inputs)
         fill_repo(butler, cls.factory, cls.pairs, cls.inputs)
         SimFlatCam(camera=cls.factory.camera).write_camera(butler)
         # Exposure 1 is taken for another reason: down-selection on observation_reason must drop it.

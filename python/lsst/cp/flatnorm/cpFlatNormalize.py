@@ -23,6 +23,7 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.daf.butler import DataCoordinate, DatasetRef
+from lsst.utils.logging import getLogger
 
 from .flat_connections import camera_prerequisite
 from .flat_statistics import StatisticsMatrix, gather_statistics
@@ -39,6 +40,8 @@ from .scale_solver import (
 _FLAG_NAMES = np.array([flag.name for flag in sorted(EntryFlag)])
 _MAX_ENTRY_WARNINGS = 100
 """Flagged entries of one kind warned about one by one; more are counted in one line."""
+_MAX_VALUES_SHOWN = 10
+"""Distinct down-selection field values a no-match warning lists."""
 
 
 class CpFlatNormalizationConnections(
@@ -75,32 +78,58 @@ class CpFlatNormalizationConnections(
         data_id: DataCoordinate,
     ) -> tuple[Mapping[str, tuple[cT.BaseInput, Collection[DatasetRef]]],
                Mapping[str, tuple[cT.Output, Collection[DatasetRef]]]]:
-        """Keep only the exposures whose record field matches the down-selection value."""
+        """Keep only the exposures whose record field matches the down-selection value, ignoring case.
+
+        When none matches, warn naming the task label and the data ID before raising `NoWorkFound`:
+        the quantum graph builder logs `NoWorkFound` only at DEBUG, so otherwise a physical filter
+        would get no scales without a word in the pipetask log.
+        """
         if not self.config.doDownSelection:
             return super().adjustQuantum(inputs, outputs, label, data_id)
         connection, refs = inputs["inputMDs"]
         field, wanted = self.config.downSelectionField, self.config.downSelectionValue
-        kept = [ref for ref in refs if _exposure_field(ref, field) == wanted]
+        values = [_exposure_field(ref, field) for ref in refs]
+        kept = [ref for ref, value in zip(refs, values) if _same_text(value, wanted)]
         if not kept:
-            raise pipeBase.NoWorkFound(
-                f"{label} {data_id}: no input exposure has {field} == {wanted!r} "
-                f"(out of {len(refs)} inputs)."
-            )
+            message = _no_match_message(label, data_id, field, wanted, values)
+            getLogger(f"lsst.{label}").warning("%s", message)
+            raise pipeBase.NoWorkFound(message)
         adjusted = {"inputMDs": (connection, kept)}
         inputs.update(adjusted)
         super().adjustQuantum(inputs, outputs, label, data_id)
         return adjusted, {}
 
 
-def _exposure_field(ref: DatasetRef, field: str) -> str:
-    """Return the exposure record's ``field`` as a string (config values are strings)."""
+def _exposure_field(ref: DatasetRef, field: str) -> str | None:
+    """Return the exposure record's ``field`` as text, or `None` where the record has no value."""
     record = ref.dataId.records["exposure"] if ref.dataId.hasRecords() else None
     if record is None:
         raise RuntimeError(f"Down-selection needs exposure records, but {ref} has an unexpanded data ID.")
     try:
-        return str(getattr(record, field))
+        value = getattr(record, field)
     except AttributeError:
+        # "group" is "group_name" in dimension universes before version 6.
         raise KeyError(f"Exposure records have no field {field!r} (downSelectionField).") from None
+    return None if value is None else str(value)
+
+
+def _same_text(value: str | None, wanted: str) -> bool:
+    """Compare as cp_pipe does, ignoring case; an exposure without a value matches nothing."""
+    return value is not None and value.casefold() == wanted.casefold()
+
+
+def _no_match_message(
+    label: str, data_id: DataCoordinate, field: str, wanted: str, values: Sequence[str | None]
+) -> str:
+    """Say which quantum gets no work, what was wanted, and what the inputs' records have instead."""
+    seen = sorted({repr(value) for value in values})
+    shown = ", ".join(seen[:_MAX_VALUES_SHOWN])
+    if len(seen) > _MAX_VALUES_SHOWN:
+        shown += f" and {len(seen) - _MAX_VALUES_SHOWN} more"
+    return (
+        f"{label} {data_id}: no input exposure has {field} matching {wanted!r} (ignoring case); "
+        f"the {len(values)} inputs have {shown}. No scales are written for this data ID."
+    )
 
 
 class CpFlatNormalizationConfig(
@@ -110,6 +139,7 @@ class CpFlatNormalizationConfig(
         dtype=str,
         doc="Which statistics make the rows of the background matrix.",
         default="DETECTOR",
+        optional=False,
         allowed={
             "DETECTOR": "One row per detector (DETECTOR_MEDIAN, DETECTOR_N).",
             "AMP": "One row per amplifier (AMP_MEDIAN_i, AMP_N_i, placed by AMP_NAME_i).",
@@ -157,29 +187,37 @@ class CpFlatNormalizationConfig(
     )
     doDownSelection = pexConfig.Field(
         dtype=bool,
-        doc="Use only the exposures whose exposure record field downSelectionField equals "
-            "downSelectionValue.",
+        doc="Use only the exposures whose exposure record field downSelectionField matches "
+            "downSelectionValue, ignoring case.  A data ID where none matches gets no scales, and a "
+            "warning naming it when the quantum graph is built.",
         default=False,
     )
-    downSelectionField = pexConfig.Field(
+    downSelectionField = pexConfig.ChoiceField(
         dtype=str,
-        doc="Exposure record field to select on (e.g. observation_reason, science_program).",
-        default=None,
-        optional=True,
+        doc="Exposure record field to select on; used only if doDownSelection is True.",
+        default="observation_reason",
+        optional=False,
+        allowed={
+            "observation_reason": "The exposure record's observation_reason.",
+            "observation_type": "The exposure record's observation_type.",
+            "science_program": "The exposure record's science_program.",
+            "group": "The exposure record's group.",
+        },
     )
     downSelectionValue = pexConfig.Field(
         dtype=str,
-        doc="Value the field must have (compared as a string).",
+        doc="Value of downSelectionField to keep, compared ignoring case; must be set if "
+            "doDownSelection is True.",
         default=None,
         optional=True,
     )
 
     def validate(self) -> None:
         super().validate()
-        if self.doDownSelection and (self.downSelectionField is None or self.downSelectionValue is None):
+        if self.doDownSelection and not self.downSelectionValue:
             raise pexConfig.FieldValidationError(
-                CpFlatNormalizationConfig.doDownSelection, self,
-                "doDownSelection needs both downSelectionField and downSelectionValue.",
+                CpFlatNormalizationConfig.downSelectionValue, self,
+                "downSelectionValue must be set when doDownSelection is True.",
             )
 
 
