@@ -71,6 +71,19 @@ class ApiTestCase(lsst.utils.tests.TestCase):
             "'G99' (ignoring case); the 12 inputs have 'G00', 'G01', 'G02', 'G03', 'G04', 'G05', 'G06', "
             "'G07', 'G08', 'G09' and 2 more. No scales are written for this data ID."))
 
+    def test_scale_table_name_follows_the_scales(self):
+        def table_name(**names):
+            config = CpFlatNormalizationTask.ConfigClass()
+            for connection, name in names.items():
+                setattr(config.connections, connection, name)
+            return config.ConnectionsClass(config=config).outputScaleTable.name
+
+        self.assertEqual(table_name(), "cpFlatNormScaleTable")
+        self.assertEqual(table_name(outputScales="cpFlatRedNormalizeScales"), "cpFlatRedNormalizeScaleTable")
+        self.assertEqual(table_name(outputScales="flatScaleDict"), "flatScaleDictScaleTable")
+        self.assertEqual(table_name(outputScales="cpFlatRedNormalizeScales", outputScaleTable="redTable"),
+                         "redTable")
+
     def test_measure_scales_struct(self):
         task = CpFlatNormalizationTask()
         gains = np.array([0.9, 1.0, 1.1])

@@ -11,8 +11,14 @@ entry (for people).
 
 from __future__ import annotations
 
-__all__ = ["CpFlatNormalizationConfig", "CpFlatNormalizationConnections", "CpFlatNormalizationTask"]
+__all__ = [
+    "CpFlatNormalizationConfig",
+    "CpFlatNormalizationConnections",
+    "CpFlatNormalizationTask",
+    "scale_table_name",
+]
 
+import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -44,6 +50,27 @@ _MAX_VALUES_SHOWN = 10
 """Distinct down-selection field values a no-match warning lists."""
 
 
+def scale_table_name(scales_name: str) -> str:
+    """Return the default dataset type name of the scale table written beside ``scales_name``.
+
+    cp_pipe names the scales ``<label>Scales`` (``cpFlatNormalizeScales``,
+    ``cpFlatRedNormalizeScales``), so the table is ``<label>ScaleTable``; a name without the
+    ``Scales`` suffix gets ``ScaleTable`` appended.  Two normalizations with different scale names
+    thus never write the same table.
+
+    Parameters
+    ----------
+    scales_name : `str`
+        Dataset type name of the scales (``connections.outputScales``).
+
+    Returns
+    -------
+    name : `str`
+        ``cpFlatNormScales`` gives ``cpFlatNormScaleTable``.
+    """
+    return scales_name.removesuffix("Scales") + "ScaleTable"
+
+
 class CpFlatNormalizationConnections(
     pipeBase.PipelineTaskConnections, dimensions=("instrument", "physical_filter")
 ):
@@ -63,12 +90,20 @@ class CpFlatNormalizationConnections(
         dimensions=("instrument", "physical_filter"),
     )
     outputScaleTable = cT.Output(
-        name="cpFlatNormScaleTable",
+        name="",
         doc="One row per measured (exposure, detector[, amplifier]): level, count, scales, model, "
-            "log residual and flag (USED, INVALID, REJECTED).",
+            "log residual and flag (USED, INVALID, REJECTED).  Left empty, the name is derived from "
+            "outputScales' (cpFlatNormScales: cpFlatNormScaleTable; see scale_table_name).",
         storageClass="ArrowAstropy",
         dimensions=("instrument", "physical_filter"),
     )
+
+    def __init__(self, *, config: CpFlatNormalizationConfig):
+        super().__init__(config=config)
+        if not config.connections.outputScaleTable:
+            self.outputScaleTable = dataclasses.replace(
+                self.outputScaleTable, name=scale_table_name(self.outputScales.name)
+            )
 
     def adjustQuantum(
         self,
