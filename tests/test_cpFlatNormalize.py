@@ -3,7 +3,10 @@
 
 """Tests of CpFlatNormalizationTask.run() and measureScales() on in-memory statistics."""
 
+import importlib.util
+import sys
 import unittest
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +16,16 @@ import lsst.pipe.base as pipeBase
 import lsst.utils.tests
 from lsst.cp.flatnorm import CpFlatNormalizationTask
 from stats_factory import AMP_PIXELS, EXPOSURES, StatisticsFactory
+
+
+def load_afw_standin():
+    """Load the stand-in afw camera module under another name, so that ``lsst.afw`` stays absent."""
+    path = Path(__file__).parent / "afw_standin" / "lsst" / "afw" / "cameraGeom" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("afw_standin_cameraGeom", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
 class ApiTestCase(lsst.utils.tests.TestCase):
@@ -70,6 +83,15 @@ class ApiTestCase(lsst.utils.tests.TestCase):
             "cpFlatNorm {instrument: 'Cam', physical_filter: 'r'}: no input exposure has group matching "
             "'G99' (ignoring case); the 12 inputs have 'G00', 'G01', 'G02', 'G03', 'G04', 'G05', 'G06', "
             "'G07', 'G08', 'G09' and 2 more. No scales are written for this data ID."))
+
+    def test_camera_storage_class(self):
+        config = CpFlatNormalizationTask.ConfigClass()
+        self.assertEqual(config.ConnectionsClass(config=config).camera.storageClass, "CameraModel")
+        config.cameraStorageClass = "Camera"
+        camera = config.ConnectionsClass(config=config).camera
+        self.assertEqual((camera.name, camera.storageClass, camera.isCalibration), ("camera", "Camera", True))
+        with self.assertRaises(pexConfig.FieldValidationError):
+            config.cameraStorageClass = "Exposure"
 
     def test_scale_table_name_follows_the_scales(self):
         def table_name(**names):
@@ -308,6 +330,18 @@ class AmpLevelTestCase(lsst.utils.tests.TestCase):
         exp_scale = self.task.run(mds, dims, self.factory.camera).outputScales["expScale"]
         self.assertEqual(exp_scale[3]["C05"], {})
         self.assertEqual(sorted(exp_scale[3]["C04"]), EXPOSURES)
+
+    def test_afw_camera_is_converted(self):
+        afw = load_afw_standin()
+        mds, dims = self.factory.inputs(self.factory.all_pairs(), shuffle=True)
+        camera = afw.camera_from_model(self.factory.camera)
+        self.assertEqual(self.task.run(mds, dims, camera).outputScales,
+                         self.task.run(mds, dims, self.factory.camera).outputScales)
+        # What from_afw reads and the scales do not need, such as the pixel size, is read.
+        camera.detectors[4].pixel_size = afw.Point2D(x=0.01, y=0.02)
+        name = camera.detectors[4].name
+        with self.assertRaisesRegex(ValueError, f"^Detector {name}: pixels must be square"):
+            self.task.run(mds, dims, camera)
 
     def test_unknown_amplifier_name(self):
         mds, dims = self.factory.inputs(self.factory.all_pairs()[:2])

@@ -31,7 +31,8 @@ import lsst.pipe.base.connectionTypes as cT
 from lsst.daf.butler import DataCoordinate, DatasetRef
 from lsst.utils.logging import getLogger
 
-from .flat_connections import camera_prerequisite
+from .camera_model import CameraModel
+from .flat_connections import as_camera_model, camera_prerequisite, camera_storage_class_field
 from .flat_statistics import StatisticsMatrix, gather_statistics
 from .scale_dictionary import build_scale_dictionary
 from .scale_solver import (
@@ -100,6 +101,7 @@ class CpFlatNormalizationConnections(
 
     def __init__(self, *, config: CpFlatNormalizationConfig):
         super().__init__(config=config)
+        self.camera = dataclasses.replace(self.camera, storageClass=config.cameraStorageClass)
         if not config.connections.outputScaleTable:
             self.outputScaleTable = dataclasses.replace(
                 self.outputScaleTable, name=scale_table_name(self.outputScales.name)
@@ -246,6 +248,7 @@ class CpFlatNormalizationConfig(
         default=None,
         optional=True,
     )
+    cameraStorageClass = camera_storage_class_field()
 
     def validate(self) -> None:
         super().validate()
@@ -292,8 +295,9 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             ``lsst.daf.base.PropertyList`` or any mapping with ``get(key)``.
         inputDims : `~collections.abc.Sequence` [`~collections.abc.Mapping`]
             Data ID of each statistics dataset, with ``exposure`` and ``detector`` keys.
-        camera : afw-camera-like
-            `lsst.cp.flatnorm.camera_model.CameraModel` or ``lsst.afw.cameraGeom.Camera``.
+        camera : `lsst.cp.flatnorm.camera_model.CameraModel` or `lsst.afw.cameraGeom.Camera`
+            Camera geometry; an afw camera is converted with
+            `~lsst.cp.flatnorm.camera_model.CameraModel.from_afw`.
 
         Returns
         -------
@@ -308,8 +312,10 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             names the key and the data ID).
         ValueError
             Raised if an exposure has no valid measurement, or the data split into unconnected
-            groups and ``disconnectedPolicy`` is RAISE (the message names exposures and detectors).
+            groups and ``disconnectedPolicy`` is RAISE (the message names exposures and detectors),
+            or an afw camera's detector cannot be converted (naming it).
         """
+        camera = as_camera_model(camera)
         matrix = gather_statistics(inputMDs, inputDims, camera, self.config.level)
         self.log.info("Solving %d %s rows x %d exposures (%d entries measured).", len(matrix.detectors),
                       matrix.level, len(matrix.exposures), int(matrix.present.sum()))
@@ -433,7 +439,7 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             self.log.warning("... and %d more entries flagged %s in the scale table.",
                              len(entries) - _MAX_ENTRY_WARNINGS, flag)
 
-    def _scale_dict(self, matrix: StatisticsMatrix, solution: ScaleSolution, camera: Any) -> dict:
+    def _scale_dict(self, matrix: StatisticsMatrix, solution: ScaleSolution, camera: CameraModel) -> dict:
         """Build cp_pipe's output layout; with ``omitUnusedScales``, without the unused entries."""
         detectors = sorted(set(matrix.detectors))
         return build_scale_dictionary(

@@ -1,0 +1,60 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""Make and read a repository whose ``camera`` has the storage class ``Camera``, as the full stack's.
+
+Run as a script with ``tests/afw_standin`` on ``PYTHONPATH`` (see
+``tests/afw_standin/lsst/afw/cameraGeom``), in a process of its own: the test process has
+daf_butler's ``Camera`` storage class without a formatter or an importable type.
+
+``python afw_camera_repo.py create ROOT SEED`` writes the seed config, makes the repository with it
+and puts the `stats_factory` statistics (seed ``SEED``) in ``test/flatStats`` and the stand-in
+camera in ``test/camera``.  ``python afw_camera_repo.py read ROOT COLLECTION`` prints the scales
+that collection holds as JSON.
+"""
+
+import json
+import sys
+
+from lsst.afw.cameraGeom import camera_from_model
+from lsst.cp.flatnorm.butler_setup import seed_config
+from lsst.daf.butler import Butler
+from flat_repo import FILTER, INSTRUMENT, fill_repo
+from stats_factory import StatisticsFactory
+
+STATS_RUN = "test/flatStats"
+CAMERA_RUN = "test/camera"
+
+
+def full_stack_seed():
+    """The package's seed config, plus the JSON formatter for ``Camera`` (afw's is FITS)."""
+    config = seed_config()
+    # daf_butler's own definition, restated: the stand-in has the type name it needs.
+    config["storageClasses", "Camera", "pytype"] = "lsst.afw.cameraGeom.Camera"
+    config["datastore", "formatters", "Camera"] = "lsst.daf.butler.formatters.json.JsonFormatter"
+    return config
+
+
+def create(root, seed):
+    config = Butler.makeRepo(root, config=full_stack_seed())
+    butler = Butler.from_config(config, writeable=True)
+    factory = StatisticsFactory(seed=seed)
+    fill_repo(butler, factory, factory.all_pairs(), STATS_RUN, camera_storage_class="Camera")
+    butler.registry.registerRun(CAMERA_RUN)
+    butler.put(camera_from_model(factory.camera), "camera", instrument=INSTRUMENT, run=CAMERA_RUN)
+
+
+def read(root, collection):
+    butler = Butler.from_config(root, collections=collection)
+    scales = butler.get("cpFlatNormScales", instrument=INSTRUMENT, physical_filter=FILTER)
+    camera = butler.get("camera", instrument=INSTRUMENT, collections=CAMERA_RUN)
+    json.dump({"cameraType": f"{type(camera).__module__}.{type(camera).__name__}", "scales": scales},
+              sys.stdout)
+
+
+if __name__ == "__main__":
+    command, root, argument = sys.argv[1:]
+    if command == "create":
+        create(root, int(argument))
+    else:
+        read(root, argument)

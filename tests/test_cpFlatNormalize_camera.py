@@ -1,0 +1,98 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""CpFlatNormalizationTask on a repository that registers ``camera`` as ``Camera``, like the full stack's.
+
+The repository holds a stand-in afw camera (``tests/afw_standin``), so every butler that opens it
+runs in a subprocess (see ``afw_camera_repo.py``).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import lsst.utils.tests
+from flat_repo import FILTER, INSTRUMENT
+from stats_factory import EXPOSURES, StatisticsFactory
+
+TESTS = Path(__file__).parent
+PIPELINE = TESTS.parent / "pipelines" / "_ingredients" / "cpFlatNorm.yaml"
+PIPETASK = Path(sys.executable).with_name("pipetask")
+SEED = 31
+
+
+def standin_environment():
+    """The environment of a process that sees the stand-in afw camera and the test helpers."""
+    path = os.pathsep.join([str(TESTS / "afw_standin"), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    return dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
+
+
+def run(command):
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=standin_environment())
+
+
+@unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
+class CameraStorageClassTestCase(lsst.utils.tests.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp()
+        process = run([sys.executable, str(TESTS / "afw_camera_repo.py"), "create", cls.root, str(SEED)])
+        assert process.returncode == 0, process.stderr[-3000:]
+        cls.factory = StatisticsFactory(seed=SEED)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def pipetask(self, output, *config):
+        command = [str(PIPETASK), "run", "--register-dataset-types", "-b", self.root,
+                   "-i", "test/flatStats,test/camera", "-o", output, "-p", f"{PIPELINE}#cpFlatNorm",
+                   "-d", f"instrument='{INSTRUMENT}' AND physical_filter='{FILTER}'",
+                   "-c", "cpFlatNorm:level=AMP"]
+        for item in config:
+            command += ["-c", item]
+        return run(command)
+
+    def test_camera_storage_class_chosen_by_config(self):
+        process = self.pipetask("u/test/camera", "cpFlatNorm:cameraStorageClass=Camera")
+        self.assertEqual(process.returncode, 0, process.stderr[-3000:])
+        read = run([sys.executable, str(TESTS / "afw_camera_repo.py"), "read", self.root, "u/test/camera"])
+        self.assertEqual(read.returncode, 0, read.stderr[-3000:])
+        result = json.loads(read.stdout)
+        self.assertEqual(result["cameraType"], "lsst.afw.cameraGeom.Camera")
+        det_scale, exp_scale = result["scales"]["detScale"], result["scales"]["expScale"]
+        gains = self.factory.amp_gain
+        norm = sum(gains.values()) / len(gains)  # every detector has all four exposures
+        self.assertEqual(sum(len(amps) for amps in det_scale.values()), len(gains))
+        for (detector, amp), gain in gains.items():
+            self.assertAlmostEqual(det_scale[str(detector)][amp], gain / norm, places=9)
+        for exposure in EXPOSURES:
+            self.assertAlmostEqual(exp_scale["9"]["C13"][str(exposure)], self.factory.lamps[exposure] * norm,
+                                   places=6)
+
+    def test_default_storage_class_is_refused(self):
+        process = self.pipetask("u/test/default")
+        self.assertNotEqual(process.returncode, 0)
+        self.assertIn("Incompatible definition for input dataset type 'camera'; task 'cpFlatNorm' has "
+                      "DatasetType('camera', {instrument}, CameraModel, isCalibration=True), but the "
+                      "definition from data repository is DatasetType('camera', {instrument}, Camera, "
+                      "isCalibration=True).", process.stderr)
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
