@@ -1,0 +1,159 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""The ``cp-flatnorm`` command.
+
+``cp-flatnorm ingest REPO --instrument NAME FILES...`` ingests post-ISR flat FITS files
+(`lsst.cp.flatnorm.flat_ingest.ingest_flats`).  A bad input ends the command with status 1 and the
+error's message, without a traceback.
+
+Each subcommand is one ``_add_<name>(subparsers)`` function, listed in `_SUBCOMMANDS`, that adds its
+parser and sets ``handler`` to the function running it (which returns the exit status); a command with
+subcommands of its own (``camera import``) adds a parser with its own subparsers the same way.
+"""
+
+from __future__ import annotations
+
+__all__ = ["build_parser", "main"]
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pydantic
+import yaml
+
+from lsst.daf.butler import Butler
+
+from .flat_fits import FlatIngestError, HeaderKeywords
+from .flat_ingest import IngestResult, ingest_flats
+
+_PROG = "cp-flatnorm"
+
+
+class CommandError(Exception):
+    """A bad argument found after parsing (an unreadable file, an unknown field...)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cp-flatnorm`` command.
+
+    Parameters
+    ----------
+    argv : `~collections.abc.Sequence` [`str`], optional
+        Arguments, without the program name; ``sys.argv[1:]`` if `None`.
+
+    Returns
+    -------
+    status : `int`
+        0 on success, 1 if the input was refused (the message is on standard error), 2 for a
+        usage error (argparse's convention).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (FlatIngestError, CommandError) as error:
+        print(f"{_PROG} {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of ``cp-flatnorm`` and its subcommands."""
+    parser = argparse.ArgumentParser(prog=_PROG, description="Flat-field normalization tools.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def _add_ingest(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "ingest",
+        help="ingest post-ISR flat FITS files as cpFlatProc datasets",
+        description="Ingest post-ISR flat FITS files (one detector per file, or several in a "
+                    "multi-extension file) as cpFlatProc datasets with their exposure records, all or "
+                    "nothing, and put the run first in <instrument>/defaults.",
+        epilog=_keyword_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("repo", help="butler repository")
+    parser.add_argument("--instrument", required=True, help="registered instrument name")
+    parser.add_argument("--run", help="RUN collection of the images (default: <instrument>/flats/ingested)")
+    parser.add_argument("--keyword-config", metavar="FILE",
+                        help="YAML file of header keyword fields (see below)")
+    parser.add_argument("-k", "--keyword", action="append", default=[], metavar="FIELD=VALUE",
+                        help="set one field (see below), after --keyword-config; repeatable")
+    parser.add_argument("--gain", type=float, help="default gain, electrons per ADU (default_gain)")
+    parser.add_argument("--read-noise", type=float, help="default read noise, electrons (default_read_noise)")
+    parser.add_argument("files", nargs="+", help="FITS files")
+    parser.set_defaults(handler=_run_ingest)
+
+
+def _keyword_help() -> str:
+    lines = ["header keyword fields (-k FIELD=KEY1,KEY2 or the --keyword-config file; the first key "
+             "present wins):"]
+    for name, field in HeaderKeywords.model_fields.items():
+        default = field.default
+        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        lines.append(f"  {name:27} {shown:25} {field.description or ''}".rstrip())
+    return "\n".join(lines)
+
+
+def _keywords(args: argparse.Namespace) -> HeaderKeywords:
+    """The header keywords of the file, then ``--keyword``, then ``--gain`` and ``--read-noise``."""
+    overrides: dict[str, Any] = {}
+    for setting in args.keyword:
+        field, equals, value = setting.partition("=")
+        if not equals:
+            raise CommandError(f"--keyword {setting!r} is not FIELD=VALUE")
+        overrides[field.strip()] = value
+    if args.gain is not None:
+        overrides["default_gain"] = args.gain
+    if args.read_noise is not None:
+        overrides["default_read_noise"] = args.read_noise
+    try:
+        if args.keyword_config is None:
+            return HeaderKeywords.model_validate(overrides)
+        return HeaderKeywords.from_file(args.keyword_config, **overrides)
+    except (OSError, yaml.YAMLError, pydantic.ValidationError) as error:
+        raise CommandError(f"header keywords: {error}") from None
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    keywords = _keywords(args)
+    try:
+        butler = Butler.from_config(args.repo, writeable=True)
+    except OSError as error:
+        raise CommandError(f"cannot open the repository {args.repo}: {error}") from None
+    result = ingest_flats(butler, args.instrument, args.files, keywords=keywords, run=args.run)
+    print(_report(result))
+    return 0
+
+
+def _report(result: IngestResult) -> str:
+    """What went in: every image, then every exposure with its detectors."""
+    files = {source.path for source in result.sources}
+    new = {exposure.id for exposure in result.new_exposures}
+    lines = [f"Ingested {_count(len(result.sources), 'image')} from {_count(len(files), 'file')} into run "
+             f"{result.run} (first in {result.umbrella}):"]
+    lines += [f"  {source.where} -> exposure {source.exposure.id}, detector {source.detector_id} "
+              f"({source.detector.getName()})" for source in result.sources]
+    exposures = {source.exposure.id: source.exposure for source in result.sources}
+    lines.append(f"{_count(len(exposures), 'exposure')} ({len(new)} new):")
+    for exposure_id, exposure in exposures.items():
+        detectors = sorted(s.detector_id for s in result.sources if s.exposure.id == exposure_id)
+        lines.append(f"  {exposure_id} {exposure.begin.utc.isot} {exposure.exposure_time:g} s "
+                     f"{exposure.physical_filter} {exposure.observation_type} "
+                     f"{'new' if exposure_id in new else 'existing'}: detectors "
+                     f"{', '.join(map(str, detectors))}")
+    return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+_SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_ingest,)
+"""Functions adding one subcommand's parser each, in the order ``--help`` lists them."""
