@@ -10,7 +10,12 @@ import warnings
 import numpy as np
 
 import lsst.utils.tests
-from lsst.cp.flatnorm.combine_stack import MEDIAN_VARIANCE_FACTOR, combine_stack, iter_row_bands
+from lsst.cp.flatnorm.combine_stack import (
+    MEDIAN_VARIANCE_FACTOR,
+    combine_stack,
+    iter_subregions,
+    weighted_mean,
+)
 
 
 def _stack(values, variances=None, valid=None):
@@ -109,28 +114,118 @@ class CombineStackTestCase(lsst.utils.tests.TestCase):
         values[3, 5:9, 2:4] = 80.0
         variances = rng.uniform(0.5, 1.5, values.shape)
         valid = rng.random(values.shape) > 0.2
-        whole = combine_stack(values, variances, valid)
-        for start, stop in iter_row_bands(23, 5):
-            band = combine_stack(values[:, start:stop], variances[:, start:stop], valid[:, start:stop])
-            np.testing.assert_array_equal(band.image, whole.image[start:stop])
-            np.testing.assert_array_equal(band.variance, whole.variance[start:stop])
-            np.testing.assert_array_equal(band.n_used, whole.n_used[start:stop])
+        for variance_from_inputs in (True, False):
+            whole = combine_stack(values, variances, valid, variance_from_inputs=variance_from_inputs)
+            for tile in iter_subregions(23, 11, 5, 4):
+                part = combine_stack(values[(slice(None),) + tile], variances[(slice(None),) + tile],
+                                     valid[(slice(None),) + tile], variance_from_inputs=variance_from_inputs)
+                np.testing.assert_array_equal(part.image, whole.image[tile])
+                np.testing.assert_array_equal(part.variance, whole.variance[tile])
+                np.testing.assert_array_equal(part.n_used, whole.n_used[tile])
 
     def test_shape_mismatch_raises(self):
         with self.assertRaisesRegex(ValueError, "share one 3-d shape"):
             combine_stack(np.zeros((2, 3, 4)), np.zeros((2, 3, 4)), np.ones((2, 3, 5), bool))
 
+    def test_unknown_statistic_raises(self):
+        with self.assertRaisesRegex(ValueError, r"Unknown statistic 'MAX'; expected one of \('MEANCLIP', "
+                                                r"'MEAN', 'MEDIAN'\)\."):
+            combine_stack(*_stack([1.0, 2.0]), statistic="MAX")
 
-class RowBandsTestCase(unittest.TestCase):
-    """iter_row_bands covers every row once."""
 
-    def test_bands(self):
-        self.assertEqual(list(iter_row_bands(10, 4)), [(0, 4), (4, 8), (8, 10)])
-        self.assertEqual(list(iter_row_bands(3, 8)), [(0, 3)])
+class StatisticsTestCase(lsst.utils.tests.TestCase):
+    """The MEAN and MEDIAN statistics, and the variance from the spread of the inputs."""
 
-    def test_non_positive_band_raises(self):
-        with self.assertRaisesRegex(ValueError, "band_rows must be positive"):
-            list(iter_row_bands(10, 0))
+    def setUp(self):
+        # Six inputs, one an outlier; the last one masked.
+        self.values, self.variances, self.valid = _stack([1.0, 2.0, 3.0, 4.0, 50.0, 7.0],
+                                                         [1.0, 2.0, 1.0, 2.0, 1.0, 1.0],
+                                                         [True] * 5 + [False])
+
+    def test_mean_keeps_the_outlier(self):
+        result = combine_stack(self.values, self.variances, self.valid, statistic="MEAN")
+        self.assertEqual(result.image[0, 0], 12.0)
+        self.assertEqual(result.n_used[0, 0], 5)
+        self.assertEqual(result.variance[0, 0], 7.0 / 25)
+        self.assertTrue(result.clipped[0, 0])
+
+    def test_mean_of_a_single_input_is_that_input(self):
+        values, variances, valid = _stack([5.0, 8.0], [2.0, 1.0], [True, False])
+        result = combine_stack(values, variances, valid, statistic="MEAN", min_inputs_for_clip=3)
+        self.assertEqual((result.image[0, 0], result.variance[0, 0]), (5.0, 2.0))
+
+    def test_median_everywhere(self):
+        result = combine_stack(self.values, self.variances, self.valid, statistic="MEDIAN")
+        self.assertEqual(result.image[0, 0], 3.0)
+        self.assertFalse(result.clipped[0, 0])
+        self.assertAlmostEqual(result.variance[0, 0], MEDIAN_VARIANCE_FACTOR * 7.0 / 25, places=14)
+
+    def test_meanclip_rejects_the_outlier(self):
+        result = combine_stack(self.values, self.variances, self.valid)
+        self.assertEqual(result.image[0, 0], 2.5)
+        self.assertEqual(result.n_used[0, 0], 4)
+
+    def test_variance_from_spread(self):
+        # Kept: 1, 2, 3, 4; unbiased sample variance 5/3, over n = 4.
+        result = combine_stack(self.values, self.variances, self.valid, variance_from_inputs=False)
+        self.assertAlmostEqual(result.variance[0, 0], (5.0 / 3.0) / 4, places=14)
+        median = combine_stack(self.values, self.variances, self.valid, statistic="MEDIAN",
+                               variance_from_inputs=False)
+        spread = np.var([1.0, 2.0, 3.0, 4.0, 50.0], ddof=1)
+        self.assertAlmostEqual(median.variance[0, 0], MEDIAN_VARIANCE_FACTOR * spread / 5, places=12)
+
+    def test_single_input_keeps_propagated_variance_without_spread(self):
+        values, variances, valid = _stack([5.0, 8.0], [2.0, 1.0], [True, False])
+        result = combine_stack(values, variances, valid, variance_from_inputs=False)
+        self.assertEqual((result.image[0, 0], result.variance[0, 0]), (5.0, 2.0))
+
+
+class WeightedMeanTestCase(lsst.utils.tests.TestCase):
+    """weighted_mean: fixed weights, renormalised over the inputs a pixel has."""
+
+    def test_weighted_mean_and_variance(self):
+        values = np.array([[[1.0, 2.0, np.nan, 4.0]], [[3.0, 6.0, 5.0, np.nan]]])
+        variances = np.array([[[1.0, 4.0, 1.0, 2.0]], [[2.0, 1.0, 3.0, 1.0]]])
+        valid = np.array([[[True, True, True, True]], [[True, False, True, True]]])
+        result = weighted_mean(values, variances, valid, np.array([0.25, 0.75]))
+        np.testing.assert_array_equal(result.image, [[0.25 * 1 + 0.75 * 3, 2.0, 5.0, 4.0]])
+        np.testing.assert_array_equal(result.variance, [[0.0625 * 1 + 0.5625 * 2, 4.0, 3.0, 2.0]])
+        np.testing.assert_array_equal(result.n_used, [[2, 1, 1, 1]])
+
+    def test_no_usable_input_is_nan(self):
+        values, variances, valid = _stack([1.0, 2.0], valid=[False, False])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = weighted_mean(values, variances, valid, np.array([0.5, 0.5]))
+        self.assertTrue(np.isnan(result.image[0, 0]) and result.no_data[0, 0])
+
+    def test_zero_weight_input_is_not_used(self):
+        values, variances, valid = _stack([1.0, 2.0])
+        result = weighted_mean(values, variances, valid, np.array([0.0, 1.0]))
+        self.assertEqual((result.image[0, 0], result.n_used[0, 0]), (2.0, 1))
+
+    def test_bad_weights_raise(self):
+        with self.assertRaisesRegex(ValueError,
+                                    r"^Weights must be finite and non-negative; got \[-0.5, 1.5\]\.$"):
+            weighted_mean(*_stack([1.0, 2.0]), np.array([-0.5, 1.5]))
+        with self.assertRaisesRegex(ValueError, "weights its first axis"):
+            weighted_mean(*_stack([1.0, 2.0]), np.array([1.0]))
+
+
+class SubregionsTestCase(unittest.TestCase):
+    """iter_subregions covers every pixel once, row by row."""
+
+    def test_tiles(self):
+        self.assertEqual(list(iter_subregions(5, 7, 2, 4)), [
+            (slice(0, 2), slice(0, 4)), (slice(0, 2), slice(4, 7)),
+            (slice(2, 4), slice(0, 4)), (slice(2, 4), slice(4, 7)),
+            (slice(4, 5), slice(0, 4)), (slice(4, 5), slice(4, 7)),
+        ])
+        self.assertEqual(list(iter_subregions(3, 8, 200, 10000)), [(slice(0, 3), slice(0, 8))])
+
+    def test_non_positive_tile_raises(self):
+        with self.assertRaisesRegex(ValueError, r"Tile sizes must be positive; got 0 x 4\."):
+            list(iter_subregions(10, 10, 0, 4))
 
 
 class MemoryTestCase(lsst.utils.tests.MemoryTestCase):

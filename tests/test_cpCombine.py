@@ -1,9 +1,11 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Tests of CpFlatCombineTask: scaling, clipping, NO_DATA, variance, provenance and the butler."""
+"""Tests of CpFlatCombineTask: scaling, clipping, no-good pixels, variance, every cp_pipe config
+field, provenance and the butler."""
 
 import tempfile
+import types
 import unittest
 
 import astropy.time
@@ -13,6 +15,8 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.testUtils
 import lsst.utils.tests
 from lsst.cp.flatnorm.butler_setup import make_repo
+from lsst.cp.flatnorm.camera_model import CameraModel
+from lsst.cp.flatnorm.clipped_stats import sigma_clipped_region_stats
 from lsst.cp.flatnorm.cpCombine import CpFlatCombineConfig, CpFlatCombineTask
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.daf.butler import Butler, CollectionType, DatasetType, Timespan
@@ -23,7 +27,11 @@ from lsst.images import Box, Image, MaskedImage, MaskPlane, MaskSchema
 DETECTOR = 0
 INSTRUMENT = "DummyCam"
 FILTER = "dummy_r"
-SCHEMA = MaskSchema([MaskPlane("BAD", "bad"), MaskPlane("SAT", "saturated"), MaskPlane("CR", "cosmic ray")])
+SCHEMA = MaskSchema([MaskPlane("BAD", "bad"), MaskPlane("SAT", "saturated"), MaskPlane("CR", "cosmic ray"),
+                     MaskPlane("NO_DATA", "no data")])
+# Tests of the propagated variance use it whatever the number of inputs; cp_pipe's default takes the
+# variance from the spread of the inputs from five inputs on.
+PROPAGATED = {"maxVisitsToCalcErrorFromInputVariance": 1000}
 
 
 class FlatSimulation:
@@ -51,6 +59,9 @@ class FlatSimulation:
             if amp_gain:
                 self.gain[self._slices(amp.getBBox())] = 0.9 + 0.02 * i
         self.lamps = dict(zip(range(100, 100 + len(lamps)), lamps))
+        # Exposure and dark times proportional to (not equal to) the lamp levels.
+        self.records = {exp: types.SimpleNamespace(exposure_time=lamp / 500.0, dark_time=lamp / 500.0 + 2.0)
+                        for exp, lamp in self.lamps.items()}
         self.images = {exp: self._image(lamp, rng) for exp, lamp in self.lamps.items()}
 
     @staticmethod
@@ -65,8 +76,14 @@ class FlatSimulation:
         return MaskedImage(Image(rng.poisson(expected).astype(np.float32), bbox=self.box),
                            mask_schema=SCHEMA, variance=Image(expected.astype(np.float32), bbox=self.box))
 
-    def handles(self):
-        return [ImageHandle(image, exposure) for exposure, image in self.images.items()]
+    def handles(self, records=True):
+        """Handles to the images; their data IDs carry exposure records unless ``records`` is False."""
+        return [ImageHandle(image, exposure, self.records[exposure] if records else None)
+                for exposure, image in self.images.items()]
+
+    def scaled(self, divisors):
+        """The images divided by ``divisors[exposure]``, stacked in exposure order (float64)."""
+        return np.array([image.image.array / divisors[exp] for exp, image in self.images.items()])
 
     def scales(self, key=lambda k: k, per_amp=False):
         """Scales in cp_pipe's layout; ``key`` transforms every integer key."""
@@ -77,19 +94,36 @@ class FlatSimulation:
         return {"expScale": {key(DETECTOR): exp_scale}, "detScale": {key(DETECTOR): 1.0}}
 
 
-class ImageHandle:
-    """A deferred-handle stand-in that records the bounding boxes it was asked to read."""
+class DataId(dict):
+    """A data ID stand-in, expanded (with an exposure record) or not, as daf_butler's are."""
 
-    def __init__(self, image, exposure):
+    def __init__(self, values, exposure_record=None):
+        super().__init__(values)
+        self._exposure_record = exposure_record
+
+    def hasRecords(self):
+        return self._exposure_record is not None
+
+    @property
+    def records(self):
+        return {"exposure": self._exposure_record}
+
+
+class ImageHandle:
+    """A deferred-handle stand-in that records the bounding boxes it was asked to read (None for a
+    whole image)."""
+
+    def __init__(self, image, exposure, record=None):
         self.image = image
-        self.dataId = {"instrument": INSTRUMENT, "exposure": exposure, "detector": DETECTOR}
+        self.dataId = DataId({"instrument": INSTRUMENT, "exposure": exposure, "detector": DETECTOR}, record)
         self.reads = []
 
     def get(self, *, component=None, parameters=None):
         if component == "bbox":
             return self.image.bbox
-        self.reads.append(parameters["bbox"])
-        return self.image[parameters["bbox"]]
+        box = None if parameters is None else parameters["bbox"]
+        self.reads.append(box)
+        return self.image if box is None else self.image[box]
 
 
 def _task(**overrides):
@@ -97,6 +131,13 @@ def _task(**overrides):
     for name, value in overrides.items():
         setattr(config, name, value)
     return CpFlatCombineTask(config=config)
+
+
+def _amp_of(detector, y, x):
+    """Name of the amplifier of ``detector`` holding pixel (y, x)."""
+    return next(amp.getName() for amp in detector
+                if amp.getBBox().getMinY() <= y <= amp.getBBox().getMaxY()
+                and amp.getBBox().getMinX() <= x <= amp.getBBox().getMaxX())
 
 
 def _chi(flat, truth):
@@ -117,7 +158,7 @@ class CombineTaskTestCase(lsst.utils.tests.TestCase):
         return _task(**overrides).run(handles, self.sim.camera, DETECTOR, scales).outputData
 
     def test_scaled_combine_matches_truth_within_noise(self):
-        flat = self.run_task()
+        flat = self.run_task(**PROPAGATED)
         chi = _chi(flat, self.truth)
         # 1536 pixels: the mean chi is measured to 0.026 and the chi^2 to ~4%; clipping 8 inputs
         # costs some efficiency the propagated variance does not include.
@@ -128,47 +169,71 @@ class CombineTaskTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(flat.bbox, self.sim.box)
 
     def test_without_scaling_it_does_not_match(self):
-        unity = self.run_task(exposureScaling="Unity")
+        unity = self.run_task(exposureScaling="Unity", **PROPAGATED)
         self.assertGreater(np.mean(_chi(unity, self.truth) ** 2), 1e4)
         ones = self.sim.scales()
         for amp_scales in ones["expScale"][DETECTOR].values():
             amp_scales.update({exp: 1.0 for exp in amp_scales})
-        np.testing.assert_array_equal(self.run_task(scales=ones).image.array, unity.image.array)
+        np.testing.assert_array_equal(self.run_task(scales=ones, **PROPAGATED).image.array,
+                                      unity.image.array)
 
-    def test_unity_connections(self):
+    def test_only_input_list_reads_scales(self):
         config = CpFlatCombineConfig()
         self.assertIn("inputScales", config.ConnectionsClass(config=config).inputs)
-        config.exposureScaling = "Unity"
-        self.assertNotIn("inputScales", config.ConnectionsClass(config=config).inputs)
+        for scaling in ("Unity", "ExposureTime", "DarkTime", "MeanStats"):
+            config.exposureScaling = scaling
+            self.assertNotIn("inputScales", config.ConnectionsClass(config=config).inputs)
 
     def test_unity_needs_no_scales(self):
         task = _task(exposureScaling="Unity")
         flat = task.run(self.sim.handles(), self.sim.camera, DETECTOR).outputData
         self.assertEqual(flat.metadata["CP_COMBINE_SCALE_0"], 1.0)
 
-    def test_bands_equal_whole_image_and_reads_are_bands(self):
-        no_data = np.zeros(self.sim.box.shape, bool)
-        no_data[17, 3] = True
+    def test_tiles_equal_whole_image_and_reads_are_tiles(self):
+        no_good = np.zeros(self.sim.box.shape, bool)
+        no_good[17, 3] = True
         for image in self.sim.images.values():
-            image.mask.set("BAD", no_data)
+            image.mask.set("BAD", no_good)
         handles = self.sim.handles()
-        banded = self.run_task(handles=handles, bandRows=5)
-        whole = self.run_task(bandRows=1000)
-        np.testing.assert_array_equal(banded.image.array, whole.image.array)
-        np.testing.assert_array_equal(banded.variance.array, whole.variance.array)
-        self.assertEqual(banded.mask, whole.mask)
-        np.testing.assert_array_equal(banded.mask.get("NO_DATA"), no_data)
-        self.assertEqual([box.y.size for box in handles[0].reads], [5, 5, 5, 5, 4])
-        self.assertTrue(all(box.x.size == 64 for box in handles[0].reads))
+        tiled = self.run_task(handles=handles, subregionSize=[24, 5])
+        whole = self.run_task()
+        np.testing.assert_array_equal(tiled.image.array, whole.image.array)
+        np.testing.assert_array_equal(tiled.variance.array, whole.variance.array)
+        self.assertEqual(tiled.mask, whole.mask)
+        np.testing.assert_array_equal(tiled.mask.get("BAD"), no_good)
+        self.assertEqual([(box.y.size, box.x.size) for box in handles[0].reads],
+                         [(5, 24), (5, 24), (5, 16)] * 4 + [(4, 24), (4, 24), (4, 16)])
+
+    def test_band_rows_is_deprecated_and_sets_the_tile_height(self):
+        handles = self.sim.handles()
+        with self.assertWarnsRegex(FutureWarning, "bandRows is deprecated: bandRows is subregionSize's "
+                                                  "height, cp_pipe's name"):
+            task = _task(bandRows=7)
+        flat = task.run(handles, self.sim.camera, DETECTOR, self.sim.scales()).outputData
+        self.assertEqual([(box.y.size, box.x.size) for box in handles[0].reads],
+                         [(7, 64), (7, 64), (7, 64), (3, 64)])
+        np.testing.assert_array_equal(flat.image.array, self.run_task().image.array)
 
     def test_variance_is_propagated_through_the_scales(self):
-        flat = self.run_task(nIter=0)
+        flat = self.run_task(nIter=0, **PROPAGATED)
         expected = sum(image.variance.array.astype(float) / self.sim.lamps[exp] ** 2
                        for exp, image in self.sim.images.items()) / len(self.sim.images) ** 2
         self.assertFloatsAlmostEqual(flat.variance.array, expected, rtol=1e-6)
-        mean = sum(image.image.array.astype(float) / self.sim.lamps[exp]
-                   for exp, image in self.sim.images.items()) / len(self.sim.images)
+        mean = self.sim.scaled(self.sim.lamps).mean(axis=0)
         self.assertFloatsAlmostEqual(flat.image.array, mean, rtol=1e-6)
+        self.assertEqual(flat.metadata["CP_COMBINE_VARIANCE"], "INPUTS")
+
+    def test_variance_from_spread_with_many_inputs(self):
+        """cp_pipe's default: from maxVisitsToCalcErrorFromInputVariance (5) inputs on, the variance is
+        the unbiased sample variance of the scaled inputs over their number."""
+        scaled = self.sim.scaled(self.sim.lamps)
+        flat = self.run_task(combine="MEAN")
+        self.assertFloatsAlmostEqual(flat.variance.array, np.var(scaled, axis=0, ddof=1) / 8, rtol=1e-5)
+        self.assertEqual(flat.metadata["CP_COMBINE_VARIANCE"], "SPREAD")
+        propagated = self.run_task(combine="MEAN", maxVisitsToCalcErrorFromInputVariance=9)
+        self.assertEqual(propagated.metadata["CP_COMBINE_VARIANCE"], "INPUTS")
+        reference = self.run_task(nIter=0, **PROPAGATED)
+        self.assertFloatsAlmostEqual(propagated.variance.array, reference.variance.array, rtol=1e-6)
 
     def test_outlier_is_clipped(self):
         self.sim.images[103].image.array[4, 7] *= 3.0
@@ -177,19 +242,39 @@ class CombineTaskTestCase(lsst.utils.tests.TestCase):
         expected = np.mean([self.sim.images[exp].image.array[4, 7] / self.sim.lamps[exp] for exp in others])
         self.assertAlmostEqual(flat.image.array[4, 7], expected, places=5)
 
-    def test_no_data_and_median_fallback(self):
+    def test_combine_mean_and_median(self):
+        self.sim.images[103].image.array[4, 7] *= 3.0
+        scaled = self.sim.scaled(self.sim.lamps)
+        mean, median = self.run_task(combine="MEAN"), self.run_task(combine="MEDIAN")
+        self.assertFloatsAlmostEqual(mean.image.array, scaled.mean(axis=0), rtol=1e-6)
+        self.assertFloatsAlmostEqual(median.image.array, np.median(scaled, axis=0), rtol=1e-6)
+        self.assertEqual(median.metadata["CP_COMBINE_N_MEDIAN"], 24 * 64)
+
+    def test_no_good_pixels_are_filled_with_the_median_and_masked(self):
+        """cp_pipe's default: a pixel without a good input gets the median of the flat (variance: the
+        median variance) and the noGoodPixelsMask plane (BAD); every other plane is censored."""
         for exp, image in self.sim.images.items():
             image.mask.set("BAD", np.zeros(self.sim.box.shape, bool) | (np.arange(64) == 9)[np.newaxis])
             if exp not in (100, 101):
                 image.mask.set("SAT", np.isin(np.arange(24), [2])[:, np.newaxis] & (np.arange(64) == 20))
-        flat = self.run_task()
-        no_data = flat.mask.get("NO_DATA")
-        self.assertEqual(np.flatnonzero(no_data.any(axis=0)).tolist(), [9])
-        self.assertEqual(no_data.sum(), 24)
-        self.assertTrue(np.all(np.isnan(flat.image.array[:, 9])))
-        self.assertTrue(np.all(np.isnan(flat.variance.array[:, 9])))
-        self.assertEqual(flat.metadata["CP_COMBINE_N_NO_DATA"], 24)
+        task = _task(**PROPAGATED)
+        with self.assertLogs(task.log.name, level="WARNING") as logs:
+            flat = task.run(self.sim.handles(), self.sim.camera, DETECTOR, self.sim.scales()).outputData
+        column = np.zeros(self.sim.box.shape, bool)
+        column[:, 9] = True
+        np.testing.assert_array_equal(flat.mask.get("BAD"), column)
+        image, variance = flat.image.array, flat.variance.array
+        self.assertTrue(np.all(image[column] == np.median(image[~column])))
+        self.assertTrue(np.all(variance[column] == np.median(variance[~column])))
+        self.assertEqual(flat.metadata["CP_COMBINE_N_NO_GOOD"], 24)
         self.assertEqual(flat.metadata["CP_COMBINE_N_MEDIAN"], 1)
+        self.assertEqual(flat.metadata["LSST CALIB FLAT C11 BADPIX-NUM"], 12)
+        self.assertEqual(flat.metadata["LSST CALIB FLAT C06 BADPIX-NUM"], 12)
+        self.assertEqual(flat.metadata["LSST CALIB FLAT C10 BADPIX-NUM"], 0)
+        self.assertIn("Detector 0: filled 24 NaN pixels with the median and flagged them BAD.",
+                      logs.output[0])
+        found = [line for line in logs.output if "Found 12 pixels with mask plane BAD in amplifier" in line]
+        self.assertEqual([line.split()[-1] for line in found], ["C11.", "C06."])
         # Only exposures 100 and 101 are valid at (2, 20): their median is their mean.
         scaled = [self.sim.images[exp] for exp in (100, 101)]
         lamps = [self.sim.lamps[exp] for exp in (100, 101)]
@@ -199,13 +284,142 @@ class CombineTaskTestCase(lsst.utils.tests.TestCase):
         self.assertAlmostEqual(flat.variance.array[2, 20],
                                sum(im.variance.array[2, 20] / lamp**2 for im, lamp in zip(scaled, lamps)) / 4,
                                places=8)
-        self.assertEqual(list(flat.mask.schema.names), ["BAD", "SAT", "CR", "NO_DATA"])
+        self.assertEqual(list(flat.mask.schema.names), ["BAD", "SAT", "CR", "NO_DATA", "PARTLY_VIGNETTED"])
+        self.assertFalse(flat.mask.get("SAT").any())
+
+    def test_no_good_pixels_mask_plane_is_configurable(self):
+        for image in self.sim.images.values():
+            image.mask.set("BAD", np.zeros(self.sim.box.shape, bool) | (np.arange(64) == 9)[np.newaxis])
+        flat = self.run_task(noGoodPixelsMask="SUSPECT")
+        self.assertEqual(list(flat.mask.schema.names),
+                         ["BAD", "SAT", "CR", "NO_DATA", "SUSPECT", "PARTLY_VIGNETTED"])
+        np.testing.assert_array_equal(np.flatnonzero(flat.mask.get("SUSPECT").any(axis=0)), [9])
+        self.assertEqual(flat.mask.get("SUSPECT").sum(), 24)
         self.assertFalse(flat.mask.get("BAD").any())
+
+    def _set_no_data(self):
+        """NO_DATA on (3, 4) in exposures 101 and 104, and on (5, 6) in exposure 104."""
+        pixels = {101: [(3, 4)], 104: [(3, 4), (5, 6)]}
+        for exp, points in pixels.items():
+            flags = np.zeros(self.sim.box.shape, bool)
+            flags[tuple(np.transpose(points))] = True
+            self.sim.images[exp].mask.set("NO_DATA", flags)
+        return pixels
+
+    def test_check_no_data_raises_naming_the_inputs(self):
+        self._set_no_data()
+        with self.assertRaisesRegex(RuntimeError, (
+            r"^The combined flat of detector 0 has 2 NO_DATA pixels, carried from input pixels that NO_DATA "
+            r"does not exclude \(pixels per exposure: \{101: 1, 104: 2\}\); add NO_DATA to the 'mask' "
+            r"config to ignore them, or set checkNoData=False to keep them\.$"
+        )):
+            self.run_task(mask=["SAT"])
+
+    def test_no_data_kept_without_check_and_censoring(self):
+        self._set_no_data()
+        expected = np.zeros(self.sim.box.shape, bool)
+        expected[3, 4] = expected[5, 6] = True
+        kept = self.run_task(mask=["SAT"], checkNoData=False, censorMaskPlanes=False)
+        np.testing.assert_array_equal(kept.mask.get("NO_DATA"), expected)
+        censored = self.run_task(mask=["SAT"], checkNoData=False)
+        self.assertFalse(censored.mask.get("NO_DATA").any())
+        # With NO_DATA ignored (this package's default mask), those input pixels are left out instead.
+        ignored = self.run_task(nIter=0, **PROPAGATED)
+        others = [exp for exp in self.sim.images if exp != 104]
+        expected = np.mean([self.sim.images[e].image.array[5, 6] / self.sim.lamps[e] for e in others])
+        self.assertAlmostEqual(ignored.image.array[5, 6], expected, places=5)
+
+    def test_censor_mask_planes(self):
+        """Without censoring the flat carries the OR of the masks of the input pixels it used (CR, which
+        is not ignored); ignored input pixels (SAT) carry nothing."""
+        self.sim.images[102].mask.set("CR", np.arange(24 * 64).reshape(24, 64) == 7 * 64 + 30)
+        self.sim.images[100].mask.set("SAT", np.arange(24 * 64).reshape(24, 64) == 65)
+        kept = self.run_task(censorMaskPlanes=False)
+        np.testing.assert_array_equal(np.argwhere(kept.mask.get("CR")), [[7, 30]])
+        self.assertFalse(kept.mask.get("SAT").any())
+        censored = self.run_task()
+        self.assertFalse(censored.mask.get("CR").any())
+
+    def test_flat_source(self):
+        self.assertEqual(self.run_task().metadata["FLATSRC"], "DOME")
+        self.assertEqual(self.run_task(flatSource="TWILIGHT").metadata["FLATSRC"], "TWILIGHT")
+        bias = self.run_task(calibrationType="bias")
+        self.assertNotIn("FLATSRC", bias.metadata)
+        self.assertEqual(bias.metadata["OBSTYPE"], "bias")
+        self.assertIn("LSST CALIB BIAS C10 DISTRIBUTION 50.0-PCT", bias.metadata)
+
+    def test_exposure_and_dark_time_scaling(self):
+        for scaling, field in (("ExposureTime", "exposure_time"), ("DarkTime", "dark_time")):
+            with self.subTest(scaling=scaling):
+                times = {exp: getattr(record, field) for exp, record in self.sim.records.items()}
+                flat = self.run_task(exposureScaling=scaling, combine="MEAN")
+                self.assertFloatsAlmostEqual(flat.image.array, self.sim.scaled(times).mean(axis=0), rtol=1e-6)
+                self.assertEqual([flat.metadata[f"CP_COMBINE_SCALE_{i}"] for i in range(8)],
+                                 list(times.values()))
+
+    def test_time_scaling_needs_exposure_records(self):
+        with self.assertRaisesRegex(ValueError, (
+            r"^exposureScaling DarkTime needs the exposure record of exposure 100, but its data ID "
+            r"\{'instrument': 'DummyCam', 'exposure': 100, 'detector': 0\} has none "
+            r"\(pass expanded data IDs\)\.$"
+        )):
+            self.run_task(handles=self.sim.handles(records=False), exposureScaling="DarkTime")
+
+    def test_zero_exposure_time_is_skipped(self):
+        self.sim.records[103].exposure_time = 0.0
+        task = _task(exposureScaling="ExposureTime")
+        with self.assertLogs(task.log.name, level="WARNING") as logs:
+            flat = task.run(self.sim.handles(), self.sim.camera, DETECTOR).outputData
+        self.assertIn("Exposure 103 has no usable scale for detector 0; it is not combined.", logs.output[0])
+        self.assertEqual(flat.metadata["CP_COMBINE_SKIPPED_EXPOSURES"], "103")
+
+    def test_mean_stats_scaling(self):
+        """Each input is divided by its own level: the statistic of ``stats.stat`` over the pixels
+        outside ``stats.mask`` (a BAD pixel at 1e6 must not count)."""
+        for image in self.sim.images.values():
+            image.image.array[0, 0] = 1e6
+            image.mask.set("BAD", np.arange(24 * 64).reshape(24, 64) == 0)
+        good = np.ones(self.sim.box.shape, bool)
+        good[0, 0] = False
+        levels = {
+            "MEAN": {exp: np.mean(im.image.array[good], dtype=float) for exp, im in self.sim.images.items()},
+            "MEDIAN": {exp: np.median(im.image.array[good]) for exp, im in self.sim.images.items()},
+            "MEANCLIP": {exp: sigma_clipped_region_stats(im.image.array, good, [], 2.5, 4).whole_mean
+                         for exp, im in self.sim.images.items()},
+        }
+        for stat, level in levels.items():
+            with self.subTest(stat=stat):
+                config = CpFlatCombineConfig()
+                config.exposureScaling = "MeanStats"
+                config.combine = "MEAN"
+                config.stats.stat, config.stats.clip, config.stats.nIter = stat, 2.5, 4
+                handles = self.sim.handles()
+                flat = CpFlatCombineTask(config=config).run(handles, self.sim.camera, DETECTOR).outputData
+                for i, value in enumerate(level.values()):
+                    self.assertFloatsAlmostEqual(flat.metadata[f"CP_COMBINE_SCALE_{i}"], value, rtol=1e-12)
+                expected = self.sim.scaled(level).mean(axis=0)
+                self.assertFloatsAlmostEqual(flat.image.array[good], expected[good], rtol=1e-6)
+                self.assertEqual(handles[0].reads[0], None)  # one whole read for the level
+        # MEANCLIP differs from the mean: the flat has a gradient, so clipping at 2.5 sigma drops pixels.
+        self.assertNotEqual(levels["MEANCLIP"][100], levels["MEAN"][100])
+
+    def test_distribution_percentiles(self):
+        flat = self.run_task(distributionPercentiles=[10, 90])
+        for amp in self.sim.detector:
+            pixels = flat.image.array[self.sim.amp_slices(amp.getName())]
+            for level in (10.0, 90.0):
+                self.assertEqual(flat.metadata[f"LSST CALIB FLAT {amp.getName()} DISTRIBUTION {level}-PCT"],
+                                 np.percentile(pixels, level))
+        self.assertNotIn("LSST CALIB FLAT C10 DISTRIBUTION 50.0-PCT", flat.metadata)
+        default = self.run_task()
+        keys = sorted(key for key in default.metadata if key.startswith("LSST CALIB FLAT C00 DIST"))
+        self.assertEqual(keys, sorted(f"LSST CALIB FLAT C00 DISTRIBUTION {level}-PCT"
+                                      for level in (0.0, 5.0, 16.0, 50.0, 84.0, 95.0, 100.0)))
 
     def test_ignored_mask_planes_are_configurable(self):
         self.sim.images[100].mask.set("CR", np.ones(self.sim.box.shape, bool))
         self.sim.images[100].image.array[...] = 0.0
-        default = self.run_task()
+        default = self.run_task(**PROPAGATED)
         self.assertLess(np.mean(_chi(default, self.truth) ** 2), 1e3)
         ignoring_cr = self.run_task(mask=["CR", "NOT_A_PLANE"], nIter=0)
         # With CR ignored, exposure 100 drops out entirely.
@@ -239,12 +453,16 @@ class CombineTaskTestCase(lsst.utils.tests.TestCase):
         flat = self.run_task(clip=2.5, nIter=4)
         metadata = flat.metadata
         self.assertEqual(metadata["OBSTYPE"], "flat")
+        self.assertEqual(metadata["FLATSRC"], "DOME")
         self.assertEqual(metadata["DETECTOR"], DETECTOR)
+        self.assertEqual(metadata["CP_COMBINE_STAT"], "MEANCLIP")
         self.assertEqual(metadata["CP_COMBINE_CLIP"], 2.5)
         self.assertEqual(metadata["CP_COMBINE_N_ITER"], 4)
         self.assertEqual(metadata["CP_COMBINE_MASK_PLANES"], "BAD,SAT,NO_DATA,DETECTED")
         self.assertEqual(metadata["CP_COMBINE_EXPOSURE_SCALING"], "InputList")
         self.assertEqual(metadata["CP_COMBINE_SKIPPED_EXPOSURES"], "")
+        self.assertEqual(metadata["CP_COMBINE_N_VIGNETTED"], 0)
+        self.assertEqual(metadata["CP_COMBINE_N_PARTLY_VIGNETTED"], 0)
         self.assertEqual([metadata[f"CP_COMBINE_INPUT_{i}"] for i in range(8)], list(range(100, 108)))
         self.assertEqual([metadata[f"CP_COMBINE_SCALE_{i}"] for i in range(8)], list(self.sim.lamps.values()))
 
@@ -269,12 +487,122 @@ class CombineTaskTestCase(lsst.utils.tests.TestCase):
             self.run_task(scales=FlatSimulation(amp_gain=True).scales(per_amp=True))
 
 
+class VignetteTestCase(lsst.utils.tests.TestCase):
+    """doVignette, doVignetteMask and doPartialVignetteMask on a detector placed off-centre and turned
+    by 30 degrees, with a square (numPolygonPoints = 4) region whose truth is analytic."""
+
+    CENTRE = (1.0, -0.5)  # the detector's centre, mm
+
+    def setUp(self):
+        self.sim = FlatSimulation()
+        placement = {"focal_plane_x": 1.0, "focal_plane_y": -0.5, "yaw": 30.0}
+        detector = self.sim.detector.model_copy(update=placement)
+        self.camera = CameraModel(name="Turned", detectors=[detector])
+        # Focal-plane position of each pixel centre, written out here rather than taken from the code.
+        y, x = np.mgrid[0:24, 0:64]
+        dx, dy = (x - 31.5) * 0.01, (y - 11.5) * 0.01
+        cos, sin = np.cos(np.radians(30.0)), np.sin(np.radians(30.0))
+        self.fp_x, self.fp_y = 1.0 + cos * dx - sin * dy, -0.5 + sin * dx + cos * dy
+
+    def outside_square(self, radius, centre=CENTRE):
+        """Pixels outside the square with vertices ``radius`` from ``centre`` along the axes."""
+        return np.abs(self.fp_x - centre[0]) + np.abs(self.fp_y - centre[1]) > radius
+
+    def run_task(self, centre=CENTRE, **overrides):
+        config = CpFlatCombineConfig()
+        for name, value in overrides.items():
+            setattr(config, name, value)
+        for region, radius in (("vignette", 0.25), ("partialVignette", 0.2)):
+            getattr(config, region).xCenter, getattr(config, region).yCenter = centre
+            getattr(config, region).radius = radius
+            getattr(config, region).numPolygonPoints = 4
+        task = CpFlatCombineTask(config=config)
+        return task.run(self.sim.handles(), self.camera, DETECTOR, self.sim.scales()).outputData
+
+    def test_vignette_mask(self):
+        vignetted = self.outside_square(0.25)
+        self.assertEqual(vignetted.sum(), 658)  # the square cuts the detector
+        plain = self.run_task()
+        flat = self.run_task(doVignetteMask=True)
+        np.testing.assert_array_equal(flat.mask.get("NO_DATA"), vignetted)
+        np.testing.assert_array_equal(flat.mask.get("VIGNETTED"), vignetted)
+        self.assertTrue(np.all(flat.image.array[vignetted] == 0.0))
+        np.testing.assert_array_equal(flat.image.array[~vignetted], plain.image.array[~vignetted])
+        self.assertEqual(flat.metadata["CP_COMBINE_N_VIGNETTED"], 658)
+        self.assertFalse(flat.mask.get("PARTLY_VIGNETTED").any())
+
+    def test_do_vignette_marks_no_data_only(self):
+        vignetted = self.outside_square(0.25)
+        flat = self.run_task(doVignette=True)
+        np.testing.assert_array_equal(flat.mask.get("NO_DATA"), vignetted)
+        self.assertNotIn("VIGNETTED", flat.mask.schema.names)
+        self.assertTrue(np.all(flat.image.array[vignetted] == 0.0))
+
+    def test_partly_vignetted_ring(self):
+        vignetted, partly = self.outside_square(0.25), self.outside_square(0.2)
+        ring = partly & ~vignetted
+        self.assertEqual(ring.sum(), 190)
+        plain = self.run_task()
+        flat = self.run_task(doVignetteMask=True, doPartialVignetteMask=True)
+        np.testing.assert_array_equal(flat.mask.get("PARTLY_VIGNETTED"), partly)
+        self.assertFalse(flat.mask.get("NO_DATA")[ring].any())
+        np.testing.assert_array_equal(flat.image.array[ring], plain.image.array[ring])
+        self.assertEqual(flat.metadata["CP_COMBINE_N_PARTLY_VIGNETTED"], int(partly.sum()))
+
+    def test_median_fill_leaves_out_the_vignetted_region(self):
+        for image in self.sim.images.values():
+            image.mask.set("BAD", np.zeros(self.sim.box.shape, bool) | (np.arange(64) == 30)[np.newaxis])
+        vignetted = self.outside_square(0.25)
+        column = np.zeros(vignetted.shape, bool)
+        column[:, 30] = True
+        plain = self.run_task()
+        flat = self.run_task(doVignetteMask=True)
+        fill = np.median(plain.image.array[~column & ~vignetted])
+        self.assertNotEqual(fill, np.median(plain.image.array[~column]))
+        self.assertTrue(np.all(flat.image.array[column & ~vignetted] == fill))
+        np.testing.assert_array_equal(flat.mask.get("BAD"), column)
+
+    def test_detector_outside_the_region_is_all_vignetted(self):
+        """cp_pipe masks nothing on a detector that misses the region entirely (no valid polygon);
+        here every pixel is vignetted."""
+        flat = self.run_task(centre=(50.0, -0.5), doVignetteMask=True)
+        self.assertTrue(flat.mask.get("VIGNETTED").all())
+        self.assertEqual(flat.metadata["CP_COMBINE_N_VIGNETTED"], 24 * 64)
+        self.assertTrue(np.all(flat.image.array == 0.0))
+
+    def test_circle_is_cp_pipes_inscribed_polygon(self):
+        config = CpFlatCombineConfig()
+        config.doVignetteMask = True
+        config.vignette.xCenter, config.vignette.yCenter, config.vignette.radius = 1.0, -0.5, 0.25
+        flat = CpFlatCombineTask(config=config).run(self.sim.handles(), self.camera, DETECTOR,
+                                                    self.sim.scales()).outputData
+        distance = np.hypot(self.fp_x - 1.0, self.fp_y + 0.5)
+        vignetted = flat.mask.get("VIGNETTED")
+        self.assertTrue(vignetted[distance > 0.25].all())
+        self.assertFalse(vignetted[distance < 0.25 * np.cos(np.pi / 100)].any())
+
+    def test_validation(self):
+        for overrides, message in (
+            ({"doVignette": True, "doVignetteMask": True}, "Cannot set both doVignetteMask and doVignette."),
+            ({"doVignetteMask": True, "calibrationType": "bias"},
+             "doVignetteMask needs calibrationType 'flat'; it is 'bias'."),
+            ({"doPartialVignetteMask": True, "calibrationType": "sky"},
+             "doPartialVignetteMask needs calibrationType 'flat'; it is 'sky'."),
+        ):
+            config = CpFlatCombineConfig()
+            for name, value in overrides.items():
+                setattr(config, name, value)
+            with self.subTest(overrides=overrides), self.assertRaises(ValueError) as error:
+                config.validate()
+            self.assertEqual(str(error.exception), message)
+
+
 class AmpLevelTestCase(lsst.utils.tests.TestCase):
     """scalingLevel AMP divides each amplifier by its own scale."""
 
     def setUp(self):
         self.sim = FlatSimulation(amp_gain=True)
-        self.task = _task(scalingLevel="AMP")
+        self.task = _task(scalingLevel="AMP", **PROPAGATED)
 
     def test_amp_scales_remove_amp_gains(self):
         flat = self.task.run(self.sim.handles(), self.sim.camera, DETECTOR,
@@ -303,7 +631,8 @@ class AmpLevelTestCase(lsst.utils.tests.TestCase):
 
 
 class ButlerTestCase(lsst.utils.tests.TestCase):
-    """The task on a file-datastore repo: quantum I/O, band reads, YAML scales, certification."""
+    """The task on a file-datastore repo: quantum I/O, tile reads, YAML scales, exposure records,
+    certification."""
 
     @classmethod
     def setUpClass(cls):
@@ -359,29 +688,41 @@ class ButlerTestCase(lsst.utils.tests.TestCase):
         for exposure, image in sim.images.items():
             butler.put(image, "cpFlatProc", instrument=INSTRUMENT, exposure=exposure, detector=DETECTOR)
 
-    def _run_quantum(self, task):
+    def _run_quantum(self, task, butler):
         # The calibration file template names detector.full_name: the output needs a data ID with records.
-        data_id = self.butler.registry.expandDataId(instrument=INSTRUMENT, detector=DETECTOR,
-                                                    physical_filter=FILTER)
+        expand = butler.registry.expandDataId
+        data_id = expand(instrument=INSTRUMENT, detector=DETECTOR, physical_filter=FILTER)
+        # Expanded input data IDs, as a quantum graph has them (ExposureTime reads their records).
         io = {
-            "inputExpHandles": [{"instrument": INSTRUMENT, "exposure": e, "detector": DETECTOR}
+            "inputExpHandles": [expand(instrument=INSTRUMENT, exposure=e, detector=DETECTOR)
                                 for e in self.sim.lamps],
-            "inputScales": {"instrument": INSTRUMENT, "physical_filter": FILTER},
             "camera": {"instrument": INSTRUMENT},
             "outputData": data_id,
         }
-        quantum = lsst.pipe.base.testUtils.makeQuantum(task, self.butler, data_id, io)
-        lsst.pipe.base.testUtils.runTestQuantum(task, self.butler, quantum, mockRun=False)
-        return self.butler.get("flat", data_id)
+        if task.config.exposureScaling == "InputList":
+            io["inputScales"] = {"instrument": INSTRUMENT, "physical_filter": FILTER}
+        quantum = lsst.pipe.base.testUtils.makeQuantum(task, butler, data_id, io)
+        lsst.pipe.base.testUtils.runTestQuantum(task, butler, quantum, mockRun=False)
+        return butler.get("flat", data_id)
 
     def test_scales_keys_after_yaml_round_trip(self):
         scales = self.butler.get("cpFlatNormScales", instrument=INSTRUMENT, physical_filter=FILTER)
         self.assertEqual(list(scales["expScale"]), [DETECTOR])
         self.assertEqual(list(scales["expScale"][DETECTOR]["C10"]), list(self.sim.lamps))
 
+    def test_exposure_time_from_the_registry(self):
+        """Every exposure of the registry has exposure_time 10 s: the flat is the mean image / 10."""
+        task = _task(exposureScaling="ExposureTime", combine="MEAN")
+        with Butler.from_config(self.root.name, run="test/exposure_time", writeable=True) as butler:
+            self._put_inputs(butler, self.sim)
+            flat = self._run_quantum(task, butler)
+        self.assertEqual([flat.metadata[f"CP_COMBINE_SCALE_{i}"] for i in range(5)], [10.0] * 5)
+        self.assertFloatsAlmostEqual(flat.image.array, self.sim.scaled(dict.fromkeys(self.sim.lamps, 10.0))
+                                     .mean(axis=0), rtol=1e-6)
+
     def test_quantum_output_certify_and_read_back(self):
-        task = _task(bandRows=7)
-        flat = self._run_quantum(task)
+        task = _task(subregionSize=[64, 7], **PROPAGATED)
+        flat = self._run_quantum(task, self.butler)
         reference = task.run(self.sim.handles(), self.sim.camera, DETECTOR, self.sim.scales()).outputData
         np.testing.assert_array_equal(flat.image.array, reference.image.array)
         np.testing.assert_array_equal(flat.variance.array, reference.variance.array)

@@ -28,11 +28,28 @@ candidates exist clipping cannot tell an outlier from the rest, so the result is
 (no clipping), with variance ``MEDIAN_VARIANCE_FACTOR * sum(variance) / n**2`` for three or more
 candidates (the large-sample efficiency of the median) and the variance of the mean for one or
 two (where the median is the mean).  A pixel with no candidate is NaN with ``n_used == 0``.
+
+The statistic may also be the plain ``MEAN`` of the candidates (no clipping, no median fall-back)
+or their ``MEDIAN`` everywhere, the other two names cp_pipe's ``combine`` field takes for flats.
+With ``variance_from_inputs=False`` the variance comes from the spread of the values used instead
+of their variance planes, as afw's stacker does with many inputs: ``s**2 / n`` with ``s**2`` their
+unbiased sample variance (times the median factor where the median is the result); a pixel with a
+single value has no spread and keeps the propagated variance.
+
+`weighted_mean` combines a few images with fixed weights (cp_pipe's two-flat combination).
 """
 
 from __future__ import annotations
 
-__all__ = ["IQR_TO_SIGMA", "MEDIAN_VARIANCE_FACTOR", "CombinedStack", "combine_stack", "iter_row_bands"]
+__all__ = [
+    "IQR_TO_SIGMA",
+    "MEDIAN_VARIANCE_FACTOR",
+    "STATISTICS",
+    "CombinedStack",
+    "combine_stack",
+    "iter_subregions",
+    "weighted_mean",
+]
 
 import dataclasses
 import math
@@ -45,6 +62,9 @@ IQR_TO_SIGMA = 0.7413
 
 MEDIAN_VARIANCE_FACTOR = math.pi / 2
 """Variance of the median of n Gaussian values over the variance of their mean, for large n."""
+
+STATISTICS = ("MEANCLIP", "MEAN", "MEDIAN")
+"""The statistics `combine_stack` computes (afw's names)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +80,8 @@ class CombinedStack:
     n_used : `numpy.ndarray` [`int`]
         Number of inputs that contributed to each pixel (after clipping).
     clipped : `numpy.ndarray` [`bool`]
-        `True` where the clipped mean was used, `False` where the median fall-back was (or
-        there was no input at all).
+        `True` where the (clipped) mean was used, `False` where the median was (or there was no
+        input at all).
     """
 
     image: np.ndarray
@@ -75,25 +95,33 @@ class CombinedStack:
         return self.n_used == 0
 
 
-def iter_row_bands(height: int, band_rows: int) -> Iterator[tuple[int, int]]:
-    """Split ``range(height)`` into consecutive ``(start, stop)`` row bands.
+def iter_subregions(
+    height: int, width: int, tile_height: int, tile_width: int
+) -> Iterator[tuple[slice, slice]]:
+    """Split a ``height x width`` array into tiles, row by row (cp_pipe's ``subregionSize`` order).
 
     Parameters
     ----------
-    height : `int`
-        Number of rows to cover.
-    band_rows : `int`
-        Rows per band; the last band holds the remainder.
+    height, width : `int`
+        Shape of the array to cover.
+    tile_height, tile_width : `int`
+        Size of a tile; the last tile of a row or column holds the remainder.
 
     Yields
     ------
-    start, stop : `int`
-        Half-open row range of one band.
+    rows, columns : `slice`
+        Half-open ranges of one tile.
+
+    Raises
+    ------
+    ValueError
+        Raised if a tile size is not positive.
     """
-    if band_rows < 1:
-        raise ValueError(f"band_rows must be positive; got {band_rows}.")
-    for start in range(0, height, band_rows):
-        yield start, min(start + band_rows, height)
+    if tile_height < 1 or tile_width < 1:
+        raise ValueError(f"Tile sizes must be positive; got {tile_height} x {tile_width}.")
+    for top in range(0, height, tile_height):
+        for left in range(0, width, tile_width):
+            yield slice(top, min(top + tile_height, height)), slice(left, min(left + tile_width, width))
 
 
 def _quantile_of_sorted(sorted_values: np.ndarray, n_valid: np.ndarray, q: float) -> np.ndarray:
@@ -132,6 +160,16 @@ def _variance_of_mean(variances: np.ndarray, used: np.ndarray) -> np.ndarray:
         return np.where(used, variances, 0.0).sum(axis=0, dtype=np.float64) / np.square(n_used, dtype=float)
 
 
+def _variance_from_spread(values: np.ndarray, used: np.ndarray, propagated: np.ndarray) -> np.ndarray:
+    """``s**2 / n`` of the used values (``s**2`` unbiased); ``propagated`` where fewer than two."""
+    n_used = used.sum(axis=0)
+    _, sigma = _kept_mean_and_sigma(values, used)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # sigma is the population deviation: sigma**2 / (n - 1) = s**2 / n.
+        spread = np.square(sigma) / (n_used - 1)
+    return np.where(n_used >= 2, spread, propagated)
+
+
 def _clip(
     values: np.ndarray, candidates: np.ndarray, sorted_values: np.ndarray, n_valid: np.ndarray,
     n_sigma: float, n_iter: int,
@@ -165,6 +203,8 @@ def combine_stack(
     n_sigma: float = 3.0,
     n_iter: int = 3,
     min_inputs_for_clip: int = 3,
+    statistic: str = "MEANCLIP",
+    variance_from_inputs: bool = True,
 ) -> CombinedStack:
     """Combine a stack of images pixel by pixel with an iterative clipped mean.
 
@@ -183,33 +223,91 @@ def combine_stack(
         Maximum number of clipping passes.
     min_inputs_for_clip : `int`, optional
         Pixels with fewer valid inputs use the median instead of the clipped mean.
+    statistic : `str`, optional
+        ``"MEANCLIP"`` (the clipped mean above), ``"MEAN"`` (the mean of all valid inputs: no
+        clipping and no median fall-back) or ``"MEDIAN"`` (the median of the valid inputs).
+    variance_from_inputs : `bool`, optional
+        Propagate the inputs' variances (`True`) or use the spread of the values (`False`); see
+        the module docstring.
 
     Returns
     -------
     result : `CombinedStack`
-        Combined image, its variance, the number of inputs used and where clipping was used.
+        Combined image, its variance, the number of inputs used and where the mean was used.
 
     Raises
     ------
     ValueError
-        Raised if the three arrays do not share one 3-d shape.
+        Raised if the three arrays do not share one 3-d shape, or for an unknown statistic.
     """
     if values.ndim != 3 or values.shape != variances.shape or values.shape != valid.shape:
         raise ValueError(
             f"values, variances and valid must share one 3-d shape; got {values.shape}, "
             f"{variances.shape} and {valid.shape}."
         )
+    if statistic not in STATISTICS:
+        raise ValueError(f"Unknown statistic {statistic!r}; expected one of {STATISTICS}.")
     candidates = valid & np.isfinite(values) & np.isfinite(variances)
     n_valid = candidates.sum(axis=0)
     # NaN sorts last, so the first n_valid entries of each pixel are its candidates in order.
     sorted_values = np.sort(np.where(candidates, values, np.nan), axis=0)
-    clipped = n_valid >= min_inputs_for_clip
+    min_inputs_for_mean = {"MEANCLIP": min_inputs_for_clip, "MEAN": 1, "MEDIAN": np.inf}[statistic]
+    use_mean = n_valid >= min_inputs_for_mean
 
-    kept, clipped_mean = _clip(values, candidates & clipped, sorted_values, n_valid, n_sigma, n_iter)
+    n_passes = n_iter if statistic == "MEANCLIP" else 0
+    kept, mean = _clip(values, candidates & use_mean, sorted_values, n_valid, n_sigma, n_passes)
     median = _quantile_of_sorted(sorted_values, n_valid, 0.5)
     median_factor = np.where(n_valid >= 3, MEDIAN_VARIANCE_FACTOR, 1.0)
 
-    used = np.where(clipped, kept, candidates)
-    image = np.where(clipped, clipped_mean, median)
-    variance = _variance_of_mean(variances, used) * np.where(clipped, 1.0, median_factor)
-    return CombinedStack(image=image, variance=variance, n_used=used.sum(axis=0), clipped=clipped)
+    used = np.where(use_mean, kept, candidates)
+    image = np.where(use_mean, mean, median)
+    variance = _variance_of_mean(variances, used)
+    if not variance_from_inputs:
+        variance = _variance_from_spread(values, used, variance)
+    variance = variance * np.where(use_mean, 1.0, median_factor)
+    return CombinedStack(image=image, variance=variance, n_used=used.sum(axis=0), clipped=use_mean)
+
+
+def weighted_mean(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
+                  weights: np.ndarray) -> CombinedStack:
+    """Combine a stack of images pixel by pixel with fixed weights.
+
+    At each pixel the weights of the inputs used (valid, finite value and variance) are
+    renormalised to sum to one, so a pixel with a single usable input is that input, not the
+    input times its weight.
+
+    Parameters
+    ----------
+    values, variances : `numpy.ndarray` [`float`], shape (n_inputs, ny, nx)
+        The images and their variances.
+    valid : `numpy.ndarray` [`bool`], shape (n_inputs, ny, nx)
+        `False` for input pixels to ignore.
+    weights : `numpy.ndarray` [`float`], shape (n_inputs,)
+        Non-negative weight of each input.
+
+    Returns
+    -------
+    result : `CombinedStack`
+        ``sum(w x) / sum(w)`` and its variance ``sum(w**2 var) / sum(w)**2`` over the inputs used;
+        NaN where no input with a positive weight is usable (``n_used`` counts those).
+
+    Raises
+    ------
+    ValueError
+        Raised if the shapes disagree or a weight is negative or not finite.
+    """
+    weights = np.asarray(weights, dtype=float)
+    if values.ndim != 3 or values.shape != variances.shape or values.shape != valid.shape \
+            or weights.shape != values.shape[:1]:
+        raise ValueError(f"values, variances and valid must share one 3-d shape and weights its first axis; "
+                         f"got {values.shape}, {variances.shape}, {valid.shape} and {weights.shape}.")
+    if not np.all(np.isfinite(weights) & (weights >= 0)):
+        raise ValueError(f"Weights must be finite and non-negative; got {weights.tolist()}.")
+    used = valid & np.isfinite(values) & np.isfinite(variances) & (weights > 0)[:, np.newaxis, np.newaxis]
+    w = np.where(used, weights[:, np.newaxis, np.newaxis], 0.0)
+    total = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        image = np.where(used, w * values, 0.0).sum(axis=0) / total
+        variance = np.where(used, np.square(w) * variances, 0.0).sum(axis=0) / np.square(total)
+    n_used = used.sum(axis=0)
+    return CombinedStack(image=image, variance=variance, n_used=n_used, clipped=n_used > 0)
