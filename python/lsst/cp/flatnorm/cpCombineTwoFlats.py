@@ -1,0 +1,199 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""Weighted combination of two flats of one detector and filter (cp_pipe's anaglyph flats).
+
+cp_pipe's LSSTCam anaglyph pipeline makes a flat from the blue and one from the red half of the
+flat-field projector and combines them as ``weightOne * blue + (1 - weightOne) * red`` with
+``CalibCombineTwoFlatsByFilterTask``; this is that task, with its connection names and config
+fields.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CpFlatCombineTwoFlatsConfig",
+    "CpFlatCombineTwoFlatsConnections",
+    "CpFlatCombineTwoFlatsTask",
+]
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+from lsst.images import Box, MaskedImage
+
+from .calib_output import (
+    calibration_statistics,
+    calibration_type_field,
+    combine_statistic_field,
+    distribution_percentiles_field,
+    empty_flat,
+    fill_nan_pixels,
+    iter_tiles,
+    merge_masks,
+    no_good_pixels_mask_field,
+    pixel_box,
+    subregion_size_field,
+)
+from .combine_stack import weighted_mean
+from .flat_connections import camera_prerequisite
+
+
+def _flat_input(name: str, doc: str) -> cT.Input:
+    """A certified flat of the detector and filter, read in tiles."""
+    return cT.Input(
+        name=name,
+        doc=doc,
+        storageClass="MaskedImageV2",
+        dimensions=("instrument", "detector", "physical_filter"),
+        deferLoad=True,
+        isCalibration=True,
+    )
+
+
+class CpFlatCombineTwoFlatsConnections(
+    pipeBase.PipelineTaskConnections, dimensions=("instrument", "detector", "physical_filter")
+):
+    inputFlatOneHandle = _flat_input("flat_blue", "First flat; weighted by weightOne.")
+    inputFlatTwoHandle = _flat_input("flat_red", "Second flat; weighted by 1 - weightOne.")
+    camera = camera_prerequisite("Camera geometry: the detector's box and amplifiers.")
+    outputData = cT.Output(
+        name="flat",
+        doc="The weighted combination of the two flats.",
+        storageClass="MaskedImageV2",
+        dimensions=("instrument", "detector", "physical_filter"),
+        isCalibration=True,
+    )
+
+
+class CpFlatCombineTwoFlatsConfig(pipeBase.PipelineTaskConfig,
+                                  pipelineConnections=CpFlatCombineTwoFlatsConnections):
+    """Configuration of `CpFlatCombineTwoFlatsTask`; cp_pipe's ``CalibCombineTwoFlatsByFilterConfig``."""
+
+    calibrationType = calibration_type_field()
+    weightOne = pexConfig.RangeField(
+        dtype=float,
+        doc="Weight of the first flat; the second has 1 - weightOne.",
+        default=0.5,
+        min=0.0,
+        max=1.0,
+        inclusiveMax=True,
+    )
+    noGoodPixelsMask = no_good_pixels_mask_field()
+    combine = combine_statistic_field(
+        "MEAN",
+        doc="Statistic of the two weighted flats at each pixel. The mean, median and clipped mean of two "
+            "values are all their mean, so each gives the weighted mean.",
+    )
+    subregionSize = subregion_size_field()
+    distributionPercentiles = distribution_percentiles_field()
+
+
+class CpFlatCombineTwoFlatsTask(pipeBase.PipelineTask):
+    """Combine two flats of one detector and filter with fixed weights.
+
+    At each pixel the result is ``(w1 * flat1 + w2 * flat2) / (w1 + w2)`` over the flats whose
+    pixel is finite (``w1 = weightOne``, ``w2 = 1 - weightOne``), with variance
+    ``(w1**2 var1 + w2**2 var2) / (w1 + w2)**2``; no mask plane excludes a pixel (cp_pipe's
+    statistics control for this task masks nothing).  The output mask is the OR of the masks of the
+    pixels used; a pixel with neither is flagged ``noGoodPixelsMask`` and filled with the median.
+    The metadata keeps the keys the two flats share (FLATSRC among them), with OBSTYPE, the
+    weights and cp_pipe's QA keys.
+    """
+
+    ConfigClass = CpFlatCombineTwoFlatsConfig
+    _DefaultName = "cpFlatCombineTwoFlats"
+    config: CpFlatCombineTwoFlatsConfig
+
+    def runQuantum(
+        self,
+        butlerQC: pipeBase.QuantumContext,
+        inputRefs: pipeBase.InputQuantizedConnection,
+        outputRefs: pipeBase.OutputQuantizedConnection,
+    ) -> None:
+        inputs = butlerQC.get(inputRefs)
+        inputs["detectorId"] = int(outputRefs.outputData.dataId["detector"])
+        butlerQC.put(self.run(**inputs), outputRefs)
+
+    def run(self, *, inputFlatOneHandle: Any, inputFlatTwoHandle: Any, camera: Any,
+            detectorId: int) -> pipeBase.Struct:
+        """Combine two flats of one detector.
+
+        Parameters
+        ----------
+        inputFlatOneHandle, inputFlatTwoHandle : `lsst.daf.butler.DeferredDatasetHandle`
+            Handles to the two flats (``get(component="bbox")`` and ``get(parameters={"bbox":
+            box})`` returning an `lsst.images.MaskedImage`).
+        camera : `lsst.cp.flatnorm.camera_model.CameraModel` or afw camera
+            ``camera[detectorId]`` gives the detector box and amplifiers.
+        detectorId : `int`
+            Detector to combine.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``outputData``: the combined flat (`lsst.images.MaskedImage`, float32).
+
+        Raises
+        ------
+        ValueError
+            Raised if a flat does not contain the detector's box.
+        """
+        detector = camera[detectorId]
+        detector_box = pixel_box(detector.getBBox())
+        handles = (inputFlatOneHandle, inputFlatTwoHandle)
+        for number, handle in enumerate(handles, start=1):
+            image_box = handle.get(component="bbox")
+            if not image_box.contains(detector_box):
+                raise ValueError(f"Flat {number} of detector {detectorId}: its box {image_box} does not "
+                                 f"contain the detector box {detector_box}.")
+        flat, input_metadata = self._combine_in_tiles(handles, detector_box)
+        n_filled = fill_nan_pixels(flat, self.config.noGoodPixelsMask)
+        if n_filled:
+            self.log.warning("Detector %d: filled %d NaN pixels with the median and flagged them %s.",
+                             detectorId, n_filled, self.config.noGoodPixelsMask)
+        flat.metadata.update(self._metadata(input_metadata, flat, detector))
+        return pipeBase.Struct(outputData=flat)
+
+    def _weights(self) -> np.ndarray:
+        return np.array([self.config.weightOne, 1.0 - self.config.weightOne])
+
+    def _combine_in_tiles(self, handles: tuple[Any, Any], detector_box: Box
+                          ) -> tuple[MaskedImage, list[Mapping[str, Any]]]:
+        """Read and combine the two flats tile by tile; return the flat and the flats' metadata."""
+        flat, input_metadata = None, []
+        for tile_box in iter_tiles(detector_box, self.config.subregionSize):
+            tiles = [handle.get(parameters={"bbox": tile_box}) for handle in handles]
+            if flat is None:
+                flat = empty_flat(tiles[0].mask.schema, detector_box, [self.config.noGoodPixelsMask])
+                input_metadata = [dict(tile.metadata.native) for tile in tiles]
+            values = np.stack([tile.image.array for tile in tiles])
+            variances = np.stack([tile.variance.array for tile in tiles])
+            # No mask plane excludes a pixel: only non-finite ones and a zero weight do.
+            weighted = (self._weights() > 0)[:, np.newaxis, np.newaxis]
+            used = np.isfinite(values) & np.isfinite(variances) & weighted
+            combined = weighted_mean(values, variances, used, self._weights())
+            output = flat[tile_box]  # a view into the flat's arrays
+            output.image.array[...] = combined.image
+            output.variance.array[...] = combined.variance
+            for tile, tile_used in zip(tiles, used):
+                merge_masks(output.mask, tile.mask, tile_used)
+            output.mask.set(self.config.noGoodPixelsMask, combined.no_data)
+        return flat, input_metadata
+
+    def _metadata(self, input_metadata: list[Mapping[str, Any]], flat: MaskedImage,
+                  detector: Any) -> dict[str, Any]:
+        """The flats' common metadata, then OBSTYPE, the weights and the QA keys."""
+        first, second = input_metadata
+        metadata = {key: value for key, value in first.items() if key in second and second[key] == value}
+        metadata["OBSTYPE"] = self.config.calibrationType
+        metadata.update({f"CP_COMBINE_WEIGHT_{i}": float(weight) for i, weight in enumerate(self._weights())})
+        metadata.update(calibration_statistics(flat, detector, self.config.calibrationType,
+                                               self.config.distributionPercentiles,
+                                               self.config.noGoodPixelsMask, self.log))
+        return metadata
