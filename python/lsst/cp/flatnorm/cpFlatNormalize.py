@@ -101,6 +101,7 @@ class CpFlatNormalizationConnections(
 
     def __init__(self, *, config: CpFlatNormalizationConfig):
         super().__init__(config=config)
+        # Connection configs hold names only; a storage class is set here, from the task config.
         self.camera = dataclasses.replace(self.camera, storageClass=config.cameraStorageClass)
         if not config.connections.outputScaleTable:
             self.outputScaleTable = dataclasses.replace(
