@@ -91,8 +91,8 @@ def test_config_from_file(config_path):
      "name: 'FlatInstrument' cannot name an instrument: lsst.cp.flatnorm.instrument.FlatInstrument "
      "is taken by a Python or module name."),
     (CONFIG.replace("camera.json", "camera.txt"),
-     "camera: expected a camera file ending in .json, .yaml, .yml or python:module.function; "
-     "got 'camera.txt'."),
+     "camera: expected a camera file ending in .json, .yaml, .yml, python:module.function or "
+     "instrument:module.Class; got 'camera.txt'."),
     (CONFIG.replace("camera.json", "python:no-such.module"),
      "camera: expected python:module.function; got 'python:no-such.module'."),
     (CONFIG + "exposure_max: 0\n", "exposure_max: Input should be greater than 0"),
@@ -131,7 +131,8 @@ def test_python_camera_must_return_a_camera_model(tmp_path):
         "camera.json", "python:lsst.cp.flatnorm.sim.camera.make_sim_camera")))
     assert config.load_camera() == make_sim_camera()
     config = config.model_copy(update={"camera": "python:os.getcwd"})
-    with pytest.raises(TypeError, match="^python:os.getcwd returned a str, not a CameraModel.$"):
+    message = "^python:os.getcwd gave a str, neither a CameraModel nor an afw Camera.$"
+    with pytest.raises(TypeError, match=message):
         config.load_camera()
 
 

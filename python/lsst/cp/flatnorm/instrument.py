@@ -46,10 +46,10 @@ import yaml
 from lsst.daf.butler import Butler, DatasetRef, DatasetType, Timespan
 from lsst.daf.butler.registry import CollectionType, Registry
 from lsst.pipe.base import Instrument
-from lsst.utils import doImport
 from lsst.utils.introspection import get_full_type_name
 
 from .camera_model import CameraModel, DetectorModel
+from .camera_source import check_camera_source, load_camera
 
 CAMERA_DATASET_TYPE = "camera"
 _CAMERA_STORAGE_CLASS = "CameraModel"
@@ -59,8 +59,6 @@ INSTRUMENT_PATH_ENV = "CP_FLATNORM_INSTRUMENT_PATH"
 before the package's own ``configs/instruments/``."""
 
 _PACKAGE_CONFIGS = Path(str(resources.files("lsst.cp.flatnorm") / "configs" / "instruments"))
-_PYTHON_PREFIX = "python:"
-_CAMERA_SUFFIXES = (".json", ".yaml", ".yml")
 _DEFAULT_ID_MAX = 10**14  # room for exposure IDs of the form day_obs * 100000 + seq_num
 
 _RegistryName = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=32)]
@@ -103,10 +101,10 @@ class FlatInstrumentConfig(pydantic.BaseModel):
     name : `str`
         Instrument name; a Python identifier, since it also names the instrument's class.
     camera : `str`
-        ``python:module.function`` (a zero-argument callable returning a
-        `~lsst.cp.flatnorm.camera_model.CameraModel`) or the path of a camera file: CameraModel
-        JSON (``.json``) or an obs_base yamlCamera file (``.yaml``/``.yml``).  `from_file` makes a
-        relative path relative to the config file and checks that the file exists.
+        A camera source (`lsst.cp.flatnorm.camera_source`): a CameraModel JSON file (``.json``),
+        an obs_base yamlCamera file (``.yaml``/``.yml``), ``python:module.function`` or
+        ``instrument:module.Class``.  `from_file` makes a relative path relative to the config
+        file and checks that the file exists.
     filters : `dict` [`str`, `str`]
         Band of each physical filter.
     exposure_max, visit_max : `int`
@@ -134,19 +132,7 @@ class FlatInstrumentConfig(pydantic.BaseModel):
     @pydantic.field_validator("camera")
     @classmethod
     def _check_camera(cls, value: str, info: pydantic.ValidationInfo) -> str:
-        if value.startswith(_PYTHON_PREFIX):
-            module, _, function = value.removeprefix(_PYTHON_PREFIX).rpartition(".")
-            if not all(part.isidentifier() for part in module.split(".") + [function]):
-                raise ValueError(f"expected python:module.function; got {value!r}.")
-            return value
-        path = Path(value)
-        if path.suffix not in _CAMERA_SUFFIXES:
-            raise ValueError(f"expected a camera file ending in {', '.join(_CAMERA_SUFFIXES)} "
-                             f"or python:module.function; got {value!r}.")
-        path = (info.context or {}).get("directory", Path()) / path
-        if not path.is_file():
-            raise ValueError(f"no camera file {path}.")
-        return str(path)
+        return check_camera_source(value, (info.context or {}).get("directory"))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> FlatInstrumentConfig:
@@ -185,29 +171,8 @@ class FlatInstrumentConfig(pydantic.BaseModel):
             raise ValueError(f"Instrument config {path}: {errors}") from err
 
     def load_camera(self) -> CameraModel:
-        """Read or build the camera that ``camera`` names.
-
-        Raises
-        ------
-        ValueError
-            Raised if a camera file does not hold a valid camera.
-        TypeError
-            Raised if a ``python:`` callable does not return a
-            `~lsst.cp.flatnorm.camera_model.CameraModel`.
-        """
-        if self.camera.startswith(_PYTHON_PREFIX):
-            factory = doImport(self.camera.removeprefix(_PYTHON_PREFIX))
-            camera = factory()
-            if not isinstance(camera, CameraModel):
-                raise TypeError(f"{self.camera} returned a {type(camera).__name__}, not a CameraModel.")
-            return camera
-        path = Path(self.camera)
-        try:
-            if path.suffix == ".json":
-                return CameraModel.model_validate_json(path.read_text())
-            return CameraModel.from_obs_yaml(path)
-        except pydantic.ValidationError as err:
-            raise ValueError(f"Camera file {path}: {err}") from err
+        """Read or build the camera that ``camera`` names (`lsst.cp.flatnorm.camera_source.load_camera`)."""
+        return load_camera(self.camera)
 
 
 def config_search_path() -> list[Path]:
