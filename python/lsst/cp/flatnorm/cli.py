@@ -3,9 +3,16 @@
 
 """The ``cp-flatnorm`` command.
 
-``cp-flatnorm ingest REPO --instrument NAME FILES...`` ingests post-ISR flat FITS files
-(`lsst.cp.flatnorm.flat_ingest.ingest_flats`).  A bad input ends the command with status 1 and the
-error's message, without a traceback.
+- ``cp-flatnorm camera import SOURCE -o camera.json`` writes the camera of an obs_base camera YAML
+  file, an afw camera or any other camera source (`lsst.cp.flatnorm.camera_source`) as CameraModel
+  JSON;
+- ``cp-flatnorm register REPO --instrument-config FILE`` creates the repository if needed, with
+  the package's seed config, registers the `~lsst.cp.flatnorm.instrument.FlatInstrument` that
+  ``FILE`` configures and certifies its camera;
+- ``cp-flatnorm ingest REPO --instrument NAME FILES...`` ingests post-ISR flat FITS files
+  (`lsst.cp.flatnorm.flat_ingest.ingest_flats`).
+
+A bad input ends the command with status 1 and the error's message, without a traceback.
 
 Each subcommand is one ``_add_<name>(subparsers)`` function, listed in `_SUBCOMMANDS`, that adds its
 parser and sets ``handler`` to the function running it (which returns the exit status); a command with
@@ -17,6 +24,7 @@ from __future__ import annotations
 __all__ = ["build_parser", "main"]
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,8 +34,11 @@ import yaml
 
 from lsst.daf.butler import Butler
 
+from .butler_setup import make_repo
+from .camera_source import load_camera
 from .flat_fits import FlatIngestError, HeaderKeywords
 from .flat_ingest import IngestResult, ingest_flats
+from .instrument import FlatInstrument
 
 _PROG = "cp-flatnorm"
 
@@ -54,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (FlatIngestError, CommandError) as error:
+    except (FlatIngestError, CommandError, ValueError, LookupError, OSError, ImportError) as error:
         print(f"{_PROG} {args.command}: error: {error}", file=sys.stderr)
         return 1
 
@@ -66,6 +77,78 @@ def build_parser() -> argparse.ArgumentParser:
     for add in _SUBCOMMANDS:
         add(subparsers)
     return parser
+
+
+def _add_camera(subparsers: Any) -> None:
+    parser = subparsers.add_parser("camera", help="camera descriptions",
+                                   description="Work with camera descriptions.")
+    commands = parser.add_subparsers(dest="camera_command", required=True, metavar="COMMAND")
+    imports = commands.add_parser(
+        "import",
+        help="write a camera as CameraModel JSON",
+        description="Read a camera and write it as CameraModel JSON, the form instrument configs and "
+                    "repositories keep. SOURCE is an obs_base camera YAML file (.yaml/.yml, as obs_lsst "
+                    "generates), CameraModel JSON (.json, checked and rewritten), python:module.function "
+                    "(returning a CameraModel or an afw Camera) or instrument:module.Class (an "
+                    "Instrument whose getCamera() gives the camera, e.g. instrument:lsst.obs.lsst.LsstCam "
+                    "where the full stack is set up).",
+    )
+    imports.add_argument("source", help="camera source")
+    imports.add_argument("-o", "--output", required=True, help="JSON file to write")
+    imports.set_defaults(handler=_run_camera_import)
+
+
+def _run_camera_import(args: argparse.Namespace) -> int:
+    try:
+        camera = load_camera(args.source)
+    except TypeError as error:  # a python: or instrument: source that gave no camera
+        raise CommandError(str(error)) from None
+    with open(args.output, "w") as stream:
+        stream.write(camera.model_dump_json(indent=1))
+    n_amplifiers = sum(len(detector) for detector in camera)
+    types = sorted({detector.type for detector in camera})
+    print(f"Camera {camera.getName()}: {_count(len(camera), 'detector')} ({', '.join(types)}), "
+          f"{_count(n_amplifiers, 'amplifier')}, written to {args.output}.")
+    return 0
+
+
+def _add_register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "register",
+        help="register an instrument and certify its camera",
+        description="Create the repository (with the package's seed config) if REPO has none, register "
+                    "the instrument, detector and physical_filter records of the FlatInstrument that the "
+                    "config file describes, and certify its camera in <instrument>/calib. Running it "
+                    "again with the same config changes nothing.",
+    )
+    parser.add_argument("repo", help="butler repository (created if it does not exist)")
+    parser.add_argument("--instrument-config", required=True, metavar="FILE",
+                        help="FlatInstrument YAML file: name, camera, filters")
+    parser.add_argument("--update", action="store_true",
+                        help="replace records and the certified camera that differ from the config's")
+    parser.set_defaults(handler=_run_register)
+
+
+def _run_register(args: argparse.Namespace) -> int:
+    instrument = FlatInstrument.from_config(args.instrument_config)
+    butler, created = _open_or_create(args.repo)
+    camera_changed = instrument.register_with_camera(butler, update=args.update)
+    camera = instrument.getCamera()
+    print(f"{'Created' if created else 'Opened'} repository {args.repo}; registered {instrument.getName()} "
+          f"({_count(len(camera), 'detector')}, filters {', '.join(instrument.config.filters)}); camera "
+          f"{'certified' if camera_changed else 'already certified, unchanged'} in "
+          f"{instrument.makeCalibrationCollectionName()}.")
+    return 0
+
+
+def _open_or_create(repo: str) -> tuple[Butler, bool]:
+    """A writeable butler of ``repo``, created with the seed config if it has no butler.yaml."""
+    if not os.path.exists(os.path.join(repo, "butler.yaml")):
+        return make_repo(repo), True
+    try:
+        return Butler.from_config(repo, writeable=True), False
+    except OSError as error:
+        raise CommandError(f"cannot open the repository {repo}: {error}") from None
 
 
 def _add_ingest(subparsers: Any) -> None:
@@ -155,5 +238,5 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-_SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_ingest,)
+_SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_camera, _add_register, _add_ingest)
 """Functions adding one subcommand's parser each, in the order ``--help`` lists them."""

@@ -43,11 +43,19 @@ from typing import Annotated, Any
 import pydantic
 import yaml
 
-from lsst.daf.butler import Butler, DatasetRef, DatasetType, Timespan
+from lsst.daf.butler import (
+    Butler,
+    DatasetRef,
+    DatasetType,
+    DatasetTypeNotSupportedError,
+    MissingCollectionError,
+    Timespan,
+)
 from lsst.daf.butler.registry import CollectionType, Registry
 from lsst.pipe.base import Instrument
 from lsst.utils.introspection import get_full_type_name
 
+from .butler_setup import SEED_CONFIG_PATH
 from .camera_model import CameraModel, DetectorModel
 from .camera_source import check_camera_source, load_camera
 
@@ -377,10 +385,7 @@ class FlatInstrument(Instrument):
         ref : `lsst.daf.butler.DatasetRef`
             Reference to the written camera.
         """
-        dataset_type = DatasetType(
-            CAMERA_DATASET_TYPE, ("instrument",), _CAMERA_STORAGE_CLASS,
-            universe=butler.dimensions, isCalibration=True,
-        )
+        dataset_type = self._camera_dataset_type(butler)
         butler.registry.registerDatasetType(dataset_type)
         run = self.makeUnboundedCalibrationRunName(*labels)
         calib_collection = self.makeCalibrationCollectionName(*labels)
@@ -389,6 +394,95 @@ class FlatInstrument(Instrument):
         ref = butler.put(self.getCamera(), dataset_type, instrument=self.getName(), run=run)
         butler.registry.certify(calib_collection, [ref], Timespan(None, None))
         return ref
+
+    def register_with_camera(self, butler: Butler, *, update: bool = False) -> bool:
+        """`register` the records and `certify_camera`, all or nothing.
+
+        Parameters
+        ----------
+        butler : `lsst.daf.butler.Butler`
+            Writeable butler of a repository made with the package's seed config.
+        update : `bool`, optional
+            Replace records and a certified camera that differ instead of raising.
+
+        Returns
+        -------
+        written : `bool`
+            Whether a camera was written (`False`: the same camera was certified already).
+        """
+        # A dataset type's tables cannot be created inside a transaction: register it first, and
+        # remove it again if nothing else goes in.
+        new_type = butler.registry.registerDatasetType(self._camera_dataset_type(butler))
+        try:
+            with butler.transaction():
+                self.register(butler.registry, update=update)
+                return self.certify_camera(butler, update=update)
+        except Exception:
+            if new_type:
+                butler.registry.removeDatasetType(CAMERA_DATASET_TYPE)
+            raise
+
+    def certify_camera(self, butler: Butler, *, update: bool = False) -> bool:
+        """Write and certify the camera, unless the same camera is certified already.
+
+        Parameters
+        ----------
+        butler : `lsst.daf.butler.Butler`
+            Writeable butler of a repository in which the instrument is registered.
+        update : `bool`, optional
+            Replace a different camera certified in `makeCalibrationCollectionName` (it is
+            decertified and deleted) instead of raising.
+
+        Returns
+        -------
+        written : `bool`
+            Whether a camera was written (`False`: the same camera was certified already).
+
+        Raises
+        ------
+        ValueError
+            Raised if the repository does not know the ``CameraModel`` storage class, or certifies
+            a different camera and ``update`` is false.
+        """
+        calib_collection = self.makeCalibrationCollectionName()
+        existing = self._certified_camera_ref(butler)
+        if existing is not None:
+            if butler.get(existing) == self.getCamera():
+                return False
+            if not update:
+                raise ValueError(f"{calib_collection} already certifies a different camera for "
+                                 f"{self.getName()}; use update (--update) to replace it.")
+            with butler.transaction():
+                butler.registry.decertify(calib_collection, CAMERA_DATASET_TYPE, Timespan(None, None))
+                butler.pruneDatasets([existing], disassociate=True, unstore=True, purge=True)
+        try:
+            self.write_camera(butler)
+        except DatasetTypeNotSupportedError:
+            # The storage class is known process-wide once any seeded repository was opened, so only
+            # the datastore of this repository can tell whether it has the formatter.
+            raise ValueError(
+                f"The repository does not know the {_CAMERA_STORAGE_CLASS} storage class: create it with "
+                "cp-flatnorm register (or lsst.cp.flatnorm.butler_setup.make_repo), or give "
+                f"`butler create` the seed config {SEED_CONFIG_PATH}."
+            ) from None
+        return True
+
+    @staticmethod
+    def _camera_dataset_type(butler: Butler) -> DatasetType:
+        return DatasetType(CAMERA_DATASET_TYPE, ("instrument",), _CAMERA_STORAGE_CLASS,
+                           universe=butler.dimensions, isCalibration=True)
+
+    def _certified_camera_ref(self, butler: Butler) -> DatasetRef | None:
+        """The camera certified in `makeCalibrationCollectionName`, if any."""
+        calib_collection = self.makeCalibrationCollectionName()
+        try:
+            butler.collections.get_info(calib_collection)
+        except MissingCollectionError:
+            return None
+        if not butler.registry.queryDatasetTypes(CAMERA_DATASET_TYPE):
+            return None
+        return butler.find_dataset(CAMERA_DATASET_TYPE, instrument=self.getName(),
+                                   collections=calib_collection, timespan=Timespan(None, None))
 
 
 @functools.cache
