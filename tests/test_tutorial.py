@@ -1,0 +1,115 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""The "own camera" tutorial (doc/lsst.cp.flatnorm/own-camera.rst), run exactly as written.
+
+Every code block of the page is taken from the page itself: a block with a ``:caption:`` is
+written to the file it names, and every ``bash`` block is run, in page order, in an empty
+directory with this interpreter's ``bin`` first on ``PATH`` (so ``python``, ``cp-flatnorm``,
+``pipetask`` and ``butler`` are the installed ones).  The test then reads the certified flat and
+the normalization scales back and compares them with the truth ``make_flats.py`` recorded.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import astropy.time
+import numpy as np
+
+import lsst.utils.tests
+from lsst.cp.flatnorm.scale_dictionary import exposure_scales
+from lsst.daf.butler import Butler, Timespan
+
+PAGE = Path(__file__).parents[1] / "doc" / "lsst.cp.flatnorm" / "own-camera.rst"
+BIN = Path(sys.executable).parent
+SCALES_DATASET = "cpFlatNormScales"
+_BLOCK = re.compile(r"^\.\. code-block:: (\w+)\n((?:   :\w+: .*\n)*)\n((?:(?:   .*)?\n)+)", re.M)
+
+
+def page_blocks(text):
+    """(language, caption or None, code) of every code block of an rst page, in order."""
+    blocks = []
+    for match in _BLOCK.finditer(text):
+        options = dict(re.findall(r"^   :(\w+): (.*)$", match.group(2), re.M))
+        code = "\n".join(line[3:] for line in match.group(3).splitlines()).strip() + "\n"
+        blocks.append((match.group(1), options.get("caption"), code))
+    return blocks
+
+
+@unittest.skipUnless((BIN / "pipetask").exists(), "pipetask is not installed beside this interpreter")
+class TutorialTestCase(lsst.utils.tests.TestCase):
+    """Run the page, then check what it produced against the truth."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.work = Path(tempfile.mkdtemp())
+        cls.blocks = page_blocks(PAGE.read_text())
+        cls.outputs = []
+        env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+        for language, caption, code in cls.blocks:
+            if caption is not None:
+                (cls.work / caption).write_text(code)
+            elif language == "bash":
+                process = subprocess.run(["bash", "-e", "-c", code], cwd=cls.work, env=env,
+                                         capture_output=True, text=True, timeout=600)
+                if process.returncode != 0:
+                    raise RuntimeError(f"Tutorial step failed:\n{code}\n{process.stdout}\n{process.stderr}")
+                cls.outputs.append(process.stdout)
+        cls.truth = json.loads((cls.work / "truth.json").read_text())
+        cls.butler = Butler.from_config(str(cls.work / "repo"))
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.work, ignore_errors=True)
+
+    def test_page_has_every_step(self):
+        commands = [code.split()[0] for language, caption, code in self.blocks
+                    if language == "bash" and caption is None]
+        self.assertEqual(commands, ["cp-flatnorm", "cp-flatnorm", "python", "pipetask", "butler", "python"])
+        self.assertEqual([caption for _, caption, _ in self.blocks if caption],
+                         ["camera.yaml", "MyCam.yaml", "make_flats.py", "check_flat.py"])
+
+    def test_exposure_scales_follow_the_lamp(self):
+        scales = self.butler.get(SCALES_DATASET, instrument="MyCam", physical_filter="my_r",
+                                 collections="u/me/flat")
+        found = exposure_scales(scales)
+        lamps = self.truth["lamps"]
+        ratios = np.array([found[2026113000001 + i] / lamp for i, lamp in enumerate(lamps)])
+        # Each exposure's level is the mean of 6144 Poisson pixels of ~2e4 electrons: 1e-4 noise.
+        np.testing.assert_allclose(ratios / ratios.mean(), 1.0, atol=5e-4)
+
+    def test_certified_flat_is_the_response(self):
+        when = Timespan.fromInstant(astropy.time.Time("2026-12-15T00:00:00", scale="tai"))
+        ratios = []
+        for detector, amps in self.truth["response"].items():
+            flat = self.butler.get("flat", instrument="MyCam", detector=detector, physical_filter="my_r",
+                                   collections="MyCam/calib", timespan=when)
+            self.assertEqual(flat.image.array.shape, (48, 64))
+            for half, response in zip(np.hsplit(flat.image.array, 2), amps):
+                ratios.append(half.mean() / response)
+        # One overall scale for every amplifier of both detectors, to the noise of six flats.
+        np.testing.assert_allclose(np.array(ratios) / np.mean(ratios), 1.0, atol=3e-4)
+        # check_flat.py prints the same ratios, four decimals each.
+        printed = [float(value) for value in re.findall(r"'(\d+\.\d{4})'", self.outputs[-1])]
+        np.testing.assert_allclose(printed, ratios, atol=5e-5)
+
+    def test_no_flat_outside_the_certified_range(self):
+        when = Timespan.fromInstant(astropy.time.Time("2026-11-30T19:00:00", scale="tai"))
+        with self.assertRaises(LookupError):
+            self.butler.get("flat", instrument="MyCam", detector=0, physical_filter="my_r",
+                            collections="MyCam/calib", timespan=when)
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
