@@ -23,6 +23,7 @@ from lsst.daf.butler import Butler, CollectionType, DatasetType, Timespan
 from lsst.daf.butler.cli.butler import cli as butler_cli
 from lsst.daf.butler.cli.utils import LogCliRunner
 from lsst.images import Box, Image, MaskedImage, MaskPlane, MaskSchema
+from afw_standin_loader import load_afw_standin
 
 DETECTOR = 0
 INSTRUMENT = "DummyCam"
@@ -612,6 +613,20 @@ class AmpLevelTestCase(lsst.utils.tests.TestCase):
         self.assertLess(np.mean(chi**2), 1.3)
         self.assertEqual(flat.metadata["CP_COMBINE_SCALE_0_C10"], self.sim.lamps[100] * 0.9)
 
+    def test_afw_camera_gives_the_same_flat(self):
+        # The stand-in has afw's method names only: boxes without getMaxX, detectors without
+        # pixel_to_focal_plane; the vignetting places the detector through its orientation.
+        config = self.task.config
+        config.doVignetteMask, config.vignette.radius, config.vignette.xCenter = True, 0.5, -0.3
+        task = CpFlatCombineTask(config=config)
+        afw_camera = load_afw_standin().camera_from_model(self.sim.camera)
+        scales = self.sim.scales(per_amp=True)
+        flat = task.run(self.sim.handles(), afw_camera, DETECTOR, scales).outputData
+        reference = task.run(self.sim.handles(), self.sim.camera, DETECTOR, scales).outputData
+        self.assertGreater(flat.mask.get("VIGNETTED").sum(), 0)
+        for plane in ("image", "variance", "mask"):
+            np.testing.assert_array_equal(getattr(flat, plane).array, getattr(reference, plane).array)
+
     def test_amp_without_scale_drops_only_that_amp(self):
         scales = self.sim.scales(per_amp=True)
         del scales["expScale"][DETECTOR]["C05"][104]
@@ -752,6 +767,15 @@ class ButlerTestCase(lsst.utils.tests.TestCase):
                                            physical_filter=FILTER, collections="DummyCam/cli-calib",
                                            timespan=Timespan(later, later + 1 * astropy.units.s))
         self.assertEqual(from_cli.id, ref.id)
+
+
+class CameraStorageClassTestCase(lsst.utils.tests.TestCase):
+    def test_camera_connection_storage_class(self):
+        config = CpFlatCombineConfig()
+        self.assertEqual(config.cameraStorageClass, "CameraModel")
+        self.assertEqual(config.ConnectionsClass(config=config).camera.storageClass, "CameraModel")
+        config.cameraStorageClass = "Camera"
+        self.assertEqual(config.ConnectionsClass(config=config).camera.storageClass, "Camera")
 
 
 class MemoryTestCase(lsst.utils.tests.MemoryTestCase):

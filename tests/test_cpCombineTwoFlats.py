@@ -21,6 +21,7 @@ from lsst.cp.flatnorm.cpCombineTwoFlats import (
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.daf.butler import Butler, DatasetType
 from lsst.images import Box, Image, MaskedImage, MaskPlane, MaskSchema
+from afw_standin_loader import load_afw_standin
 
 DETECTOR = 0
 INSTRUMENT = "DummyCam"
@@ -63,13 +64,19 @@ class CombineTwoFlatsTestCase(lsst.utils.tests.TestCase):
         self.red = _flat(1.1, 2, metadata={"FLATSRC": "DOME", "OBSTYPE": "flat", "CP_COMBINE_N_INPUTS": 9,
                                            "FILTER": "r"})
 
-    def run_task(self, **overrides):
+    def run_task(self, camera=None, **overrides):
         config = CpFlatCombineTwoFlatsConfig()
         for name, value in overrides.items():
             setattr(config, name, value)
         task = CpFlatCombineTwoFlatsTask(config=config)
         return task.run(inputFlatOneHandle=FlatHandle(self.blue), inputFlatTwoHandle=FlatHandle(self.red),
-                        camera=self.camera, detectorId=DETECTOR).outputData
+                        camera=self.camera if camera is None else camera, detectorId=DETECTOR).outputData
+
+    def test_afw_camera(self):
+        flat = self.run_task(camera=load_afw_standin().camera_from_model(self.camera), weightOne=0.3)
+        reference = self.run_task(weightOne=0.3)
+        np.testing.assert_array_equal(flat.image.array, reference.image.array)
+        self.assertEqual(dict(flat.metadata), dict(reference.metadata))
 
     def _arrays(self, plane):
         return [getattr(flat, plane).array.astype(float) for flat in (self.blue, self.red)]
@@ -167,6 +174,13 @@ class NamesTestCase(unittest.TestCase):
             self.assertTrue(connection.isCalibration)
             self.assertEqual(set(connection.dimensions), {"instrument", "detector", "physical_filter"})
         self.assertTrue(connections.inputFlatOneHandle.deferLoad)
+
+    def test_camera_connection_storage_class(self):
+        config = CpFlatCombineTwoFlatsConfig()
+        self.assertEqual(config.cameraStorageClass, "CameraModel")
+        self.assertEqual(config.ConnectionsClass(config=config).camera.storageClass, "CameraModel")
+        config.cameraStorageClass = "Camera"
+        self.assertEqual(config.ConnectionsClass(config=config).camera.storageClass, "Camera")
 
     def test_config_fields_and_defaults(self):
         config = CpFlatCombineTwoFlatsConfig()

@@ -16,6 +16,7 @@ from lsst.cp.flatnorm.butler_setup import seed_config
 from lsst.cp.flatnorm.cpFlatMeasure import CpFlatMeasureConfig, CpFlatMeasureTask
 from lsst.cp.flatnorm.sim.camera import SIM_CAMERA_NAME, make_sim_camera
 from lsst.images import Image, MaskedImage, MaskPlane, MaskSchema
+from afw_standin_loader import load_afw_standin
 
 AMP_WIDTH, AMP_HEIGHT = 4, 5  # 20 pixels an amplifier: 10 at level + 1, 10 at level - 1
 SCIENCE_DETECTOR = 4
@@ -94,47 +95,6 @@ def _assert_stats(test, stats, detector, kept):
                 test.assertTrue(np.isnan(stats[f"AMP_MEDIAN_{i}"]) and np.isnan(stats[f"AMP_SIGMA_{i}"]))
 
 
-class _Box:
-    """A box with only the accessors of ``lsst.geom.Box2I`` (no x0/width attributes)."""
-
-    def __init__(self, box):
-        self._box = box
-
-    def getMinX(self):
-        return self._box.x0
-
-    def getMinY(self):
-        return self._box.y0
-
-    def getWidth(self):
-        return self._box.width
-
-    def getHeight(self):
-        return self._box.height
-
-
-class _Amplifier:
-    def __init__(self, amp):
-        self._amp = amp
-
-    def getName(self):
-        return self._amp.name
-
-    def getBBox(self):
-        return _Box(self._amp.bbox)
-
-
-class _Detector(list):
-    """An afw-like detector: iterating gives amplifiers, and it has getBBox()."""
-
-    def __init__(self, detector):
-        super().__init__(_Amplifier(amp) for amp in detector)
-        self._box = _Box(detector.bbox)
-
-    def getBBox(self):
-        return self._box
-
-
 class CpFlatMeasureRunTestCase(lsst.utils.tests.TestCase):
     """run() on a synthetic flat of the simulated camera, checked key by key."""
 
@@ -182,8 +142,9 @@ class CpFlatMeasureRunTestCase(lsst.utils.tests.TestCase):
                                      _level(OUTLIER_AMP) + OUTLIER / 20, rtol=1e-12)
         self.assertEqual(stats[f"AMP_N_{OUTLIER_AMP}"], 20)
 
-    def test_afw_like_camera(self):
-        camera = {SCIENCE_DETECTOR: _Detector(self.detector)}
+    def test_afw_camera(self):
+        # The stand-in has afw's method names only (boxes without x0 or width attributes).
+        camera = load_afw_standin().camera_from_model(self.camera)
         stats = self.task.run(self.flat, camera, SCIENCE_DETECTOR).outputStats
         _assert_stats(self, stats, self.detector, self.kept)
 
@@ -238,6 +199,13 @@ class CpFlatMeasureVignetteTestCase(lsst.utils.tests.TestCase):
         for i, amp in enumerate(self.detector):
             if amp.getBBox().getMinX() >= 16:
                 self.assertEqual(stats[f"AMP_N_{i}"], 0)
+
+    def test_afw_camera_is_placed_as_the_camera_model(self):
+        flat, _ = _synthetic_flat(self.detector)
+        task = CpFlatMeasureTask(config=self._config(True))
+        afw_camera = load_afw_standin().camera_from_model(self.camera)
+        np.testing.assert_equal(dict(task.run(flat, afw_camera, SCIENCE_DETECTOR).outputStats),
+                                dict(task.run(flat, self.camera, SCIENCE_DETECTOR).outputStats))
 
     def test_off_by_default(self):
         self.assertFalse(CpFlatMeasureConfig().doVignette)
@@ -312,6 +280,15 @@ class CpFlatMeasureButlerTestCase(lsst.utils.tests.TestCase):
         run.assert_called_once()
         self.assertEqual(run.call_args.kwargs["detectorId"], SCIENCE_DETECTOR)
         self.assertEqual(run.call_args.kwargs["camera"], self.camera)
+
+
+class CameraStorageClassTestCase(lsst.utils.tests.TestCase):
+    def test_camera_connection_storage_class(self):
+        config = CpFlatMeasureConfig()
+        self.assertEqual(config.cameraStorageClass, "CameraModel")
+        self.assertEqual(config.ConnectionsClass(config=config).camera.storageClass, "CameraModel")
+        config.cameraStorageClass = "Camera"
+        self.assertEqual(config.ConnectionsClass(config=config).camera.storageClass, "Camera")
 
 
 class MemoryTestCase(lsst.utils.tests.MemoryTestCase):

@@ -3,10 +3,7 @@
 
 """Tests of CpFlatNormalizationTask.run() and measureScales() on in-memory statistics."""
 
-import importlib.util
-import sys
 import unittest
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,17 +12,8 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.utils.tests
 from lsst.cp.flatnorm import CpFlatNormalizationTask
+from afw_standin_loader import load_afw_standin
 from stats_factory import AMP_PIXELS, EXPOSURES, StatisticsFactory
-
-
-def load_afw_standin():
-    """Load the stand-in afw camera module under another name, so that ``lsst.afw`` stays absent."""
-    path = Path(__file__).parent / "afw_standin" / "lsst" / "afw" / "cameraGeom" / "__init__.py"
-    spec = importlib.util.spec_from_file_location("afw_standin_cameraGeom", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # pydantic resolves the annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 class ApiTestCase(lsst.utils.tests.TestCase):

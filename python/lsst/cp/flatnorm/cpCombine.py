@@ -58,7 +58,13 @@ from .calib_output import (
 )
 from .clipped_stats import sigma_clipped_region_stats
 from .combine_stack import combine_stack
-from .flat_connections import camera_prerequisite, post_isr_flat_input
+from .flat_connections import (
+    as_detector_model,
+    camera_prerequisite,
+    camera_storage_class_field,
+    post_isr_flat_input,
+    with_camera_storage_class,
+)
 from .scale_dictionary import has_exposure_scales, usable_exposure_scale
 from .vignette_config import VignetteConfig, detector_vignetted_pixels
 
@@ -90,9 +96,10 @@ class CpFlatCombineConnections(
         isCalibration=True,
     )
 
-    def __init__(self, *, config: CpFlatCombineConfig | None = None) -> None:
+    def __init__(self, *, config: CpFlatCombineConfig) -> None:
         super().__init__(config=config)
-        if config is not None and config.exposureScaling != "InputList":
+        with_camera_storage_class(self, config)
+        if config.exposureScaling != "InputList":
             del self.inputScales
 
 
@@ -250,6 +257,7 @@ class CpFlatCombineConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFla
             "SKY": "Night sky.",
         },
     )
+    cameraStorageClass = camera_storage_class_field()
 
     def validate(self) -> None:
         super().validate()
@@ -346,9 +354,10 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
             ``get(parameters={"bbox": box})`` and (MeanStats) ``get()`` returning an
             `lsst.images.MaskedImage`.  ExposureTime and DarkTime read the exposure record of
             expanded data IDs (``dataId.records["exposure"]``), as pipetask provides them.
-        camera : `lsst.cp.flatnorm.camera_model.CameraModel` or afw camera
+        camera : `lsst.cp.flatnorm.camera_model.CameraModel` or `lsst.afw.cameraGeom.Camera`
             Camera geometry; ``camera[detectorId]`` gives the detector box, amplifiers and (for the
-            vignetting) focal-plane placement.
+            vignetting) focal-plane placement.  An afw detector is converted with
+            `~lsst.cp.flatnorm.afw_camera.detector_from_afw`.
         detectorId : `int`
             Detector to combine.
         inputScales : `dict`, optional
@@ -371,7 +380,7 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
         RuntimeError
             Raised if checkNoData is set and the flat carries NO_DATA from its inputs.
         """
-        detector = camera[detectorId]
+        detector = as_detector_model(camera, detectorId)
         detector_box = pixel_box(detector.getBBox())
         inputs = self._scaled_inputs(inputExpHandles, detector, detectorId, inputScales)
         self._check_coverage(inputs, detector_box, detectorId)

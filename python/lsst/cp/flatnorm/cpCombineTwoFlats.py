@@ -41,7 +41,12 @@ from .calib_output import (
     subregion_size_field,
 )
 from .combine_stack import weighted_mean
-from .flat_connections import camera_prerequisite
+from .flat_connections import (
+    as_detector_model,
+    camera_prerequisite,
+    camera_storage_class_field,
+    with_camera_storage_class,
+)
 
 
 def _flat_input(name: str, doc: str) -> cT.Input:
@@ -70,6 +75,10 @@ class CpFlatCombineTwoFlatsConnections(
         isCalibration=True,
     )
 
+    def __init__(self, *, config: CpFlatCombineTwoFlatsConfig):
+        super().__init__(config=config)
+        with_camera_storage_class(self, config)
+
 
 class CpFlatCombineTwoFlatsConfig(pipeBase.PipelineTaskConfig,
                                   pipelineConnections=CpFlatCombineTwoFlatsConnections):
@@ -92,6 +101,7 @@ class CpFlatCombineTwoFlatsConfig(pipeBase.PipelineTaskConfig,
     )
     subregionSize = subregion_size_field()
     distributionPercentiles = distribution_percentiles_field()
+    cameraStorageClass = camera_storage_class_field()
 
 
 class CpFlatCombineTwoFlatsTask(pipeBase.PipelineTask):
@@ -129,8 +139,9 @@ class CpFlatCombineTwoFlatsTask(pipeBase.PipelineTask):
         inputFlatOneHandle, inputFlatTwoHandle : `lsst.daf.butler.DeferredDatasetHandle`
             Handles to the two flats (``get(component="bbox")`` and ``get(parameters={"bbox":
             box})`` returning an `lsst.images.MaskedImage`).
-        camera : `lsst.cp.flatnorm.camera_model.CameraModel` or afw camera
-            ``camera[detectorId]`` gives the detector box and amplifiers.
+        camera : `lsst.cp.flatnorm.camera_model.CameraModel` or `lsst.afw.cameraGeom.Camera`
+            ``camera[detectorId]`` gives the detector box and amplifiers; an afw detector is
+            converted with `~lsst.cp.flatnorm.afw_camera.detector_from_afw`.
         detectorId : `int`
             Detector to combine.
 
@@ -144,7 +155,7 @@ class CpFlatCombineTwoFlatsTask(pipeBase.PipelineTask):
         ValueError
             Raised if a flat does not contain the detector's box.
         """
-        detector = camera[detectorId]
+        detector = as_detector_model(camera, detectorId)
         detector_box = pixel_box(detector.getBBox())
         handles = (inputFlatOneHandle, inputFlatTwoHandle)
         for number, handle in enumerate(handles, start=1):

@@ -20,7 +20,13 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.images import MaskedImage
 
-from .flat_connections import camera_prerequisite, post_isr_flat_input
+from .flat_connections import (
+    as_detector_model,
+    camera_prerequisite,
+    camera_storage_class_field,
+    post_isr_flat_input,
+    with_camera_storage_class,
+)
 from .clipped_stats import SigmaClippedStats, sigma_clipped_region_stats
 from .flat_statistics import pack_statistics
 from .vignette_config import VignetteConfig, detector_vignetted_pixels
@@ -37,6 +43,10 @@ class CpFlatMeasureConnections(
         storageClass="TaskMetadata",
         dimensions=("instrument", "exposure", "detector"),
     )
+
+    def __init__(self, *, config: CpFlatMeasureConfig):
+        super().__init__(config=config)
+        with_camera_storage_class(self, config)
 
 
 class CpFlatMeasureConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFlatMeasureConnections):
@@ -72,6 +82,7 @@ class CpFlatMeasureConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFla
         default=3,
         min=0,
     )
+    cameraStorageClass = camera_storage_class_field()
 
 
 class CpFlatMeasureTask(pipeBase.PipelineTask):
@@ -103,11 +114,10 @@ class CpFlatMeasureTask(pipeBase.PipelineTask):
         ----------
         inputExp : `lsst.images.MaskedImage`
             Post-ISR flat image of the detector.
-        camera : camera-like
-            ``camera[detectorId]`` is a detector with ``getBBox()`` that iterates over amplifiers
-            with ``getName()`` and ``getBBox()`` (the afw camera protocol); with doVignette it is
-            also placed on the focal plane (``pixel_to_focal_plane``, or afw's orientation and
-            pixel size).
+        camera : `lsst.cp.flatnorm.camera_model.CameraModel` or `lsst.afw.cameraGeom.Camera`
+            Camera geometry: the amplifier boxes of ``camera[detectorId]`` and, with doVignette,
+            its place on the focal plane; an afw detector is converted with
+            `~lsst.cp.flatnorm.afw_camera.detector_from_afw`.
         detectorId : `int`
             ID of the detector the image belongs to.
 
@@ -125,7 +135,7 @@ class CpFlatMeasureTask(pipeBase.PipelineTask):
             Raised if the image shape differs from the detector's, or if an amplifier lies
             outside the detector.
         """
-        detector = camera[detectorId]
+        detector = as_detector_model(camera, detectorId)
         image = inputExp.image.array
         _check_shape(detectorId, detector.getBBox(), image.shape)
         names = [amp.getName() for amp in detector]

@@ -32,7 +32,12 @@ from lsst.daf.butler import DataCoordinate, DatasetRef
 from lsst.utils.logging import getLogger
 
 from .camera_model import CameraModel
-from .flat_connections import as_camera_model, camera_prerequisite, camera_storage_class_field
+from .flat_connections import (
+    as_camera_model,
+    camera_prerequisite,
+    camera_storage_class_field,
+    with_camera_storage_class,
+)
 from .flat_statistics import StatisticsMatrix, gather_statistics
 from .scale_dictionary import build_scale_dictionary
 from .scale_solver import (
@@ -101,8 +106,7 @@ class CpFlatNormalizationConnections(
 
     def __init__(self, *, config: CpFlatNormalizationConfig):
         super().__init__(config=config)
-        # Connection configs hold names only; a storage class is set here, from the task config.
-        self.camera = dataclasses.replace(self.camera, storageClass=config.cameraStorageClass)
+        with_camera_storage_class(self, config)
         if not config.connections.outputScaleTable:
             self.outputScaleTable = dataclasses.replace(
                 self.outputScaleTable, name=scale_table_name(self.outputScales.name)

@@ -4,26 +4,38 @@
 """Connections that more than one flat task declares: the camera and the post-ISR flats.
 
 The camera arrives as this package's `~lsst.cp.flatnorm.camera_model.CameraModel` or, in a
-repository made by the full stack, as an afw camera (`camera_storage_class_field` chooses);
-`as_camera_model` turns either into a ``CameraModel`` where a task receives it.
+repository made by the full stack, as an afw camera (`camera_storage_class_field` chooses, and
+`with_camera_storage_class` applies the choice to a task's connections); `as_camera_model` turns
+either into a ``CameraModel`` where a task receives it, and `as_detector_model` one detector of it
+(what the per-detector tasks need, without converting the whole camera for every quantum).
 """
 
 from __future__ import annotations
 
 __all__ = [
     "CAMERA_STORAGE_CLASSES",
+    "POST_ISR_FLAT_DATASET_TYPE",
     "as_camera_model",
+    "as_detector_model",
     "camera_prerequisite",
     "camera_storage_class_field",
     "post_isr_flat_input",
+    "with_camera_storage_class",
 ]
 
 from typing import Any
 
+import dataclasses
+
 import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
-from .camera_model import CameraModel
+from .afw_camera import detector_from_afw
+from .camera_model import CameraModel, DetectorModel
+
+POST_ISR_FLAT_DATASET_TYPE = "cpFlatProc"
+"""Dataset type name of the post-ISR flats."""
 
 CAMERA_STORAGE_CLASSES: dict[str, str] = {
     "CameraModel": "lsst.cp.flatnorm.camera_model.CameraModel, as this package's seed config declares it "
@@ -38,7 +50,7 @@ def camera_prerequisite(doc: str) -> cT.PrerequisiteInput:
     """Return the ``camera`` connection: a ``CameraModel`` calibration with dimensions (instrument).
 
     A task whose config has a `camera_storage_class_field` replaces the storage class in its
-    connections' ``__init__`` (``dataclasses.replace(self.camera, storageClass=...)``).
+    connections' ``__init__`` with `with_camera_storage_class`.
 
     Parameters
     ----------
@@ -72,6 +84,22 @@ def camera_storage_class_field() -> pexConfig.ChoiceField:
     )
 
 
+def with_camera_storage_class(connections: pipeBase.PipelineTaskConnections, config: Any) -> None:
+    """Give a task's ``camera`` connection the storage class its config's ``cameraStorageClass`` names.
+
+    Connection configs hold dataset type names only, so a storage class is set in the connections'
+    ``__init__``, from the task config; call this there.
+
+    Parameters
+    ----------
+    connections : `lsst.pipe.base.PipelineTaskConnections`
+        The task's connections, with a ``camera`` connection.
+    config : `lsst.pipe.base.PipelineTaskConfig`
+        The task's config, with a ``cameraStorageClass`` field (`camera_storage_class_field`).
+    """
+    connections.camera = dataclasses.replace(connections.camera, storageClass=config.cameraStorageClass)
+
+
 def as_camera_model(camera: Any) -> CameraModel:
     """Return the camera a task received as a `~lsst.cp.flatnorm.camera_model.CameraModel`.
 
@@ -94,6 +122,31 @@ def as_camera_model(camera: Any) -> CameraModel:
     return camera if isinstance(camera, CameraModel) else CameraModel.from_afw(camera)
 
 
+def as_detector_model(camera: Any, detectorId: int) -> DetectorModel:
+    """Return one detector of the camera a task received as a
+    `~lsst.cp.flatnorm.camera_model.DetectorModel`.
+
+    Parameters
+    ----------
+    camera : `~lsst.cp.flatnorm.camera_model.CameraModel` or `lsst.afw.cameraGeom.Camera`
+        The camera; ``camera[detectorId]`` of any other kind is read through afw's methods
+        (`~lsst.cp.flatnorm.afw_camera.detector_from_afw`).
+    detectorId : `int`
+        The detector's ID.
+
+    Returns
+    -------
+    detector : `~lsst.cp.flatnorm.camera_model.DetectorModel`
+
+    Raises
+    ------
+    ValueError
+        Raised if an afw detector cannot be converted; the message names it.
+    """
+    detector = camera[detectorId]
+    return detector if isinstance(detector, DetectorModel) else detector_from_afw(detector)
+
+
 def post_isr_flat_input(doc: str, *, multiple: bool = False, deferLoad: bool = False) -> cT.Input:
     """Return the ``cpFlatProc`` input: post-ISR flats (``MaskedImageV2``) per exposure and detector.
 
@@ -107,7 +160,7 @@ def post_isr_flat_input(doc: str, *, multiple: bool = False, deferLoad: bool = F
         Whether the task reads them itself through deferred handles (e.g. in row bands).
     """
     return cT.Input(
-        name="cpFlatProc",
+        name=POST_ISR_FLAT_DATASET_TYPE,
         doc=doc,
         storageClass="MaskedImageV2",
         dimensions=("instrument", "exposure", "detector"),
