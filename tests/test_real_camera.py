@@ -22,6 +22,7 @@ from pathlib import Path
 import astropy.time
 import astropy.units as u
 import numpy as np
+import pytest
 import yaml
 
 import lsst.utils.tests
@@ -83,6 +84,10 @@ def put_statistics(butler: Butler, camera: CameraModel, gains: dict[tuple[int, s
             )
             butler.put(metadata, dataset_type, instrument=camera.getName(), exposure=exposure,
                        detector=detector.getId(), run=STATS_RUN)
+
+
+# One worker runs the whole class, so the setup (a repository and pipetask runs) happens once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("real_camera")]
 
 
 @unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")

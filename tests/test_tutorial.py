@@ -22,6 +22,7 @@ from pathlib import Path
 
 import astropy.time
 import numpy as np
+import pytest
 
 import lsst.utils.tests
 from lsst.cp.flatnorm.scale_dictionary import exposure_scales
@@ -41,6 +42,10 @@ def page_blocks(text):
         code = "\n".join(line[3:] for line in match.group(3).splitlines()).strip() + "\n"
         blocks.append((match.group(1), options.get("caption"), code))
     return blocks
+
+
+# One worker runs the whole class, so the setup (a repository and pipetask runs) happens once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tutorial")]
 
 
 @unittest.skipUnless((BIN / "pipetask").exists(), "pipetask is not installed beside this interpreter")
