@@ -33,6 +33,10 @@ SCHEMA = MaskSchema([MaskPlane("BAD", "bad"), MaskPlane("SAT", "saturated"), Mas
 # Tests of the propagated variance use it whatever the number of inputs; cp_pipe's default takes the
 # variance from the spread of the inputs from five inputs on.
 PROPAGATED = {"maxVisitsToCalcErrorFromInputVariance": 1000}
+# What the package's flat pipeline sets (pipelines/_ingredients/cpFlat.yaml); the tests start from it,
+# and PipelineValuesTestCase checks cp_pipe's defaults.
+PIPELINE_VALUES = {"calibrationType": "flat", "exposureScaling": "InputList",
+                   "mask": ["BAD", "SAT", "NO_DATA", "DETECTED"]}
 
 
 class FlatSimulation:
@@ -127,11 +131,16 @@ class ImageHandle:
         return self.image if box is None else self.image[box]
 
 
-def _task(**overrides):
+def _config(**overrides):
+    """The package pipeline's combine config with ``overrides``."""
     config = CpFlatCombineConfig()
-    for name, value in overrides.items():
+    for name, value in {**PIPELINE_VALUES, **overrides}.items():
         setattr(config, name, value)
-    return CpFlatCombineTask(config=config)
+    return config
+
+
+def _task(**overrides):
+    return CpFlatCombineTask(config=_config(**overrides))
 
 
 def _amp_of(detector, y, x):
@@ -179,7 +188,7 @@ class CombineTaskTestCase(lsst.utils.tests.TestCase):
                                       unity.image.array)
 
     def test_only_input_list_reads_scales(self):
-        config = CpFlatCombineConfig()
+        config = _config()
         self.assertIn("inputScales", config.ConnectionsClass(config=config).inputs)
         for scaling in ("Unity", "ExposureTime", "DarkTime", "MeanStats"):
             config.exposureScaling = scaling
@@ -390,7 +399,7 @@ class CombineTaskTestCase(lsst.utils.tests.TestCase):
         }
         for stat, level in levels.items():
             with self.subTest(stat=stat):
-                config = CpFlatCombineConfig()
+                config = _config()
                 config.exposureScaling = "MeanStats"
                 config.combine = "MEAN"
                 config.stats.stat, config.stats.clip, config.stats.nIter = stat, 2.5, 4
@@ -510,9 +519,7 @@ class VignetteTestCase(lsst.utils.tests.TestCase):
         return np.abs(self.fp_x - centre[0]) + np.abs(self.fp_y - centre[1]) > radius
 
     def run_task(self, centre=CENTRE, **overrides):
-        config = CpFlatCombineConfig()
-        for name, value in overrides.items():
-            setattr(config, name, value)
+        config = _config(**overrides)
         for region, radius in (("vignette", 0.25), ("partialVignette", 0.2)):
             getattr(config, region).xCenter, getattr(config, region).yCenter = centre
             getattr(config, region).radius = radius
@@ -572,7 +579,7 @@ class VignetteTestCase(lsst.utils.tests.TestCase):
         self.assertTrue(np.all(flat.image.array == 0.0))
 
     def test_circle_is_cp_pipes_inscribed_polygon(self):
-        config = CpFlatCombineConfig()
+        config = _config()
         config.doVignetteMask = True
         config.vignette.xCenter, config.vignette.yCenter, config.vignette.radius = 1.0, -0.5, 0.25
         flat = CpFlatCombineTask(config=config).run(self.sim.handles(), self.camera, DETECTOR,
@@ -590,9 +597,7 @@ class VignetteTestCase(lsst.utils.tests.TestCase):
             ({"doPartialVignetteMask": True, "calibrationType": "sky"},
              "doPartialVignetteMask needs calibrationType 'flat'; it is 'sky'."),
         ):
-            config = CpFlatCombineConfig()
-            for name, value in overrides.items():
-                setattr(config, name, value)
+            config = _config(**overrides)
             with self.subTest(overrides=overrides), self.assertRaises(ValueError) as error:
                 config.validate()
             self.assertEqual(str(error.exception), message)
@@ -767,6 +772,45 @@ class ButlerTestCase(lsst.utils.tests.TestCase):
                                            physical_filter=FILTER, collections="DummyCam/cli-calib",
                                            timespan=Timespan(later, later + 1 * astropy.units.s))
         self.assertEqual(from_cli.id, ref.id)
+
+
+class DefaultsTestCase(lsst.utils.tests.TestCase):
+    def test_cp_pipe_defaults(self):
+        """cp_pipe's CalibCombineByFilterConfig defaults; the package's pipeline sets PIPELINE_VALUES."""
+        config = CpFlatCombineConfig()
+        self.assertEqual(
+            {name: getattr(config, name) for name in (
+                "calibrationType", "exposureScaling", "scalingLevel", "maxVisitsToCalcErrorFromInputVariance",
+                "doVignette", "doVignetteMask", "doPartialVignetteMask", "combine", "clip", "nIter",
+                "noGoodPixelsMask", "checkNoData", "censorMaskPlanes", "flatSource")},
+            {"calibrationType": "calibration", "exposureScaling": "Unity", "scalingLevel": "DETECTOR",
+             "maxVisitsToCalcErrorFromInputVariance": 5, "doVignette": False, "doVignetteMask": False,
+             "doPartialVignetteMask": False, "combine": "MEANCLIP", "clip": 3.0, "nIter": 3,
+             "noGoodPixelsMask": "BAD", "checkNoData": True, "censorMaskPlanes": True, "flatSource": "DOME"},
+        )
+        self.assertEqual(list(config.mask), ["SAT", "DETECTED", "INTRP"])
+        self.assertEqual(list(config.subregionSize), [10000, 200])
+        self.assertEqual(list(config.distributionPercentiles), [0, 5, 16, 50, 84, 95, 100])
+        self.assertEqual((config.vignette.xCenter, config.vignette.yCenter, config.vignette.radius,
+                          config.vignette.numPolygonPoints), (0.0, 0.0, 100.0, 100))
+        self.assertEqual((config.stats.stat, config.stats.clip, config.stats.nIter, list(config.stats.mask)),
+                         ("MEANCLIP", 3.0, 3, ["DETECTED", "BAD", "NO_DATA"]))
+        self.assertNotIn("inputScales", config.ConnectionsClass(config=config).inputs)
+
+    def test_default_is_unscaled_and_keeps_defects(self):
+        sim = FlatSimulation()
+        defect = np.zeros(sim.box.shape, bool)
+        defect[:, 7] = True
+        for image in sim.images.values():
+            image.mask.set("BAD", defect)
+            image.image.array[defect] *= 0.5
+        flat = CpFlatCombineTask().run(sim.handles(), sim.camera, DETECTOR).outputData
+        mean = np.mean([image.image.array for image in sim.images.values()], axis=0)
+        self.assertFloatsAlmostEqual(flat.image.array[defect], mean[defect], rtol=1e-5)
+        self.assertEqual(flat.metadata["OBSTYPE"], "calibration")
+        self.assertNotIn("FLATSRC", flat.metadata)
+        # Censoring keeps the noGoodPixelsMask plane, BAD, which the inputs carried in.
+        np.testing.assert_array_equal(flat.mask.get("BAD"), defect)
 
 
 class CameraStorageClassTestCase(lsst.utils.tests.TestCase):

@@ -23,6 +23,18 @@ SCIENCE_DETECTOR = 4
 WAVEFRONT_DETECTOR = 9
 BAD_AMP, SATURATED_AMP, OUTLIER_AMP, COSMIC_RAY_AMP = 0, 3, 5, 7
 OUTLIER = 1000.0
+# The mask planes the package's pipeline sets (pipelines/_ingredients/cpFlatNorm.yaml); cp_pipe's
+# default, which DefaultsTestCase checks, leaves SAT pixels in.
+PIPELINE_MASKS = ["DETECTED", "BAD", "NO_DATA", "SAT", "SATURATED"]
+
+
+def _config(**overrides):
+    """The package pipeline's measurement config with ``overrides``."""
+    config = CpFlatMeasureConfig()
+    config.maskNameList = PIPELINE_MASKS
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return config
 
 
 def _schema():
@@ -102,7 +114,7 @@ class CpFlatMeasureRunTestCase(lsst.utils.tests.TestCase):
         self.camera = make_sim_camera(amp_width=AMP_WIDTH, amp_height=AMP_HEIGHT)
         self.detector = self.camera[SCIENCE_DETECTOR]
         self.flat, self.kept = _synthetic_flat(self.detector)
-        self.task = CpFlatMeasureTask()
+        self.task = CpFlatMeasureTask(config=_config())
 
     def test_every_key(self):
         with self.assertLogs(self.task.log.name, level="WARNING") as logs:
@@ -174,8 +186,7 @@ class CpFlatMeasureVignetteTestCase(lsst.utils.tests.TestCase):
         self.vignetted = np.abs((x - 15.5) * 0.01 + 0.1) + np.abs((y - 4.5) * 0.01) > 0.083
 
     def _config(self, doVignette):
-        config = CpFlatMeasureConfig()
-        config.doVignette = doVignette
+        config = _config(doVignette=doVignette)
         config.vignette.xCenter, config.vignette.radius, config.vignette.numPolygonPoints = -0.1, 0.083, 4
         return config
 
@@ -207,12 +218,17 @@ class CpFlatMeasureVignetteTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_equal(dict(task.run(flat, afw_camera, SCIENCE_DETECTOR).outputStats),
                                 dict(task.run(flat, self.camera, SCIENCE_DETECTOR).outputStats))
 
-    def test_off_by_default(self):
-        self.assertFalse(CpFlatMeasureConfig().doVignette)
+    def test_on_by_default_without_a_region(self):
+        # cp_pipe's default, True, vignettes nothing where an exposure has no valid polygon; here
+        # nothing is vignetted until vignette.radius is set.
+        config = _config()
+        self.assertTrue(config.doVignette)
+        self.assertIsNone(config.vignette.radius)
         flat, kept = _synthetic_flat(self.detector)
-        config = self._config(False)
         stats = CpFlatMeasureTask(config=config).run(flat, self.camera, SCIENCE_DETECTOR).outputStats
         _assert_stats(self, stats, self.detector, kept)
+        off = CpFlatMeasureTask(config=self._config(False)).run(flat, self.camera, SCIENCE_DETECTOR)
+        np.testing.assert_equal(dict(stats), dict(off.outputStats))
 
 
 class CpFlatMeasureButlerTestCase(lsst.utils.tests.TestCase):
@@ -260,7 +276,7 @@ class CpFlatMeasureButlerTestCase(lsst.utils.tests.TestCase):
         self.butler.put(self.camera, "camera", instrument=SIM_CAMERA_NAME)
 
     def test_run_quantum(self):
-        task = CpFlatMeasureTask()
+        task = CpFlatMeasureTask(config=_config())
         quantum = pipeTestUtils.makeQuantum(task, self.butler, self.dataId, {
             "inputExp": self.dataId, "camera": {"instrument": SIM_CAMERA_NAME}, "outputStats": self.dataId,
         })
@@ -280,6 +296,21 @@ class CpFlatMeasureButlerTestCase(lsst.utils.tests.TestCase):
         run.assert_called_once()
         self.assertEqual(run.call_args.kwargs["detectorId"], SCIENCE_DETECTOR)
         self.assertEqual(run.call_args.kwargs["camera"], self.camera)
+
+
+class DefaultsTestCase(lsst.utils.tests.TestCase):
+    def test_cp_pipe_defaults(self):
+        config = CpFlatMeasureConfig()
+        self.assertEqual(list(config.maskNameList), ["DETECTED", "BAD", "NO_DATA"])
+        self.assertEqual((config.doVignette, config.numSigmaClip, config.clipMaxIter), (True, 3.0, 3))
+
+    def test_saturated_pixels_count_by_default(self):
+        camera = make_sim_camera(amp_width=AMP_WIDTH, amp_height=AMP_HEIGHT)
+        flat, _ = _synthetic_flat(camera[SCIENCE_DETECTOR])
+        stats = CpFlatMeasureTask().run(flat, camera, SCIENCE_DETECTOR).outputStats
+        # The SAT amplifier's 20 pixels (its level with the +-1 checkerboard) now count.
+        self.assertEqual(stats[f"AMP_N_{SATURATED_AMP}"], 20)
+        self.assertFloatsAlmostEqual(stats[f"AMP_MEDIAN_{SATURATED_AMP}"], _level(SATURATED_AMP), rtol=1e-12)
 
 
 class CameraStorageClassTestCase(lsst.utils.tests.TestCase):

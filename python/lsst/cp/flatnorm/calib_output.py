@@ -48,13 +48,20 @@ ADDED_PLANES = {
 """Descriptions of the mask planes the combine tasks add when an input lacks them."""
 
 
-def calibration_type_field() -> pexConfig.Field:
-    """Return cp_pipe's ``calibrationType`` field (OBSTYPE of the output)."""
+def calibration_type_field(default: str) -> pexConfig.Field:
+    """Return cp_pipe's ``calibrationType`` field (OBSTYPE of the output).
+
+    Parameters
+    ----------
+    default : `str`
+        cp_pipe's default for the task: ``calibration`` for the combine, ``flat`` for the two-flat
+        combination.
+    """
     return pexConfig.Field(
         dtype=str,
         doc="Calibration type, recorded as OBSTYPE in the output metadata; 'flat' also writes FLATSRC "
             "and allows the vignetting masks.",
-        default="flat",
+        default=default,
     )
 
 

@@ -139,12 +139,12 @@ class CpFlatCombineConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFla
     """Configuration of `CpFlatCombineTask`; the fields are cp_pipe's ``CalibCombineByFilterConfig``'s
     (see doc/lsst.cp.flatnorm/config-fields.rst), plus ``minInputsForClip``."""
 
-    calibrationType = calibration_type_field()
+    calibrationType = calibration_type_field("calibration")
     exposureScaling = pexConfig.ChoiceField(
         dtype=str,
         doc="What each input is divided by before combining. An input whose divisor is not finite and "
             "positive is logged and skipped.",
-        default="InputList",
+        default="Unity",
         allowed={
             "InputList": "expScale[detector][amp][exposure] from inputScales (the normalization).",
             "Unity": "Nothing: every input is combined as read.",
@@ -208,8 +208,10 @@ class CpFlatCombineConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFla
     distributionPercentiles = distribution_percentiles_field()
     mask = pexConfig.ListField(
         dtype=str,
-        doc="Mask planes whose input pixels are ignored; names absent from an input's mask are skipped.",
-        default=["BAD", "SAT", "NO_DATA", "DETECTED"],
+        doc="Mask planes whose input pixels are ignored; names absent from an input's mask are skipped. "
+            "cp_pipe's default keeps BAD and NO_DATA pixels: a defect's response belongs in the flat, and "
+            "checkNoData refuses NO_DATA that reaches it.",
+        default=["SAT", "DETECTED", "INTRP"],
     )
     combine = combine_statistic_field("MEANCLIP", doc="Statistic combining the inputs at each pixel.")
     clip = pexConfig.Field(

@@ -84,7 +84,7 @@ class CpFlatCombineTwoFlatsConfig(pipeBase.PipelineTaskConfig,
                                   pipelineConnections=CpFlatCombineTwoFlatsConnections):
     """Configuration of `CpFlatCombineTwoFlatsTask`; cp_pipe's ``CalibCombineTwoFlatsByFilterConfig``."""
 
-    calibrationType = calibration_type_field()
+    calibrationType = calibration_type_field("flat")
     weightOne = pexConfig.RangeField(
         dtype=float,
         doc="Weight of the first flat; the second has 1 - weightOne.",

@@ -9,6 +9,7 @@ __all__ = [
     "CpFlatMeasureConfig",
     "CpFlatMeasureConnections",
     "CpFlatMeasureTask",
+    "MeasureVignetteConfig",
 ]
 
 from typing import Any
@@ -49,25 +50,39 @@ class CpFlatMeasureConnections(
         with_camera_storage_class(self, config)
 
 
+class MeasureVignetteConfig(VignetteConfig):
+    """The measurement's unvignetted region: `VignetteConfig` without a default radius, so that
+    nothing is vignetted until a region is configured."""
+
+    radius = pexConfig.Field(
+        dtype=float,
+        doc="Radius of the unvignetted circle (mm); pixels whose centres lie outside are vignetted. "
+            "None: no region, nothing is vignetted (cp_pipe's measurement with an exposure that has no "
+            "valid polygon).",
+        default=None,
+        optional=True,
+        check=lambda value: value >= 0,
+    )
+
+
 class CpFlatMeasureConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFlatMeasureConnections):
     maskNameList = pexConfig.ListField(
         dtype=str,
         doc="Mask planes whose pixels are left out of the statistics; planes absent from an "
-            "image's mask schema are ignored. SATURATED is lsst.images' name for afw's SAT plane in "
-            "converted images, so both are listed.",
-        default=["DETECTED", "BAD", "NO_DATA", "SAT", "SATURATED"],
+            "image's mask schema are ignored.",
+        default=["DETECTED", "BAD", "NO_DATA"],
     )
     doVignette = pexConfig.Field(
         dtype=bool,
         doc="Leave the vignetted pixels (outside the focal-plane region of ``vignette``) out of the "
-            "statistics, whatever maskNameList says. cp_pipe's default is True, but there the region is "
-            "the valid polygon ISR attached to the exposure (nothing is masked without one); lsst.images "
-            "flats carry none, so here the region is configured and the default is False.",
-        default=False,
+            "statistics, whatever maskNameList says. cp_pipe takes the region from the valid polygon ISR "
+            "attached to the exposure and vignettes nothing without one; lsst.images flats carry none, so "
+            "here the region is ``vignette``, and nothing is vignetted while its radius is None.",
+        default=True,
     )
     vignette = pexConfig.ConfigField(
-        dtype=VignetteConfig,
-        doc="The unvignetted focal-plane region (used if doVignette).",
+        dtype=MeasureVignetteConfig,
+        doc="The unvignetted focal-plane region (used if doVignette and its radius is set).",
     )
     numSigmaClip = pexConfig.RangeField(
         dtype=float,
@@ -151,9 +166,10 @@ class CpFlatMeasureTask(pipeBase.PipelineTask):
         ))
 
     def _excluded_pixels(self, inputExp: MaskedImage, detector: Any, detectorId: int) -> np.ndarray:
-        """Return the pixels left out of the statistics: masked, or vignetted if doVignette."""
+        """Return the pixels left out of the statistics: masked, or vignetted if doVignette and a
+        region is configured."""
         excluded = self._bad_pixels(inputExp)
-        if self.config.doVignette:
+        if self.config.doVignette and self.config.vignette.radius is not None:
             vignetted = detector_vignetted_pixels(self.config.vignette, detector)
             self.log.info("Detector %s: %d of %d pixels are vignetted.", detectorId, vignetted.sum(),
                           vignetted.size)
