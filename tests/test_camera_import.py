@@ -3,7 +3,6 @@
 
 """Tests of importing a camera: obs_base's camera YAML format and afw cameras."""
 
-import enum
 import math
 import os
 import tempfile
@@ -16,6 +15,7 @@ import yaml
 import lsst.utils.tests
 from lsst.cp.flatnorm.camera_model import AmplifierModel, CameraModel, DetectorModel, PixelBox
 from lsst.cp.flatnorm.obs_camera_yaml import ObsCameraLoader
+from afw_standin_loader import load_afw_standin
 from lsstcam_camera_yaml import LSSTCAM_AMPLIFIER_COUNT, LSSTCAM_DETECTOR_COUNT, write_lsstcam_yaml
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data", "obs_camera")
@@ -223,159 +223,42 @@ class PixelToFocalPlaneTestCase(lsst.utils.tests.TestCase):
         self.assertFloatsAlmostEqual(fp_y, np.array([-50.0, -49.9, -50.0]), atol=1e-12)
 
 
-# Stand-ins for the afw classes from_afw reads, with afw's method names.
-
-class Point2D:
-    def __init__(self, x, y):
-        self._x, self._y = x, y
-
-    def getX(self):
-        return self._x
-
-    def getY(self):
-        return self._y
+afw = load_afw_standin()
 
 
-class Box2I:
-    """Built like ``lsst.geom.Box2I(minimum, maximum)``: both corners are inside the box."""
-
-    def __init__(self, minimum, maximum):
-        (self._min_x, self._min_y), (self._max_x, self._max_y) = minimum, maximum
-
-    def getMinX(self):
-        return self._min_x
-
-    def getMinY(self):
-        return self._min_y
-
-    def getMaxX(self):
-        return self._max_x
-
-    def getMaxY(self):
-        return self._max_y
-
-    def getWidth(self):
-        return self._max_x - self._min_x + 1
-
-    def getHeight(self):
-        return self._max_y - self._min_y + 1
+def corners(minimum, maximum):
+    return afw.Box2I.from_corners(minimum, maximum)
 
 
-class Angle:
-    def __init__(self, degrees):
-        self._degrees = degrees
-
-    def asDegrees(self):
-        return self._degrees
+def point(x, y):
+    return afw.Point2D(x=x, y=y)
 
 
-class DetectorType(enum.Enum):
-    SCIENCE = 0
-    FOCUS = 1
-    GUIDER = 2
-    WAVEFRONT = 3
+def detector(detector_id, name, detector_type, bbox, amplifiers, pixel_size=0.01, serial="",
+             physical_type="CCD", fp_position=(0.0, 0.0), yaw=0.0, reference_point=(1.5, 1.5)):
+    orientation = afw.Orientation(fp_position=point(*fp_position), yaw=afw.Angle(degrees=yaw),
+                                  reference_point=point(*reference_point))
+    return afw.Detector(id=detector_id, name=name, type=afw.DetectorType[detector_type], serial=serial,
+                        physical_type=physical_type, bbox=bbox, orientation=orientation,
+                        pixel_size=point(0.01, pixel_size), amplifiers=amplifiers)
 
 
-class Orientation:
-    def __init__(self, fp_position, yaw, reference):
-        self._fp_position, self._yaw, self._reference = fp_position, yaw, reference
-
-    def getFpPosition(self):
-        return self._fp_position
-
-    def getYaw(self):
-        return self._yaw
-
-    def getReferencePoint(self):
-        return self._reference
-
-
-class Amplifier:
-    def __init__(self, name, bbox):
-        self._name, self._bbox = name, bbox
-
-    def getName(self):
-        return self._name
-
-    def getBBox(self):
-        return self._bbox
-
-
-class Detector:
-    def __init__(self, detector_id, name, detector_type, serial, physical_type, bbox, orientation,
-                 pixel_size, amplifiers):
-        self._id, self._name, self._type, self._serial = detector_id, name, detector_type, serial
-        self._physical_type, self._bbox, self._orientation = physical_type, bbox, orientation
-        self._pixel_size, self._amplifiers = pixel_size, amplifiers
-
-    def getId(self):
-        return self._id
-
-    def getName(self):
-        return self._name
-
-    def getType(self):
-        return self._type
-
-    def getSerial(self):
-        return self._serial
-
-    def getPhysicalType(self):
-        return self._physical_type
-
-    def getBBox(self):
-        return self._bbox
-
-    def getOrientation(self):
-        return self._orientation
-
-    def getPixelSize(self):
-        return self._pixel_size
-
-    def __iter__(self):
-        return iter(self._amplifiers)
-
-
-class Camera:
-    def __init__(self, name, detectors):
-        self._name, self._detectors = name, detectors
-
-    def getName(self):
-        return self._name
-
-    def __iter__(self):
-        return iter(sorted(self._detectors, key=Detector.getId))  # afw iterates in ID order
-
-
-def afw_box(box):
-    return Box2I((box.getMinX(), box.getMinY()), (box.getMaxX(), box.getMaxY()))
-
-
-def afw_like(camera):
-    """Build the stand-in afw camera of a CameraModel."""
-    detectors = [
-        Detector(det.id, det.name, DetectorType[det.type], det.serial, det.physical_type, afw_box(det.bbox),
-                 Orientation(Point2D(det.focal_plane_x, det.focal_plane_y), Angle(det.yaw),
-                             Point2D(*det.get_reference_point())),
-                 Point2D(det.pixel_size, det.pixel_size),
-                 [Amplifier(amp.name, afw_box(amp.bbox)) for amp in det])
-        for det in reversed(camera.detectors)
-    ]
-    return Camera(camera.name, detectors)
+def amplifier(name, bbox):
+    return afw.Amplifier(name=name, bbox=bbox)
 
 
 class FromAfwTestCase(lsst.utils.tests.TestCase):
     def test_round_trip(self):
         for path in (TINY_LSSTCAM, TINY_HSC):
             camera = CameraModel.from_obs_yaml(path)
-            self.assertEqual(CameraModel.from_afw(afw_like(camera)), camera)
+            self.assertEqual(CameraModel.from_afw(afw.camera_from_model(camera)), camera)
 
     def test_corners_are_inclusive(self):
-        amplifier = Amplifier("C10", Box2I((2, 1), (5, 3)))
-        detector = Detector(7, "R22_S11", DetectorType.WAVEFRONT, "S-1", "ITL_WF", Box2I((2, 1), (9, 3)),
-                            Orientation(Point2D(1.0, 2.0), Angle(-90.0), Point2D(5.5, 2.0)),
-                            Point2D(0.01, 0.01), [amplifier, Amplifier("C11", Box2I((6, 1), (9, 3)))])
-        model = CameraModel.from_afw(Camera("Cam", [detector]))["R22_S11"]
+        amplifiers = [amplifier("C10", corners((2, 1), (5, 3))), amplifier("C11", corners((6, 1), (9, 3)))]
+        wavefront = detector(7, "R22_S11", "WAVEFRONT", corners((2, 1), (9, 3)), amplifiers, serial="S-1",
+                             physical_type="ITL_WF", fp_position=(1.0, 2.0), yaw=-90.0,
+                             reference_point=(5.5, 2.0))
+        model = CameraModel.from_afw(afw.Camera(name="Cam", detectors=[wavefront]))["R22_S11"]
         self.assertEqual(box_tuple(model.bbox), (2, 1, 8, 3))
         self.assertEqual((model.bbox.getMaxX(), model.bbox.getMaxY()), (9, 3))
         self.assertEqual(box_tuple(model["C10"].bbox), (2, 1, 4, 3))
@@ -384,16 +267,13 @@ class FromAfwTestCase(lsst.utils.tests.TestCase):
                          (1.0, 2.0, -90.0, (5.5, 2.0)))
 
     def test_errors_name_the_detector(self):
-        box = Box2I((0, 0), (3, 3))
-        orientation = Orientation(Point2D(0.0, 0.0), Angle(0.0), Point2D(1.5, 1.5))
-        oblong = Detector(3, "D3", DetectorType.SCIENCE, "", "CCD", box, orientation, Point2D(0.01, 0.02),
-                          [Amplifier("A", box)])
+        box = corners((0, 0), (3, 3))
+        oblong = detector(3, "D3", "SCIENCE", box, [amplifier("A", box)], pixel_size=0.02)
         with self.assertRaisesRegex(ValueError, "Detector D3: pixels must be square"):
-            CameraModel.from_afw(Camera("Cam", [oblong]))
-        overlapping = Detector(4, "D4", DetectorType.SCIENCE, "", "CCD", box, orientation,
-                               Point2D(0.01, 0.01), [Amplifier("A", box), Amplifier("B", box)])
+            CameraModel.from_afw(afw.Camera(name="Cam", detectors=[oblong]))
+        overlapping = detector(4, "D4", "SCIENCE", box, [amplifier("A", box), amplifier("B", box)])
         with self.assertRaisesRegex(ValueError, "Detector D4: .*overlap"):
-            CameraModel.from_afw(Camera("Cam", [overlapping]))
+            CameraModel.from_afw(afw.Camera(name="Cam", detectors=[overlapping]))
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -54,11 +54,23 @@ class Box2I(pydantic.BaseModel):
     def getMinY(self) -> int:
         return self.y0
 
+    def getMaxX(self) -> int:
+        return self.x0 + self.width - 1
+
+    def getMaxY(self) -> int:
+        return self.y0 + self.height - 1
+
     def getWidth(self) -> int:
         return self.width
 
     def getHeight(self) -> int:
         return self.height
+
+    @classmethod
+    def from_corners(cls, minimum: tuple[int, int], maximum: tuple[int, int]) -> Box2I:
+        """Build the box as ``lsst.geom.Box2I(minimum, maximum)`` does: both corners are inside."""
+        (x0, y0), (x1, y1) = minimum, maximum
+        return cls(x0=x0, y0=y0, width=x1 - x0 + 1, height=y1 - y0 + 1)
 
 
 class Angle(pydantic.BaseModel):
