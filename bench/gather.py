@@ -3,7 +3,7 @@
 
 """Benchmark 2: gathering the flat statistics of a whole camera into the normalization quantum.
 
-An on-disk repository (file datastore, SQLite registry) is filled with one ``flatStats``
+An on-disk repository (file datastore, SQLite registry) is filled with one ``cpFlatStatistics``
 dataset per (exposure, detector), 189 detectors x 50 exposures at LSSTCam scale, plus the
 camera.  In one process this times:
 
@@ -76,8 +76,8 @@ from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
 from .timing import format_seconds
 
-STATISTICS_DATASET_TYPE = "flatStats"
-_STATISTICS_RUN = "bench/flatStats"
+STATISTICS_DATASET_TYPE = "cpFlatStatistics"
+_STATISTICS_RUN = "bench/cpFlatStatistics"
 _SCRATCH_RUN = "bench/scratch"
 _PHYSICAL_FILTER = "sim_r"
 _AMP_PIXELS = 509 * 2000

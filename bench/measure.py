@@ -7,7 +7,7 @@ Simulated post-ISR flats of one LSSTCam-sized detector (16 amplifiers of 509 x 2
 4072 x 4000 mosaic) are written to an on-disk repository.  For each image this times, in one
 process:
 
-- read: ``butler.get`` of the ``cpFlatProc`` image;
+- read: ``butler.get`` of the ``cpFlatIsrExp`` image;
 - compute: `CpFlatMeasureTask.run` (sigma-clipped statistics of the detector and its amplifiers);
 - baseline: the same clipped statistics written plainly with `numpy.ma` (one masked array per
   region, clipped around its mean until a pass drops nothing or the pass limit is reached),

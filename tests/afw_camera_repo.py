@@ -8,7 +8,7 @@ Run as a script with ``tests/afw_standin`` on ``PYTHONPATH`` (see
 daf_butler's ``Camera`` storage class without a formatter or an importable type.
 
 ``python afw_camera_repo.py create ROOT SEED`` writes the seed config, makes the repository with it
-and puts the `stats_factory` statistics (seed ``SEED``) in ``test/flatStats`` and the stand-in
+and puts the `stats_factory` statistics (seed ``SEED``) in ``test/cpFlatStatistics`` and the stand-in
 camera in ``test/camera``.  ``python afw_camera_repo.py read ROOT COLLECTION`` prints the scales
 that collection holds as JSON.
 """
@@ -22,7 +22,7 @@ from lsst.daf.butler import Butler
 from flat_repo import FILTER, INSTRUMENT, fill_repo
 from stats_factory import StatisticsFactory
 
-STATS_RUN = "test/flatStats"
+STATS_RUN = "test/cpFlatStatistics"
 CAMERA_RUN = "test/camera"
 
 
@@ -46,7 +46,7 @@ def create(root, seed):
 
 def read(root, collection):
     butler = Butler.from_config(root, collections=collection)
-    scales = butler.get("cpFlatNormScales", instrument=INSTRUMENT, physical_filter=FILTER)
+    scales = butler.get("cpFlatNormalizeScales", instrument=INSTRUMENT, physical_filter=FILTER)
     camera = butler.get("camera", instrument=INSTRUMENT, collections=CAMERA_RUN)
     json.dump({"cameraType": f"{type(camera).__module__}.{type(camera).__name__}", "scales": scales},
               sys.stdout)

@@ -66,7 +66,8 @@ def fill_repo(butler, factory, pairs, run, *, exposures=None, camera_storage_cla
     insert_exposure_records(butler, INSTRUMENT, exposures or sim_exposures())
     universe = butler.dimensions
     dataset_types = [
-        DatasetType("flatStats", ("instrument", "exposure", "detector"), "TaskMetadata", universe=universe),
+        DatasetType("cpFlatStatistics", ("instrument", "exposure", "detector"), "TaskMetadata",
+                    universe=universe),
         DatasetType("camera", ("instrument",), camera_storage_class, universe=universe, isCalibration=True),
     ]
     for dataset_type in dataset_types:
@@ -74,5 +75,5 @@ def fill_repo(butler, factory, pairs, run, *, exposures=None, camera_storage_cla
     butler.registry.registerRun(run)
     mds, dims = factory.inputs(pairs)
     for md, dim in zip(mds, dims):
-        butler.put(md, "flatStats", dim, run=run)
+        butler.put(md, "cpFlatStatistics", dim, run=run)
     return dims

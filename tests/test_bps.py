@@ -250,13 +250,13 @@ site:
         logs = sorted(path.name for path in cluster_logs.glob("*.stderr"))
         self.assertEqual(logs, ["cpFlatMeasure_det0.stderr", "cpFlatMeasure_det1.stderr"])
         butler = Butler.from_config(self.repo.root, collections=self.output)
-        self.assertEqual(len(butler.query_datasets("flatStats")), 2 * 52)
+        self.assertEqual(len(butler.query_datasets("cpFlatStatistics")), 2 * 52)
 
     def check_normalization_outputs_match_truth(self):
         butler = Butler.from_config(self.repo.root, collections=self.output)
         data_id = {"instrument": INSTRUMENT, "physical_filter": FILTER}
-        scales = butler.get("cpFlatNormScales", data_id)
-        table = butler.get("cpFlatNormScaleTable", data_id)
+        scales = butler.get("cpFlatNormalizeScales", data_id)
+        table = butler.get("cpFlatNormalizeScaleTable", data_id)
         truth = self.repo.truth
         for detector, scale in truth.detector_scales().items():
             self.assertFloatsAlmostEqual(scales["detScale"][detector], scale, rtol=1e-3)

@@ -689,9 +689,9 @@ class ButlerTestCase(lsst.utils.tests.TestCase):
                 "timespan": Timespan(begin, begin + 10 * astropy.units.s),
             })
         dataset_types = [
-            DatasetType("cpFlatProc", ("instrument", "exposure", "detector"), "MaskedImageV2",
+            DatasetType("cpFlatIsrExp", ("instrument", "exposure", "detector"), "MaskedImageV2",
                         universe=butler.dimensions),
-            DatasetType("cpFlatNormScales", ("instrument", "physical_filter"), "StructuredDataDict",
+            DatasetType("cpFlatNormalizeScales", ("instrument", "physical_filter"), "StructuredDataDict",
                         universe=butler.dimensions),
             DatasetType("camera", ("instrument",), "CameraModel", universe=butler.dimensions,
                         isCalibration=True),
@@ -704,9 +704,9 @@ class ButlerTestCase(lsst.utils.tests.TestCase):
     @staticmethod
     def _put_inputs(butler, sim):
         butler.put(sim.camera, "camera", instrument=INSTRUMENT)
-        butler.put(sim.scales(), "cpFlatNormScales", instrument=INSTRUMENT, physical_filter=FILTER)
+        butler.put(sim.scales(), "cpFlatNormalizeScales", instrument=INSTRUMENT, physical_filter=FILTER)
         for exposure, image in sim.images.items():
-            butler.put(image, "cpFlatProc", instrument=INSTRUMENT, exposure=exposure, detector=DETECTOR)
+            butler.put(image, "cpFlatIsrExp", instrument=INSTRUMENT, exposure=exposure, detector=DETECTOR)
 
     def _run_quantum(self, task, butler):
         # The calibration file template names detector.full_name: the output needs a data ID with records.
@@ -726,7 +726,7 @@ class ButlerTestCase(lsst.utils.tests.TestCase):
         return butler.get("flat", data_id)
 
     def test_scales_keys_after_yaml_round_trip(self):
-        scales = self.butler.get("cpFlatNormScales", instrument=INSTRUMENT, physical_filter=FILTER)
+        scales = self.butler.get("cpFlatNormalizeScales", instrument=INSTRUMENT, physical_filter=FILTER)
         self.assertEqual(list(scales["expScale"]), [DETECTOR])
         self.assertEqual(list(scales["expScale"][DETECTOR]["C10"]), list(self.sim.lamps))
 

@@ -253,11 +253,11 @@ class CpFlatMeasureButlerTestCase(lsst.utils.tests.TestCase):
             "instrument": SIM_CAMERA_NAME, "id": 7, "obs_id": "flat-7", "physical_filter": "r_sim",
             "group": "flat-group", "day_obs": 20240611, "observation_type": "flat",
         })
-        butlerTests.addDatasetType(cls.repo, "cpFlatProc", {"instrument", "exposure", "detector"},
+        butlerTests.addDatasetType(cls.repo, "cpFlatIsrExp", {"instrument", "exposure", "detector"},
                                    "MaskedImageV2")
         registry.registerDatasetType(DatasetType("camera", {"instrument"}, "CameraModel",
                                                  universe=registry.dimensions, isCalibration=True))
-        butlerTests.addDatasetType(cls.repo, "flatStats", {"instrument", "exposure", "detector"},
+        butlerTests.addDatasetType(cls.repo, "cpFlatStatistics", {"instrument", "exposure", "detector"},
                                    "TaskMetadata")
 
     @classmethod
@@ -272,7 +272,7 @@ class CpFlatMeasureButlerTestCase(lsst.utils.tests.TestCase):
         self.dataId = self.butler.registry.expandDataId(
             instrument=SIM_CAMERA_NAME, exposure=7, detector=SCIENCE_DETECTOR
         )
-        self.butler.put(self.flat, "cpFlatProc", self.dataId)
+        self.butler.put(self.flat, "cpFlatIsrExp", self.dataId)
         self.butler.put(self.camera, "camera", instrument=SIM_CAMERA_NAME)
 
     def test_run_quantum(self):
@@ -282,7 +282,7 @@ class CpFlatMeasureButlerTestCase(lsst.utils.tests.TestCase):
         })
         pipeTestUtils.runTestQuantum(task, self.butler, quantum, mockRun=False)
         # Read back from the file datastore: NaN and every other value survive serialization.
-        stats = self.butler.get("flatStats", self.dataId)
+        stats = self.butler.get("cpFlatStatistics", self.dataId)
         _assert_stats(self, stats, self.camera[SCIENCE_DETECTOR], self.kept)
         result = task.run(self.flat, self.camera, SCIENCE_DETECTOR)
         pipeTestUtils.assertValidOutput(task, result)

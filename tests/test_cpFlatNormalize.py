@@ -54,7 +54,7 @@ class ApiTestCase(lsst.utils.tests.TestCase):
         connections = config.ConnectionsClass(config=config)
         refs = [SimpleNamespace(dataId=SimpleNamespace(hasRecords=lambda: True, records={"exposure": record}))
                 for record in records]
-        return connections.adjustQuantum({"inputMDs": (connections.inputMDs, refs)}, {}, "cpFlatNorm",
+        return connections.adjustQuantum({"inputMDs": (connections.inputMDs, refs)}, {}, "cpFlatNormalize",
                                          "{instrument: 'Cam', physical_filter: 'r'}")
 
     def test_down_selection_field_missing_from_records(self):
@@ -68,7 +68,7 @@ class ApiTestCase(lsst.utils.tests.TestCase):
         with self.assertRaises(pipeBase.NoWorkFound) as cm:
             self.down_select_group("G99", records)
         self.assertEqual(str(cm.exception), (
-            "cpFlatNorm {instrument: 'Cam', physical_filter: 'r'}: no input exposure has group matching "
+            "cpFlatNormalize {instrument: 'Cam', physical_filter: 'r'}: no input exposure has group matching "
             "'G99' (ignoring case); the 12 inputs have 'G00', 'G01', 'G02', 'G03', 'G04', 'G05', 'G06', "
             "'G07', 'G08', 'G09' and 2 more. No scales are written for this data ID."))
 
@@ -88,7 +88,7 @@ class ApiTestCase(lsst.utils.tests.TestCase):
                 setattr(config.connections, connection, name)
             return config.ConnectionsClass(config=config).outputScaleTable.name
 
-        self.assertEqual(table_name(), "cpFlatNormScaleTable")
+        self.assertEqual(table_name(), "cpFlatNormalizeScaleTable")
         self.assertEqual(table_name(outputScales="cpFlatRedNormalizeScales"), "cpFlatRedNormalizeScaleTable")
         self.assertEqual(table_name(outputScales="flatScaleDict"), "flatScaleDictScaleTable")
         self.assertEqual(table_name(outputScales="cpFlatRedNormalizeScales", outputScaleTable="redTable"),

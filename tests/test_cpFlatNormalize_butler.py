@@ -36,15 +36,15 @@ class TestQuantumTestCase(lsst.utils.tests.TestCase):
         cls.repo = butlerTests.makeTestRepo(cls.root, config=seed_config())
         cls.factory = StatisticsFactory(seed=17)
         cls.pairs = cls.factory.all_pairs(skip={(EXPOSURES[1], 2)})
-        cls.stats_run = "test/flatStats"
+        cls.stats_run = "test/cpFlatStatistics"
         cls.dims = fill_repo(cls.repo, cls.factory, cls.pairs, cls.stats_run)
         record = next(iter(cls.repo.registry.queryDimensionRecords("exposure", exposure=EXPOSURES[3],
                                                                    instrument=INSTRUMENT)))
         cls.repo.registry.syncDimensionData("exposure", dict(record.toDict(), observation_reason=None),
                                             update=True)
         cls.repo.put(cls.factory.camera, "camera", instrument=INSTRUMENT, run=cls.stats_run)
-        for name, storage_class in (("cpFlatNormScales", "StructuredDataDict"),
-                                    ("cpFlatNormScaleTable", "ArrowAstropy")):
+        for name, storage_class in (("cpFlatNormalizeScales", "StructuredDataDict"),
+                                    ("cpFlatNormalizeScaleTable", "ArrowAstropy")):
             cls.repo.registry.registerDatasetType(DatasetType(
                 name, ("instrument", "physical_filter"), storage_class, universe=cls.repo.dimensions))
 
@@ -82,8 +82,8 @@ class TestQuantumTestCase(lsst.utils.tests.TestCase):
         task = CpFlatNormalizationTask(config=config)
         quantum = self.make_quantum(task)
         lsst.pipe.base.testUtils.runTestQuantum(task, self.butler, quantum, mockRun=False)
-        scales = self.butler.get("cpFlatNormScales", self.data_id)
-        table = self.butler.get("cpFlatNormScaleTable", self.data_id)
+        scales = self.butler.get("cpFlatNormalizeScales", self.data_id)
+        table = self.butler.get("cpFlatNormalizeScaleTable", self.data_id)
         gains = self.factory.amp_gain
         detector_counts = {d: sum(1 for _, det in self.pairs if det == d) for d, _ in gains}
         norm = sum(g * detector_counts[d] for (d, _), g in gains.items()) / sum(
@@ -104,7 +104,7 @@ class TestQuantumTestCase(lsst.utils.tests.TestCase):
         if field is not None:
             config.downSelectionField = field
         connections = config.ConnectionsClass(config=config)
-        refs = self.butler.query_datasets("flatStats", collections=self.stats_run,
+        refs = self.butler.query_datasets("cpFlatStatistics", collections=self.stats_run,
                                           with_dimension_records=records)
         data_id = DataCoordinate.standardize(self.data_id, universe=self.butler.dimensions)
         adjusted, _ = connections.adjustQuantum({"inputMDs": (connections.inputMDs, refs)}, {},
@@ -128,19 +128,19 @@ class TestQuantumTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(logs.output, [f"WARNING:lsst.cpFlatRedNormalize:{message}"])
 
     def test_down_selection_needs_exposure_records(self):
-        pattern = (r"^Down-selection needs exposure records, but flatStats@\{instrument: 'SimFlatCam'.* "
-                   r"has an unexpanded data ID\.$")
+        pattern = (r"^Down-selection needs exposure records, but cpFlatStatistics@\{instrument: "
+                   r"'SimFlatCam'.* has an unexpanded data ID\.$")
         with self.assertRaisesRegex(RuntimeError, pattern):
             self.down_select("flat", records=False)
 
     def _run_args(self):
-        mds = [self.butler.get("flatStats", dim) for dim in self.dims]
+        mds = [self.butler.get("cpFlatStatistics", dim) for dim in self.dims]
         return mds, self.dims, self.factory.camera
 
 
 @unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
 class PipetaskRunTestCase(lsst.utils.tests.TestCase):
-    """A real ``pipetask run`` of the shipped pipeline's cpFlatNorm step on an on-disk repo."""
+    """A real ``pipetask run`` of the shipped pipeline's cpFlatNormalize step on an on-disk repo."""
 
     @classmethod
     def setUpClass(cls):
@@ -148,7 +148,7 @@ class PipetaskRunTestCase(lsst.utils.tests.TestCase):
         cls.factory = StatisticsFactory(seed=23)
         cls.pairs = cls.factory.all_pairs(skip={(EXPOSURES[0], 5), (EXPOSURES[3], 10)})
         butler = make_repo(cls.root)
-        cls.inputs = "test/flatStats"
+        cls.inputs = "test/cpFlatStatistics"
         fill_repo(butler, cls.factory, cls.pairs, cls.inputs)
         SimFlatCam(camera=cls.factory.camera).write_camera(butler)
         # Exposure 1 is taken for another reason: down-selection on observation_reason must drop it.
@@ -163,7 +163,7 @@ class PipetaskRunTestCase(lsst.utils.tests.TestCase):
 
     def pipetask(self, output, *config):
         command = [str(PIPETASK), "--long-log", "run", "--register-dataset-types", "-b", self.root, "-i",
-                   f"{self.inputs},{INSTRUMENT}/calib", "-o", output, "-p", f"{PIPELINE}#cpFlatNorm",
+                   f"{self.inputs},{INSTRUMENT}/calib", "-o", output, "-p", f"{PIPELINE}#cpFlatNormalize",
                    "-d", f"instrument='{INSTRUMENT}' AND physical_filter='{FILTER}'"]
         for item in config:
             command += ["-c", item]
@@ -171,12 +171,13 @@ class PipetaskRunTestCase(lsst.utils.tests.TestCase):
                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def test_pipetask_run_amp_level(self):
-        process = self.pipetask("u/test/amp", "cpFlatNorm:level=AMP")
+        process = self.pipetask("u/test/amp", "cpFlatNormalize:level=AMP")
         self.assertEqual(process.returncode, 0, process.stderr[-3000:])
         butler = Butler.from_config(self.root, collections="u/test/amp")
         data_id = {"instrument": INSTRUMENT, "physical_filter": FILTER}
-        scales = butler.get("cpFlatNormScales", data_id)
-        table = butler.get("cpFlatNormScaleTable", data_id, parameters={"strip_astropy_meta_yaml": False})
+        scales = butler.get("cpFlatNormalizeScales", data_id)
+        table = butler.get("cpFlatNormalizeScaleTable", data_id,
+                           parameters={"strip_astropy_meta_yaml": False})
         meta = table.meta
         self.assertEqual((meta["LEVEL"], meta["CONVERGED"], meta["N_GROUPS"]), ("AMP", True, 1))
         gains = self.factory.amp_gain
@@ -191,14 +192,14 @@ class PipetaskRunTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_allclose(table["model"], table["level"], rtol=1e-9)
 
     def test_pipetask_down_selection(self):
-        process = self.pipetask("u/test/select", "cpFlatNorm:doDownSelection=True",
-                                "cpFlatNorm:downSelectionField=observation_reason",
-                                "cpFlatNorm:downSelectionValue=flat")
+        process = self.pipetask("u/test/select", "cpFlatNormalize:doDownSelection=True",
+                                "cpFlatNormalize:downSelectionField=observation_reason",
+                                "cpFlatNormalize:downSelectionValue=flat")
         self.assertEqual(process.returncode, 0, process.stderr[-3000:])
         butler = Butler.from_config(self.root, collections="u/test/select")
-        table = butler.get("cpFlatNormScaleTable", instrument=INSTRUMENT, physical_filter=FILTER)
+        table = butler.get("cpFlatNormalizeScaleTable", instrument=INSTRUMENT, physical_filter=FILTER)
         self.assertEqual(sorted(set(table["exposure"])), [EXPOSURES[0], EXPOSURES[2], EXPOSURES[3]])
-        scales = butler.get("cpFlatNormScales", instrument=INSTRUMENT, physical_filter=FILTER)
+        scales = butler.get("cpFlatNormalizeScales", instrument=INSTRUMENT, physical_filter=FILTER)
         self.assertNotIn(EXPOSURES[1], scales["expScale"][0]["C10"])
 
 

@@ -52,15 +52,16 @@ class CameraStorageClassTestCase(lsst.utils.tests.TestCase):
 
     def pipetask(self, output, *config):
         command = [str(PIPETASK), "run", "--register-dataset-types", "-b", self.root,
-                   "-i", "test/flatStats,test/camera", "-o", output, "-p", f"{PIPELINE}#cpFlatNorm",
+                   "-i", "test/cpFlatStatistics,test/camera", "-o", output,
+                   "-p", f"{PIPELINE}#cpFlatNormalize",
                    "-d", f"instrument='{INSTRUMENT}' AND physical_filter='{FILTER}'",
-                   "-c", "cpFlatNorm:level=AMP"]
+                   "-c", "cpFlatNormalize:level=AMP"]
         for item in config:
             command += ["-c", item]
         return run(command)
 
     def test_camera_storage_class_chosen_by_config(self):
-        process = self.pipetask("u/test/camera", "cpFlatNorm:cameraStorageClass=Camera")
+        process = self.pipetask("u/test/camera", "cpFlatNormalize:cameraStorageClass=Camera")
         self.assertEqual(process.returncode, 0, process.stderr[-3000:])
         read = run([sys.executable, str(TESTS / "afw_camera_repo.py"), "read", self.root, "u/test/camera"])
         self.assertEqual(read.returncode, 0, read.stderr[-3000:])
@@ -79,7 +80,7 @@ class CameraStorageClassTestCase(lsst.utils.tests.TestCase):
     def test_default_storage_class_is_refused(self):
         process = self.pipetask("u/test/default")
         self.assertNotEqual(process.returncode, 0)
-        self.assertIn("Incompatible definition for input dataset type 'camera'; task 'cpFlatNorm' has "
+        self.assertIn("Incompatible definition for input dataset type 'camera'; task 'cpFlatNormalize' has "
                       "DatasetType('camera', {instrument}, CameraModel, isCalibration=True), but the "
                       "definition from data repository is DatasetType('camera', {instrument}, Camera, "
                       "isCalibration=True).", process.stderr)

@@ -37,7 +37,7 @@ def anaglyph_normalizations(table_name=None):
         f"""  cpFlat{colour}Normalize:
     class: lsst.cp.flatnorm.cpFlatNormalize.CpFlatNormalizationTask
     config:
-      connections.inputMDs: flatStats
+      connections.inputMDs: cpFlatStatistics
       connections.outputScales: cpFlat{colour}NormalizeScales{table}
       doDownSelection: true
       downSelectionValue: {value}
@@ -49,8 +49,8 @@ def resolved_graph(pipeline_yaml):
     graph = Pipeline.fromString(pipeline_yaml).to_graph()
     universe = DimensionUniverse()
     inputs = {
-        "flatStats": DatasetType("flatStats", ("instrument", "exposure", "detector"), "TaskMetadata",
-                                 universe=universe),
+        "cpFlatStatistics": DatasetType("cpFlatStatistics", ("instrument", "exposure", "detector"),
+                                        "TaskMetadata", universe=universe),
         "camera": DatasetType("camera", ("instrument",), "CameraModel", universe=universe,
                               isCalibration=True),
     }
@@ -91,7 +91,7 @@ class AnaglyphPipetaskTestCase(lsst.utils.tests.TestCase):
                      + sim_exposures(OTHER_EXPOSURES, physical_filter=OTHER_FILTER))
         pairs = [(e, d.id) for e in EXPOSURES + OTHER_EXPOSURES for d in cls.factory.camera]
         butler = make_repo(cls.root)
-        fill_repo(butler, cls.factory, pairs, "test/flatStats", exposures=exposures)
+        fill_repo(butler, cls.factory, pairs, "test/cpFlatStatistics", exposures=exposures)
         butler.registry.registerRun("test/camera")
         butler.put(cls.factory.camera, "camera", instrument=INSTRUMENT, run="test/camera")
         pipeline = Path(cls.root) / "anaglyph.yaml"
@@ -99,7 +99,7 @@ class AnaglyphPipetaskTestCase(lsst.utils.tests.TestCase):
         # The blue value in capitals: the records say it in lower case.
         cls.process = subprocess.run(
             [str(PIPETASK), "--long-log", "run", "--register-dataset-types", "-b", cls.root,
-             "-i", "test/flatStats,test/camera", "-o", "u/test/anaglyph", "-p", str(pipeline),
+             "-i", "test/cpFlatStatistics,test/camera", "-o", "u/test/anaglyph", "-p", str(pipeline),
              "-d", f"instrument='{INSTRUMENT}'",
              "-c", f"cpFlatBlueNormalize:downSelectionValue={BLUE.upper()}"],
             capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -33,17 +33,17 @@ G_TOLERANCE = 3e-3
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """Build the repo and run the pipeline at DETECTOR level, then cpFlatNorm alone at AMP level, then
+    """Build the repo and run the pipeline at DETECTOR level, then cpFlatNormalize alone at AMP level, then
     cpFlatCombine alone without normalization, then both with the rejected entries' scales omitted."""
     repo = build_sim_repo(tmp_path_factory.mktemp("e2e") / "repo", camera=CAMERA, config=CONFIG)
     pipeline = pipeline_uri("SimFlatCam", "cpFlat.yaml")
     run_pipetask(repo.root, pipeline, [repo.defaults_collection], OUTPUT)
-    run_pipetask(repo.root, f"{pipeline}#cpFlatNorm", [OUTPUT], OUTPUT + "Amp",
-                 extra_args=["-c", "cpFlatNorm:level=AMP"])
+    run_pipetask(repo.root, f"{pipeline}#cpFlatNormalize", [OUTPUT], OUTPUT + "Amp",
+                 extra_args=["-c", "cpFlatNormalize:level=AMP"])
     run_pipetask(repo.root, f"{pipeline}#cpFlatCombine", [OUTPUT], UNSCALED,
                  extra_args=["-c", "cpFlatCombine:exposureScaling=Unity"])
-    run_pipetask(repo.root, f"{pipeline}#cpFlatNorm,cpFlatCombine", [OUTPUT], OMITTED,
-                 extra_args=["-c", "cpFlatNorm:omitUnusedScales=True"])
+    run_pipetask(repo.root, f"{pipeline}#cpFlatNormalize,cpFlatCombine", [OUTPUT], OMITTED,
+                 extra_args=["-c", "cpFlatNormalize:omitUnusedScales=True"])
     return repo
 
 
@@ -52,7 +52,7 @@ def _outputs(repo, collection):
 
 
 def test_every_flat_was_measured(repo):
-    stats = repo.butler.query_datasets("flatStats", collections=OUTPUT)
+    stats = repo.butler.query_datasets("cpFlatStatistics", collections=OUTPUT)
     found = {(ref.dataId["exposure"], ref.dataId["detector"]) for ref in stats}
     images = {(e.id, det.getId()) for e in repo.truth.exposures for det in CAMERA}
     assert len(repo.truth.missing_images()) == 2

@@ -33,17 +33,17 @@ class PipelineBuildTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(process.returncode, 0, process.stderr[-2000:])
         shown = process.stdout
         for label, cls in (("cpFlatMeasure", "lsst.cp.flatnorm.cpFlatMeasure.CpFlatMeasureTask"),
-                           ("cpFlatNorm", "lsst.cp.flatnorm.cpFlatNormalize.CpFlatNormalizationTask"),
+                           ("cpFlatNormalize", "lsst.cp.flatnorm.cpFlatNormalize.CpFlatNormalizationTask"),
                            ("cpFlatCombine", "lsst.cp.flatnorm.cpCombine.CpFlatCombineTask")):
             self.assertRegex(shown, rf"{label}:\s*\n\s*class: {re.escape(cls)}")
         self.assertIn("instrument: lsst.cp.flatnorm.sim.instrument.SimFlatCam", shown)
 
     def test_contract_rejects_mismatched_statistics_name(self):
         # Contracts are checked when the pipeline graph is built (not by --show pipeline).
-        process = pipetask("build", "-p", INGREDIENT, "-c", "cpFlatNorm:connections.inputMDs=otherStats",
+        process = pipetask("build", "-p", INGREDIENT, "-c", "cpFlatNormalize:connections.inputMDs=otherStats",
                            "--show", "pipeline-graph")
         self.assertNotEqual(process.returncode, 0)
-        self.assertIn("cpFlatNorm must read the statistics that cpFlatMeasure writes", process.stderr)
+        self.assertIn("cpFlatNormalize must read the statistics that cpFlatMeasure writes", process.stderr)
 
 
 @unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
@@ -70,7 +70,7 @@ class QuantumGraphTestCase(lsst.utils.tests.TestCase):
         rows = re.findall(r"^\s*(\d+)\s+(cpFlat\w+)\s*$", process.stdout + process.stderr, re.M)
         counts = {label: int(n) for n, label in rows}
         # 5 detectors x 3 exposures less one missing image; one normalization; 5 combined flats.
-        self.assertEqual(counts, {"cpFlatMeasure": 14, "cpFlatNorm": 1, "cpFlatCombine": 5},
+        self.assertEqual(counts, {"cpFlatMeasure": 14, "cpFlatNormalize": 1, "cpFlatCombine": 5},
                          process.stdout + process.stderr[-3000:])
 
 

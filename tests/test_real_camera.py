@@ -39,7 +39,7 @@ PIPETASK = Path(sys.executable).with_name("pipetask")
 FILTER = "lamp_r"
 LAMPS = {2026120100001: 10000.0, 2026120100002: 14000.0, 2026120100003: 8000.0}
 AMP_PIXELS = 500_000
-STATS_RUN = "test/flatStats"
+STATS_RUN = "test/cpFlatStatistics"
 
 
 def camera_yaml(directory: Path) -> Path:
@@ -70,7 +70,7 @@ def exposures() -> list[ExposureInfo]:
 
 
 def put_statistics(butler: Butler, camera: CameraModel, gains: dict[tuple[int, str], float]) -> None:
-    dataset_type = DatasetType("flatStats", ("instrument", "exposure", "detector"), "TaskMetadata",
+    dataset_type = DatasetType("cpFlatStatistics", ("instrument", "exposure", "detector"), "TaskMetadata",
                                universe=butler.dimensions)
     butler.registry.registerDatasetType(dataset_type)
     butler.collections.register(STATS_RUN)
@@ -128,13 +128,14 @@ class RealGeometryPipetaskTestCase(lsst.utils.tests.TestCase):
     def test_pipetask_amp_level_matches_truth(self):
         name = self.camera.getName()
         command = [str(PIPETASK), "run", "--register-dataset-types", "-b", str(self.root / "repo"),
-                   "-i", self.inputs, "-o", "u/test/amp", "-p", f"{PIPELINE}#cpFlatNorm",
-                   "-c", "cpFlatNorm:level=AMP", "-d", f"instrument='{name}' AND physical_filter='{FILTER}'"]
+                   "-i", self.inputs, "-o", "u/test/amp", "-p", f"{PIPELINE}#cpFlatNormalize",
+                   "-c", "cpFlatNormalize:level=AMP",
+                   "-d", f"instrument='{name}' AND physical_filter='{FILTER}'"]
         process = subprocess.run(command, capture_output=True, text=True, timeout=600)
         self.assertEqual(process.returncode, 0, process.stderr[-3000:])
         butler = Butler.from_config(str(self.root / "repo"), collections="u/test/amp")
-        scales = butler.get("cpFlatNormScales", instrument=name, physical_filter=FILTER)
-        table = butler.get("cpFlatNormScaleTable", instrument=name, physical_filter=FILTER)
+        scales = butler.get("cpFlatNormalizeScales", instrument=name, physical_filter=FILTER)
+        table = butler.get("cpFlatNormalizeScaleTable", instrument=name, physical_filter=FILTER)
         self.assertEqual(len(table), len(self.gains) * len(LAMPS))
         self.assertEqual(set(table["flag"]), {"USED"})
         # The gauge makes the pixel-weighted mean of G one; every amplifier has the same pixel

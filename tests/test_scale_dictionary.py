@@ -1,7 +1,7 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Tests of the cpFlatNormScales dictionary: written by build_scale_dictionary, read back."""
+"""Tests of the cpFlatNormalizeScales dictionary: written by build_scale_dictionary, read back."""
 
 import json
 import unittest

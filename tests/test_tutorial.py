@@ -30,7 +30,7 @@ from lsst.daf.butler import Butler, Timespan
 
 PAGE = Path(__file__).parents[1] / "doc" / "lsst.cp.flatnorm" / "own-camera.rst"
 BIN = Path(sys.executable).parent
-SCALES_DATASET = "cpFlatNormScales"
+SCALES_DATASET = "cpFlatNormalizeScales"
 _BLOCK = re.compile(r"^\.\. code-block:: (\w+)\n((?:   :\w+: .*\n)*)\n((?:(?:   .*)?\n)+)", re.M)
 
 

@@ -82,7 +82,7 @@ class CpFlatCombineConnections(
     inputExpHandles = post_isr_flat_input("Post-ISR flats of the detector; read in tiles.",
                                           multiple=True, deferLoad=True)
     inputScales = cT.Input(
-        name="cpFlatNormScales",
+        name="cpFlatNormalizeScales",
         doc="Scales from the flat normalization: expScale[det][amp][exposure] divides each input.",
         storageClass="StructuredDataDict",
         dimensions=("instrument", "physical_filter"),

@@ -39,7 +39,7 @@ class CpFlatMeasureConnections(
     inputExp = post_isr_flat_input("Post-ISR flat image of one exposure and detector.")
     camera = camera_prerequisite("Camera geometry: the amplifier regions of each detector.")
     outputStats = cT.Output(
-        name="flatStats",
+        name="cpFlatStatistics",
         doc="Clipped flat level, sigma and pixel count of the detector and of each amplifier.",
         storageClass="TaskMetadata",
         dimensions=("instrument", "exposure", "detector"),

@@ -72,7 +72,7 @@ def scale_table_name(scales_name: str) -> str:
     Returns
     -------
     name : `str`
-        ``cpFlatNormScales`` gives ``cpFlatNormScaleTable``.
+        ``cpFlatNormalizeScales`` gives ``cpFlatNormalizeScaleTable``.
     """
     return scales_name.removesuffix("Scales") + "ScaleTable"
 
@@ -81,7 +81,7 @@ class CpFlatNormalizationConnections(
     pipeBase.PipelineTaskConnections, dimensions=("instrument", "physical_filter")
 ):
     inputMDs = cT.Input(
-        name="flatStats",
+        name="cpFlatStatistics",
         doc="Flat statistics (DETECTOR_MEDIAN, DETECTOR_N, AMP_*_i) of each exposure and detector.",
         storageClass="TaskMetadata",
         dimensions=("instrument", "exposure", "detector"),
@@ -89,7 +89,7 @@ class CpFlatNormalizationConnections(
     )
     camera = camera_prerequisite("Camera geometry: the amplifiers of each detector.")
     outputScales = cT.Output(
-        name="cpFlatNormScales",
+        name="cpFlatNormalizeScales",
         doc="Scales in cp_pipe's layout: expScale[det][amp][exposure] and detScale[det] "
             "(detScale[det][amp] at AMP level).",
         storageClass="StructuredDataDict",
@@ -99,7 +99,7 @@ class CpFlatNormalizationConnections(
         name="",
         doc="One row per measured (exposure, detector[, amplifier]): level, count, scales, model, "
             "log residual and flag (USED, INVALID, REJECTED).  Left empty, the name is derived from "
-            "outputScales' (cpFlatNormScales: cpFlatNormScaleTable; see scale_table_name).",
+            "outputScales' (cpFlatNormalizeScales: cpFlatNormalizeScaleTable; see scale_table_name).",
         storageClass="ArrowAstropy",
         dimensions=("instrument", "physical_filter"),
     )

@@ -34,7 +34,7 @@ import lsst.pipe.base.connectionTypes as cT
 from .afw_camera import detector_from_afw
 from .camera_model import CameraModel, DetectorModel
 
-POST_ISR_FLAT_DATASET_TYPE = "cpFlatProc"
+POST_ISR_FLAT_DATASET_TYPE = "cpFlatIsrExp"
 """Dataset type name of the post-ISR flats."""
 
 CAMERA_STORAGE_CLASSES: dict[str, str] = {
@@ -148,7 +148,7 @@ def as_detector_model(camera: Any, detectorId: int) -> DetectorModel:
 
 
 def post_isr_flat_input(doc: str, *, multiple: bool = False, deferLoad: bool = False) -> cT.Input:
-    """Return the ``cpFlatProc`` input: post-ISR flats (``MaskedImageV2``) per exposure and detector.
+    """Return the ``cpFlatIsrExp`` input: post-ISR flats (``MaskedImageV2``) per exposure and detector.
 
     Parameters
     ----------

@@ -3,7 +3,7 @@
 
 """A YAML formatter for the large scale dictionaries.
 
-cp_pipe's ``cpFlatNormScales`` layout repeats every exposure scale under every amplifier: at
+cp_pipe's ``cpFlatNormalizeScales`` layout repeats every exposure scale under every amplifier: at
 LSSTCam scale (3024 amplifiers x 50 exposures) that is 151,200 floats.  daf_butler's
 `~lsst.daf.butler.formatters.yaml.YamlFormatter` writes it with PyYAML's pure-Python emitter (16 s
 on the benchmark machine); even with libyaml's C emitter, PyYAML's pure-Python *representer*

@@ -1,7 +1,7 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""The ``cpFlatNormScales`` dictionary: cp_pipe's layout of the normalization's scales, both ways.
+"""The ``cpFlatNormalizeScales`` dictionary: cp_pipe's layout of the normalization's scales, both ways.
 
 The layout is::
 

@@ -7,7 +7,7 @@
    SimFlatCam mosaic (with a known truth, three deliberate corruptions, and one detector that was
    not read out in two exposures);
 2. runs the real ``pipetask`` on the SimFlatCam ``cpFlat`` pipeline (cpFlatMeasure ->
-   cpFlatNorm at DETECTOR level -> cpFlatCombine), then cpFlatNorm again at AMP level on the same
+   cpFlatNormalize at DETECTOR level -> cpFlatCombine), then cpFlatNormalize again at AMP level on the same
    statistics, then cpFlatCombine again without normalization (``exposureScaling=Unity``);
 3. reads the scales and flats back from the butler and compares them with the truth (lines with
    "truth"), the normalized flat next to the un-normalized one;
@@ -68,7 +68,7 @@ def _build(output: Path, args: argparse.Namespace) -> SimRepo:
     n_images = len(camera) * len(repo.truth.exposures) - len(repo.truth.missing_images())
     print(f"   repo {repo.root}: {len(camera)} detectors ({n_amps} amplifiers), "
           f"{len(repo.truth.exposures)} flat exposures in {config.physical_filter}, "
-          f"{n_images} cpFlatProc images in {repo.image_run}")
+          f"{n_images} cpFlatIsrExp images in {repo.image_run}")
     for corruption in repo.truth.corruptions:
         when = "every exposure" if corruption.exposure is None else f"exposure {corruption.exposure}"
         print(f"   simulated {corruption.kind}: detector {corruption.detector}, {when}, amplifiers "
@@ -83,10 +83,10 @@ def _run_pipelines(repo: SimRepo, output: Path, jobs: int) -> None:
     print(f"   pipetask run -p {pipeline} -i {repo.defaults_collection} -o {_OUTPUT_COLLECTION} -j {jobs}")
     run_pipetask(repo.root, pipeline, [repo.defaults_collection], _OUTPUT_COLLECTION, jobs=jobs,
                  log_path=output / "pipetask_detector.log")
-    print(f"   AMP level: pipetask run -p {pipeline}#cpFlatNorm -c cpFlatNorm:level=AMP "
-          f"-o {_OUTPUT_COLLECTION}Amp (reusing the flatStats)")
-    run_pipetask(repo.root, f"{pipeline}#cpFlatNorm", [_OUTPUT_COLLECTION], _OUTPUT_COLLECTION + "Amp",
-                 extra_args=["-c", "cpFlatNorm:level=AMP"], log_path=output / "pipetask_amp.log")
+    print(f"   AMP level: pipetask run -p {pipeline}#cpFlatNormalize -c cpFlatNormalize:level=AMP "
+          f"-o {_OUTPUT_COLLECTION}Amp (reusing the cpFlatStatistics)")
+    run_pipetask(repo.root, f"{pipeline}#cpFlatNormalize", [_OUTPUT_COLLECTION], _OUTPUT_COLLECTION + "Amp",
+                 extra_args=["-c", "cpFlatNormalize:level=AMP"], log_path=output / "pipetask_amp.log")
     print(f"   no normalization: pipetask run -p {pipeline}#cpFlatCombine "
           f"-c cpFlatCombine:exposureScaling=Unity -o {_UNSCALED_COLLECTION}")
     run_pipetask(repo.root, f"{pipeline}#cpFlatCombine", [_OUTPUT_COLLECTION], _UNSCALED_COLLECTION,

@@ -5,7 +5,7 @@
 
 The repository has everything ``pipetask`` needs to run the flat pipelines on it: the instrument
 and detector records, the camera as a certified calibration, exposure records with real flat
-metadata, and post-ISR images (dataset type ``cpFlatProc``) in a RUN collection, all reachable
+metadata, and post-ISR images (dataset type ``cpFlatIsrExp``) in a RUN collection, all reachable
 through the instrument's umbrella collection ``SimFlatCam/defaults``.
 """
 
@@ -23,12 +23,13 @@ from lsst.daf.butler import Butler, CollectionType, DatasetType
 from ..butler_setup import make_repo
 from ..camera_model import CameraModel
 from ..exposure_records import insert_exposure_records
+from ..flat_connections import POST_ISR_FLAT_DATASET_TYPE
 from ..instrument import FlatInstrument
 from .camera import make_sim_camera
 from .flat_simulator import FlatSimConfig, FlatSimulator, FlatTruth
 from .instrument import SimFlatCam
 
-INPUT_DATASET_TYPE = "cpFlatProc"
+INPUT_DATASET_TYPE = POST_ISR_FLAT_DATASET_TYPE
 _INPUT_STORAGE_CLASS = "MaskedImageV2"
 
 
@@ -42,7 +43,7 @@ class SimRepo:
     """The ``SimFlatCam`` instrument."""
     simulator: FlatSimulator
     image_run: str
-    """RUN collection of the simulated ``cpFlatProc`` images."""
+    """RUN collection of the simulated ``cpFlatIsrExp`` images."""
     calib_collection: str
     """CALIBRATION collection with the camera."""
     defaults_collection: str
@@ -96,7 +97,7 @@ def build_sim_repo(
 
 
 def put_images(butler: Butler, simulator: FlatSimulator, instrument: str, run: str) -> int:
-    """Simulate every (exposure, detector) image and put it as ``cpFlatProc`` into ``run``, except
+    """Simulate every (exposure, detector) image and put it as ``cpFlatIsrExp`` into ``run``, except
     the ones the simulator has no image for (``FlatSimConfig.missing_images``).
 
     Returns

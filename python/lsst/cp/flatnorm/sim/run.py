@@ -83,7 +83,7 @@ def run_pipetask(
         Number of processes (``-j``); 1 runs every quantum in one process, which avoids
         starting a Python interpreter per quantum.
     extra_args : `~collections.abc.Sequence` [`str`], optional
-        More ``pipetask run`` arguments (e.g. ``["-c", "cpFlatNorm:level=AMP"]``).
+        More ``pipetask run`` arguments (e.g. ``["-c", "cpFlatNormalize:level=AMP"]``).
     log_path : `str` or `os.PathLike`, optional
         File receiving the command's output; it is captured in the result if `None`.
 
@@ -109,7 +109,7 @@ def run_pipetask(
 
 @dataclasses.dataclass
 class NormalizationOutputs:
-    """What ``cpFlatNorm`` wrote for one physical filter."""
+    """What ``cpFlatNormalize`` wrote for one physical filter."""
 
     scales: dict
     """cp_pipe's layout: ``{"expScale": {det: {amp: {exposure: E}}}, "detScale": ...}``."""
@@ -141,9 +141,9 @@ class NormalizationOutputs:
 def read_normalization(
     butler: Butler, collection: str, instrument: str, physical_filter: str
 ) -> NormalizationOutputs:
-    """Read ``cpFlatNormScales`` and ``cpFlatNormScaleTable`` back from a collection."""
+    """Read ``cpFlatNormalizeScales`` and ``cpFlatNormalizeScaleTable`` back from a collection."""
     data_id = {"instrument": instrument, "physical_filter": physical_filter}
     return NormalizationOutputs(
-        scales=butler.get("cpFlatNormScales", data_id, collections=collection),
-        table=butler.get("cpFlatNormScaleTable", data_id, collections=collection),
+        scales=butler.get("cpFlatNormalizeScales", data_id, collections=collection),
+        table=butler.get("cpFlatNormalizeScaleTable", data_id, collections=collection),
     )
