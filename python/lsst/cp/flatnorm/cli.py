@@ -154,9 +154,9 @@ def _open_or_create(repo: str) -> tuple[Butler, bool]:
 def _add_ingest(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "ingest",
-        help="ingest post-ISR flat FITS files as cpFlatProc datasets",
+        help="ingest post-ISR flat FITS files as cpFlatIsrExp datasets",
         description="Ingest post-ISR flat FITS files (one detector per file, or several in a "
-                    "multi-extension file) as cpFlatProc datasets with their exposure records, all or "
+                    "multi-extension file) as cpFlatIsrExp datasets with their exposure records, all or "
                     "nothing, and put the run first in <instrument>/defaults.",
         epilog=_keyword_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,

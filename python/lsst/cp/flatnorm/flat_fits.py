@@ -5,7 +5,7 @@
 
 `scan_flats` reads the headers of a set of files and checks everything that can be checked without
 a butler repository; it returns one `FlatSource` per (exposure, detector) image, whose `~FlatSource.read`
-returns the `lsst.images.MaskedImage` the flat tasks take (``cpFlatProc``).  Nothing here writes.
+returns the `lsst.images.MaskedImage` the flat tasks take (``cpFlatIsrExp``).  Nothing here writes.
 
 Layouts
 -------

@@ -1,7 +1,7 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Ingest post-ISR flat FITS files into a butler repository as ``cpFlatProc`` datasets.
+"""Ingest post-ISR flat FITS files into a butler repository as ``cpFlatIsrExp`` datasets.
 
 `ingest_flats` is all or nothing.  It checks every file (`lsst.cp.flatnorm.flat_fits.scan_flats`)
 and the repository (an (exposure, detector) already ingested, an exposure whose existing record
@@ -10,7 +10,7 @@ with every problem.  Then one butler transaction inserts the new exposures' reco
 images into a RUN collection and puts that run first in the instrument's umbrella collection
 (``<instrument>/defaults``, with its calibration collection), so that
 ``pipetask run -i <instrument>/defaults`` finds the flats and the camera.  If anything fails in
-the transaction, the registry and the datastore are rolled back, and a ``cpFlatProc`` dataset type
+the transaction, the registry and the datastore are rolled back, and a ``cpFlatIsrExp`` dataset type
 that the call registered is removed again: the repository is left as it was.
 
 An exposure whose record exists already (its other detectors were ingested before) keeps it, if the
@@ -37,7 +37,7 @@ from .flat_fits import FlatIngestError, FlatSource, HeaderKeywords, exposure_dif
 
 _POST_ISR_FLATS = post_isr_flat_input("Post-ISR flats, as ingested.")
 INGEST_DATASET_TYPE = _POST_ISR_FLATS.name
-"""The post-ISR flats the flat pipelines read (``cpFlatProc``)."""
+"""The post-ISR flats the flat pipelines read (``cpFlatIsrExp``)."""
 _CAMERA_DATASET_TYPE = "camera"
 _RUN_LABELS = ("flats", "ingested")
 
@@ -69,7 +69,7 @@ def ingest_flats(
     keywords: HeaderKeywords = HeaderKeywords(),
     run: str | None = None,
 ) -> IngestResult:
-    """Ingest post-ISR flat FITS files as ``cpFlatProc`` datasets, with their exposure records.
+    """Ingest post-ISR flat FITS files as ``cpFlatIsrExp`` datasets, with their exposure records.
 
     Parameters
     ----------
@@ -197,7 +197,7 @@ def _existing_exposures(butler: Butler, instrument: str, exposures: Iterable[int
 
 
 def _ingested_runs(butler: Butler, instrument: str, exposures: Iterable[int]) -> dict[tuple[int, int], str]:
-    """(exposure, detector) -> run of every ``cpFlatProc`` of these exposures, in any collection."""
+    """(exposure, detector) -> run of every ``cpFlatIsrExp`` of these exposures, in any collection."""
     try:
         refs = butler.query_datasets(
             INGEST_DATASET_TYPE, collections="*", find_first=False, instrument=instrument,

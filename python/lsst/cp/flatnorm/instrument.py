@@ -316,7 +316,7 @@ class FlatInstrument(Instrument):
     def getRawFormatter(self, dataId: Any) -> type:
         raise NotImplementedError(
             f"{self.getName()} reads no raw data: flats come in as post-ISR images (dataset type "
-            "cpFlatProc, via `cp-flatnorm ingest` or the simulator), so there is no raw formatter."
+            "cpFlatIsrExp, via `cp-flatnorm ingest` or the simulator), so there is no raw formatter."
         )
 
     def register(self, registry: Registry, *, update: bool = False) -> None:
