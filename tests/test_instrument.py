@@ -284,7 +284,7 @@ def test_what_is_not_an_instrument(no_config_path):
     with pytest.raises(TypeError, match="FlatInstrument is generic"):
         FlatInstrument()
     with pytest.raises(NotImplementedError, match=r"^NoConfigCam reads no raw data: flats come in as "
-                       r"post-ISR images \(dataset type cpFlatProc, via `cp-flatnorm ingest`"):
+                       r"post-ISR images \(dataset type cpFlatIsrExp, via `cp-flatnorm ingest`"):
         flat_instrument.NoConfigCam().getRawFormatter({})
     for name in ("_private", "__path__", "instrument", "object"):
         assert not hasattr(flat_instrument, name)
