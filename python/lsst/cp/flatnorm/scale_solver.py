@@ -293,6 +293,15 @@ def _reject(
     """Return the valid entries whose residual from (g, e) is within the clipping threshold."""
     with np.errstate(invalid="ignore"):  # rows without a solution have g = NaN
         distance = np.abs(log_levels - g[:, np.newaxis] - e[np.newaxis, :])
+    return _reject_distance(distance, valid, n_sigma, floor)
+
+
+def _reject_distance(
+    distance: np.ndarray, valid: np.ndarray, n_sigma: float, floor: float, keep_rows: bool = False
+) -> np.ndarray:
+    """Return the valid entries whose absolute log residual ``distance`` is within the clipping
+    threshold ``max(n_sigma * sigma, floor)``, keeping at least one entry of every column (and,
+    with ``keep_rows``, of every row)."""
     good = valid & np.isfinite(distance)
     threshold = max(n_sigma * _robust_sigma(distance, good, absolute=True), floor)
     keep = good & (distance <= threshold)
@@ -300,6 +309,9 @@ def _reject(
     # looks deviant, the deviation is the exposure's own and rejecting cannot help.
     emptied = ~keep.any(axis=0) & valid.any(axis=0)
     keep[:, emptied] = valid[:, emptied]
+    if keep_rows:  # the same holds for a row (its g, e.g. from a median polish, is what is off)
+        emptied = ~keep.any(axis=1) & valid.any(axis=1)
+        keep[emptied] = valid[emptied]
     return keep
 
 
