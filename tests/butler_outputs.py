@@ -10,9 +10,9 @@ variance and header)."""
 
 from __future__ import annotations
 
-__all__ = ["compare_outputs", "output_dataset_types"]
+__all__ = ["compare_outputs", "output_dataset_types", "run_checks"]
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from astropy.table import Table
@@ -79,3 +79,18 @@ def compare_outputs(
             np.testing.assert_equal(a, b, err_msg=f"{dataset_type} {dict(key)} differs")
         counts[dataset_type] = len(refs_a)
     return counts
+
+
+def run_checks(*args, checks: Sequence[Callable]) -> None:
+    """Call every check with ``args``; then fail with all the failed checks' messages, if any.
+
+    For tests that are one item on purpose (an expensive set-up that pytest-xdist would otherwise
+    tear down and rebuild between the items of a group) but check several things.
+    """
+    failures = []
+    for check in checks:
+        try:
+            check(*args)
+        except AssertionError as error:
+            failures.append(f"{check.__name__}: {error}")
+    assert not failures, "\n\n".join(failures)

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 import lsst.cp.flatnorm.sim.repo as sim_repo
-from butler_outputs import compare_outputs, output_dataset_types
+from butler_outputs import compare_outputs, output_dataset_types, run_checks
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
 from lsst.cp.flatnorm.sim.repo import build_sim_repo
@@ -119,7 +119,18 @@ def repos(registry_url, tmp_path_factory):
     return pg, sqlite, intervals
 
 
-def test_registry_is_in_postgres(server, repos):
+def test_flat_chain_on_postgres(server, repos):
+    """One test item, so that pytest-xdist builds the server and the runs once (it tears module
+    fixtures down between the items of a group when its queue runs short)."""
+    run_checks(server, repos, checks=[
+        check_registry_is_in_postgres,
+        check_the_two_postgres_runs_were_concurrent,
+        check_postgres_outputs_equal_sqlite_outputs_exactly,
+        check_postgres_runs_match_truth,
+    ])
+
+
+def check_registry_is_in_postgres(server, repos):
     pg, _, _ = repos
     assert pg.butler._config["registry", "db"].startswith("postgresql://")
     assert not list(pg.root.glob("*.sqlite3"))
@@ -133,14 +144,14 @@ def test_registry_is_in_postgres(server, repos):
         assert rows == [(len(CAMERA),)]
 
 
-def test_the_two_postgres_runs_were_concurrent(repos):
+def check_the_two_postgres_runs_were_concurrent(server, repos):
     _, _, intervals = repos
     (start_a, end_a), (start_b, end_b), _ = intervals
     overlap = min(end_a, end_b) - max(start_a, start_b)
     assert overlap > 0.8 * min(end_a - start_a, end_b - start_b)
 
 
-def test_postgres_outputs_equal_sqlite_outputs_exactly(repos):
+def check_postgres_outputs_equal_sqlite_outputs_exactly(server, repos):
     pg, sqlite, _ = repos
     dataset_types = output_dataset_types(PIPELINE)
     n_images = len(CAMERA) * CONFIG.n_exposures
@@ -149,7 +160,7 @@ def test_postgres_outputs_equal_sqlite_outputs_exactly(repos):
         assert sorted(counts.values()) == [1, 1, len(CAMERA), n_images]
 
 
-def test_postgres_runs_match_truth(repos):
+def check_postgres_runs_match_truth(server, repos):
     """The outputs are not merely equal: the scales are right (as in test_end_to_end)."""
     pg, _, _ = repos
     for output in OUTPUTS:
