@@ -3,6 +3,7 @@
 
 """Tests of CpFlatNormalizationTask.run() and measureScales() on in-memory statistics."""
 
+import re
 import unittest
 from types import SimpleNamespace
 
@@ -349,6 +350,162 @@ class AmpLevelTestCase(lsst.utils.tests.TestCase):
         with self.assertRaisesRegex(KeyError, r"'AMP_N_4'") as cm:
             self.task.run(mds, dims, self.factory.camera)
         self.assertIn(f"exposure={dims[2]['exposure']}", str(cm.exception))
+
+
+class ColourTermsTestCase(lsst.utils.tests.TestCase):
+    """colourTerms: 0 is today's output; > 0 puts each entry on the reference colour."""
+
+    def setUp(self):
+        self.factory = StatisticsFactory(seed=13)
+        rng = np.random.default_rng(14)
+        # Two sensor families answer the lamp colour differently (log response per unit colour).
+        self.slopes = {det.id: (0.01 if det.id % 2 else -0.01) + rng.uniform(-2e-3, 2e-3)
+                       for det in self.factory.camera}
+        self.colours = dict(zip(EXPOSURES, [-0.4, -0.1, 0.15, 0.35]))
+
+    def inputs(self, pairs, colour=True, outlier=None):
+        mds, dims = self.factory.inputs(pairs)
+        for md, dim in zip(mds, dims):
+            factor = np.exp(self.slopes[dim["detector"]] * self.colours[dim["exposure"]]) if colour else 1.0
+            if (dim["exposure"], dim["detector"]) == outlier:
+                factor *= 0.8
+            md["DETECTOR_MEDIAN"] *= factor
+            for i in range(len(self.factory.camera[dim["detector"]])):
+                md[f"AMP_MEDIAN_{i}"] *= factor
+        return mds, dims
+
+    @staticmethod
+    def task(**config):
+        task_config = CpFlatNormalizationTask.ConfigClass()
+        for name, value in config.items():
+            setattr(task_config, name, value)
+        return CpFlatNormalizationTask(config=task_config)
+
+    def test_config(self):
+        config = CpFlatNormalizationTask.ConfigClass()
+        self.assertEqual((config.colourTerms, config.chooseColourTerms), (0, False))
+        for field, value, allowed in (("colourTerms", -1, "[0,inf)"), ("colourTolerance", 0.0, "(0.0,inf)"),
+                                      ("colourMaxSweeps", 0, "[1,inf)")):
+            with self.assertRaisesRegex(pexConfig.FieldValidationError, re.escape(allowed), msg=field):
+                setattr(config, field, value)
+
+    def reference(self, mds, dims, level, omit):
+        """Today's code path, spelled out: the separable solver and the dictionary writer."""
+        from lsst.cp.flatnorm.flat_statistics import gather_statistics
+        from lsst.cp.flatnorm.scale_dictionary import build_scale_dictionary
+        from lsst.cp.flatnorm.scale_solver import solve_separable_scales
+
+        matrix = gather_statistics(mds, dims, self.factory.camera, level)
+        solution = solve_separable_scales(matrix.levels, matrix.counts)
+        scales = build_scale_dictionary(
+            level, exposures=matrix.exposures, row_detectors=matrix.detectors,
+            row_amplifiers=matrix.amplifiers, e_values=solution.column_scales, g_values=solution.row_scales,
+            amp_names={d: [a.getName() for a in self.factory.camera[d]] for d in set(matrix.detectors)},
+            omit=~solution.used if omit else None)
+        rows, columns = np.nonzero(matrix.present.T)
+        rows, columns = columns, rows
+        columns_of_today = {
+            "exposure": np.asarray(matrix.exposures)[columns], "detector": np.asarray(matrix.detectors)[rows],
+            "amplifier": np.asarray(matrix.amplifiers, dtype=str)[rows],
+            "level": matrix.levels[rows, columns],
+            "n_pixels": matrix.counts[rows, columns], "exp_scale": solution.column_scales[columns],
+            "det_scale": solution.row_scales[rows], "model": solution.model[rows, columns],
+            "log_residual": solution.log_residuals[rows, columns],
+            "flag": np.array(["USED", "INVALID", "REJECTED"])[solution.flags[rows, columns]],
+            "group": solution.row_groups[rows],
+        }
+        meta = {"LEVEL": level, "ITERATIONS": solution.iterations, "CONVERGED": solution.converged,
+                "N_GROUPS": solution.n_groups, "LOG_RESIDUAL_RMS": solution.rms,
+                "LOG_RESIDUAL_SIGMA": solution.sigma}
+        return scales, columns_of_today, meta
+
+    def test_no_colour_terms_is_todays_output_bit_for_bit(self):
+        pairs = self.factory.all_pairs(skip={(EXPOSURES[1], 4), (EXPOSURES[3], 9)})
+        for level in ("DETECTOR", "AMP"):
+            for omit in (False, True):
+                with self.subTest(level=level, omit=omit):
+                    mds, dims = self.inputs(pairs, outlier=(EXPOSURES[2], 7))
+                    mds[0]["AMP_MEDIAN_3"] = float("nan")
+                    result = self.task(level=level, omitUnusedScales=omit).run(mds, dims, self.factory.camera)
+                    scales, columns, meta = self.reference(mds, dims, level, omit)
+                    self.assertEqual(result.outputScales, scales)
+                    table = result.outputScaleTable
+                    for name, values in columns.items():
+                        np.testing.assert_array_equal(np.asarray(table[name]), values, err_msg=name)
+                    self.assertEqual({key: table.meta[key] for key in meta}, meta)
+                    self.assertEqual(table.meta["COLOUR_TERMS"], 0)
+                    self.assertNotIn("colour_u_1", table.colnames)
+
+    def test_colour_terms_put_each_entry_on_the_reference_colour(self):
+        pairs = self.factory.all_pairs(skip={(EXPOSURES[3], 4)})  # detector 4 misses the reddest
+        mds, dims = self.inputs(pairs)
+        for level in ("DETECTOR", "AMP"):
+            with self.subTest(level=level):
+                task = self.task(level=level, colourTerms=1)
+                result = task.run(mds, dims, self.factory.camera)
+                table = result.outputScaleTable
+                np.testing.assert_allclose(table["model"], table["level"], rtol=1e-9)
+                self.assertEqual(table.meta["COLOUR_TERMS"], 1)
+                self.assertTrue(table.meta["COLOUR_CONVERGED"])
+                self.assertEqual(len(table.meta["COLOUR_RMS"]), 2)
+                self.assertGreater(table.meta["COLOUR_RMS"][0], 1e-3)
+                self.assertLess(table.meta["COLOUR_RMS"][1], 1e-9)
+                # The combine divides each entry by expScale: level / expScale is the row's response
+                # at the reference colour, G, the same in every exposure.
+                exp_scale = result.outputScales["expScale"]
+                for row in table:
+                    amp = row["amplifier"] or "C10"
+                    scale = exp_scale[int(row["detector"])][amp][int(row["exposure"])]
+                    self.assertAlmostEqual(row["level"] / scale / row["det_scale"], 1.0, delta=1e-9)
+                    expected = row["exp_scale"] * np.exp(row["colour_u_1"] * row["colour_v_1"])
+                    self.assertAlmostEqual(scale, expected, delta=1e-9 * scale)
+                # u follows the detectors' colour slopes, v the exposures' colours.
+                per_detector = {int(r["detector"]): r["colour_u_1"] for r in table
+                                if r["amplifier"] in ("", "C10")}
+                slopes = [self.slopes[d] for d in sorted(per_detector)]
+                self.assertGreater(np.corrcoef(slopes, [per_detector[d] for d in sorted(per_detector)])[0, 1],
+                                   0.999)
+                self.assertEqual(task.metadata["colourTerms"], 1)
+
+    def test_uncertainty_columns_and_metadata(self):
+        rng = np.random.default_rng(15)
+        mds, dims = self.inputs(self.factory.all_pairs())
+        for md in mds:
+            md["DETECTOR_MEDIAN"] *= np.exp(1e-3 * rng.standard_normal())
+        task = self.task(colourTerms=1)
+        table = task.run(mds, dims, self.factory.camera).outputScaleTable
+        for name in ("exp_scale_err", "det_scale_err"):
+            self.assertTrue(np.all(np.isfinite(table[name])) and np.all(table[name] > 0), name)
+        self.assertGreater(table.meta["SCALE_ERR_DOF"], 0)
+        for key in ("expScaleErrMedian", "expScaleErrMax", "detScaleErrMedian", "detScaleErrMax",
+                    "scaleErrScatter", "scaleErrDof", "colourRms", "colourConverged"):
+            self.assertIn(key, task.metadata.names(), key)
+        self.assertAlmostEqual(task.metadata["detScaleErrMax"], float(np.max(table["det_scale_err"])))
+
+    def test_choose_colour_terms_from_the_data(self):
+        pairs = self.factory.all_pairs()
+        rng = np.random.default_rng(16)
+        for colour, expected in ((True, 1), (False, 0)):
+            with self.subTest(colour=colour):
+                mds, dims = self.inputs(pairs, colour=colour)
+                for md in mds:
+                    md["DETECTOR_MEDIAN"] *= np.exp(1e-4 * rng.standard_normal())
+                task = self.task(colourTerms=2, chooseColourTerms=True)
+                table = task.run(mds, dims, self.factory.camera).outputScaleTable
+                self.assertEqual(table.meta["COLOUR_TERMS"], expected)
+                self.assertEqual(table.meta["COLOUR_TERMS_MAX"], 2)
+                self.assertEqual(len(table.meta["COLOUR_HELD_OUT"]), 3)
+                self.assertEqual(len(table.meta["COLOUR_RMS"]), 3)
+
+    def test_measure_scales_returns_the_colour_terms(self):
+        gains, lamps = np.array([0.9, 1.0, 1.1, 1.05]), np.array([100.0, 300.0, 200.0])
+        slopes, colours = np.array([0.01, -0.01, 0.005, -0.005]), np.array([-0.5, 0.1, 0.4])
+        levels = np.outer(gains, lamps) * np.exp(np.outer(slopes, colours))
+        result = self.task(colourTerms=1).measureScales(levels)
+        self.assertEqual(result.colourTerms, 1)
+        self.assertEqual((result.detColours.shape, result.expColours.shape), ((4, 1), (3, 1)))
+        np.testing.assert_allclose(result.bgModel, levels, rtol=1e-10)
+        self.assertEqual(self.task().measureScales(levels).detColours.shape, (4, 0))
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -105,6 +105,31 @@ class WriterTestCase(lsst.utils.tests.TestCase):
                                    row_amplifiers=["", ""], e_values=E, g_values=[1.0], amp_names=AMP_NAMES)
         with self.assertRaisesRegex(ValueError, r"shape \(3, 2\); expected \(2, 3\)"):
             detector_level(np.zeros((3, 2), dtype=bool))
+        with self.assertRaisesRegex(ValueError, r"shape \(2, 2\); expected \(2, 3\)"):
+            build_scale_dictionary("DETECTOR", exposures=EXPOSURES, row_detectors=[0, 3],
+                                   row_amplifiers=["", ""], e_values=E, g_values=[0.9, 1.1],
+                                   amp_names=AMP_NAMES, entry_factors=np.ones((2, 2)))
+
+    def test_entry_factors_scale_each_rows_entries(self):
+        """Colour terms: the scale under a row's amplifiers is E times that row's factor."""
+        factors = np.array([[1.01, 0.99, 1.0], [0.98, 1.02, 1.03]])
+        scales = build_scale_dictionary(
+            "DETECTOR", exposures=EXPOSURES, row_detectors=[0, 3], row_amplifiers=["", ""], e_values=E,
+            g_values=[0.9, 1.1], amp_names=AMP_NAMES, entry_factors=factors,
+            omit=np.array([[False, True, False], [False, False, False]]))
+        self.assertEqual(scales["expScale"][0]["C00"], {EXPOSURES[0]: E[0] * 1.01, EXPOSURES[2]: E[2] * 1.0})
+        self.assertEqual(scales["expScale"][0]["C01"], scales["expScale"][0]["C00"])
+        self.assertIsNot(scales["expScale"][0]["C01"], scales["expScale"][0]["C00"])
+        self.assertEqual(scales["expScale"][3]["C10"],
+                         {e: s * f for e, s, f in zip(EXPOSURES, E, factors[1])})
+        self.assertTrue(all(type(v) is float for v in scales["expScale"][3]["C10"].values()))
+        amp = build_scale_dictionary(
+            "AMP", exposures=EXPOSURES, row_detectors=[0, 0, 3], row_amplifiers=["C00", "C01", "C10"],
+            e_values=E, g_values=[0.95, 0.85, 1.2], amp_names=AMP_NAMES,
+            entry_factors=np.array([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [0.5, 0.5, 0.5]]))
+        self.assertEqual(amp["expScale"][0]["C00"], dict(zip(EXPOSURES, E)))
+        self.assertEqual(amp["expScale"][0]["C01"], {e: 2.0 * s for e, s in zip(EXPOSURES, E)})
+        self.assertEqual(amp["expScale"][3]["C10"], {e: 0.5 * s for e, s in zip(EXPOSURES, E)})
 
 
 class ReaderTestCase(lsst.utils.tests.TestCase):

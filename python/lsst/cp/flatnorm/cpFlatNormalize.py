@@ -1,10 +1,12 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""CpFlatNormalizationTask: butler I/O around the separable scale solver.
+"""CpFlatNormalizationTask: butler I/O around the scale solvers.
 
 The task gathers the flat statistics of every (exposure, detector) of one physical filter,
-solves ``B[row, exp] = G[row] * E[exp]`` with `lsst.cp.flatnorm.scale_solver`, and writes the scales
+solves ``B[row, exp] = G[row] * E[exp]`` with `lsst.cp.flatnorm.scale_solver` (with
+``colourTerms > 0``, times ``exp(sum_k u_k[row] v_k[exp])`` with `lsst.cp.flatnorm.colour_terms`),
+computes the scales' uncertainties (`lsst.cp.flatnorm.scale_uncertainty`), and writes the scales
 in cp_pipe's dictionary layout (for the combine step) plus a table with one row per measured
 entry (for people).
 """
@@ -32,6 +34,7 @@ from lsst.daf.butler import DataCoordinate, DatasetRef
 from lsst.utils.logging import getLogger
 
 from .camera_model import CameraModel
+from .colour_terms import DEFAULT_MAX_SWEEPS, DEFAULT_TOLERANCE, ColourFit, ColourSolution, fit_colour_terms
 from .flat_connections import (
     as_camera_model,
     camera_prerequisite,
@@ -40,13 +43,8 @@ from .flat_connections import (
 )
 from .flat_statistics import StatisticsMatrix, gather_statistics
 from .scale_dictionary import build_scale_dictionary
-from .scale_solver import (
-    DisconnectedDataError,
-    EmptyColumnError,
-    EntryFlag,
-    ScaleSolution,
-    solve_separable_scales,
-)
+from .scale_solver import DisconnectedDataError, EmptyColumnError, EntryFlag
+from .scale_uncertainty import ScaleUncertainties, scale_uncertainties
 
 
 _FLAG_NAMES = np.array([flag.name for flag in sorted(EntryFlag)])
@@ -97,8 +95,9 @@ class CpFlatNormalizationConnections(
     )
     outputScaleTable = cT.Output(
         name="",
-        doc="One row per measured (exposure, detector[, amplifier]): level, count, scales, model, "
-            "log residual and flag (USED, INVALID, REJECTED).  Left empty, the name is derived from "
+        doc="One row per measured (exposure, detector[, amplifier]): level, count, scales and their "
+            "uncertainties, colour terms, model, log residual and flag (USED, INVALID, REJECTED).  Left "
+            "empty, the name is derived from "
             "outputScales' (cpFlatNormalizeScales: cpFlatNormalizeScaleTable; see scale_table_name).",
         storageClass="ArrowAstropy",
         dimensions=("instrument", "physical_filter"),
@@ -253,6 +252,38 @@ class CpFlatNormalizationConfig(
         default=None,
         optional=True,
     )
+    colourTerms = pexConfig.RangeField(
+        dtype=int,
+        doc="Number K of colour terms: fit log B[row, exp] = g[row] + e[exp] + sum_k u_k[row] v_k[exp] "
+            "(a row's colour response times the exposure's lamp colour) instead of the separable model, "
+            "and write expScale[det][amp][exp] = E[exp] * exp(sum_k u_k[row] v_k[exp]), so that the combine "
+            "puts every exposure on the reference colour (that of the mean exposure).  0 (default): the "
+            "separable model, exactly as without this field.  With chooseColourTerms, the largest K tried.",
+        default=0,
+        min=0,
+    )
+    chooseColourTerms = pexConfig.Field(
+        dtype=bool,
+        doc="Choose the number of colour terms in 0..colourTerms from the data, by held-out entries: "
+            "5-fold cross-validation of the used entries; more terms are chosen only if they predict the "
+            "held-out levels with a count-weighted mean square residual more than 5% lower.",
+        default=False,
+    )
+    colourTolerance = pexConfig.RangeField(
+        dtype=float,
+        doc="The colour-term fit's alternating sweeps stop when no used entry's log model changes by "
+            "more than this; a fit that does not within colourMaxSweeps is reported (log warning, "
+            "COLOUR_CONVERGED in the table's metadata).",
+        default=DEFAULT_TOLERANCE,
+        min=0.0,
+        inclusiveMin=False,
+    )
+    colourMaxSweeps = pexConfig.RangeField(
+        dtype=int,
+        doc="Most alternating sweeps of one colour-term fit (per solve-and-reject round).",
+        default=DEFAULT_MAX_SWEEPS,
+        min=1,
+    )
     cameraStorageClass = camera_storage_class_field()
 
     def validate(self) -> None:
@@ -270,7 +301,10 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
     Solves ``B[row, exp] = G[row] * E[exp]`` for the exposure scales ``E`` (what the combine step
     divides each exposure by) and the detector or amplifier scales ``G`` (the relative response
     the final flat keeps), by exact count-weighted least squares in log space with outlier
-    rejection; see `lsst.cp.flatnorm.scale_solver`.
+    rejection; see `lsst.cp.flatnorm.scale_solver`.  With ``colourTerms`` the model has colour
+    terms and the combine divides each entry by ``E * exp(sum_k u_k v_k)``; see
+    `lsst.cp.flatnorm.colour_terms`.  The scales' 1-sigma uncertainties are in the table
+    (`lsst.cp.flatnorm.scale_uncertainty`).
     """
 
     ConfigClass = CpFlatNormalizationConfig
@@ -324,11 +358,13 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         matrix = gather_statistics(inputMDs, inputDims, camera, self.config.level)
         self.log.info("Solving %d %s rows x %d exposures (%d entries measured).", len(matrix.detectors),
                       matrix.level, len(matrix.exposures), int(matrix.present.sum()))
-        solution = self._solve(matrix)
-        self._report(matrix, solution)
+        fit = self._solve(matrix)
+        errors = scale_uncertainties(fit.solution, matrix.counts)
+        self._report(matrix, fit.solution)
+        self._report_colour_and_errors(matrix, fit, errors)
         return pipeBase.Struct(
-            outputScales=self._scale_dict(matrix, solution, camera),
-            outputScaleTable=self._scale_table(matrix, solution),
+            outputScales=self._scale_dict(matrix, fit.solution, camera),
+            outputScaleTable=self._scale_table(matrix, fit, errors),
         )
 
     def measureScales(
@@ -355,7 +391,9 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             every entry), ``logResiduals`` (NaN where invalid), ``flags`` (`EntryFlag` values),
             ``rejected`` (bool mask), ``rowGroups``, ``expGroups``, ``nGroups``, ``iterations``,
             ``converged``, ``rms`` (count-weighted RMS of used log residuals) and ``sigma``
-            (their MAD scatter).
+            (their MAD scatter); ``colourTerms`` (K, chosen if ``chooseColourTerms``), ``detColours``
+            (u, (nRows, K)) and ``expColours`` (v, (nExposures, K)), with ``bgModel`` then
+            ``G x E x exp(u v^T)``.  (``run`` also computes the scales' uncertainties.)
 
         Raises
         ------
@@ -364,20 +402,25 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         lsst.cp.flatnorm.scale_solver.DisconnectedDataError
             Raised if the data split into groups and ``disconnectedPolicy`` is RAISE.
         """
-        return _solution_struct(self._solve_scales(bgMatrix, bgCounts, iterations))
+        return _solution_struct(self._solve_scales(bgMatrix, bgCounts, iterations).solution)
 
-    def _solve_scales(self, levels: np.ndarray, counts: np.ndarray | None, iterations: int) -> ScaleSolution:
-        """Solve with the configured outlier rejection and disconnected-data policy."""
-        return solve_separable_scales(
+    def _solve_scales(self, levels: np.ndarray, counts: np.ndarray | None, iterations: int) -> ColourFit:
+        """Solve with the configured model, outlier rejection and disconnected-data policy
+        (``colourTerms=0``: `~lsst.cp.flatnorm.scale_solver.solve_separable_scales`, unchanged)."""
+        return fit_colour_terms(
             levels,
             counts,
+            self.config.colourTerms,
+            choose=self.config.chooseColourTerms,
             max_iterations=iterations,
             outlier_sigma=self.config.outlierSigma,
             outlier_floor=self.config.outlierFloor,
             allow_disconnected=self.config.disconnectedPolicy == "SEPARATE",
+            tolerance=self.config.colourTolerance,
+            max_sweeps=self.config.colourMaxSweeps,
         )
 
-    def _solve(self, matrix: StatisticsMatrix) -> ScaleSolution:
+    def _solve(self, matrix: StatisticsMatrix) -> ColourFit:
         """Solve the matrix, turning index-based errors into ones that name data IDs."""
         try:
             return self._solve_scales(matrix.levels, matrix.counts, self.config.scaleMaxIter)
@@ -404,7 +447,7 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             for k, (rows, columns) in enumerate(zip(row_groups, column_groups))
         )
 
-    def _report(self, matrix: StatisticsMatrix, solution: ScaleSolution) -> None:
+    def _report(self, matrix: StatisticsMatrix, solution: ColourSolution) -> None:
         """Log what was excluded and record the solve's diagnostics in the task metadata."""
         invalid = matrix.present & (solution.flags == EntryFlag.INVALID)
         self._log_entries("INVALID", np.argwhere(invalid), lambda i, j: (
@@ -412,7 +455,8 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             f"{matrix.entry_label(i, j)} is invalid; excluded."))
         self._log_entries("REJECTED", np.argwhere(solution.rejected), lambda i, j: (
             f"Rejected outlier {matrix.entry_label(i, j)}: level {matrix.levels[i, j]:.6g} is "
-            f"{100 * np.expm1(solution.log_residuals[i, j]):+.2f}% from the separable model."))
+            f"{100 * np.expm1(solution.log_residuals[i, j]):+.2f}% from the "
+            f"{'separable model' if solution.n_terms == 0 else 'model with colour terms'}."))
         for i in solution.empty_rows:
             self.log.warning("No usable flat level for %s: its scale is NaN and it is flagged.",
                              matrix.row_label(i))
@@ -432,6 +476,51 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         for key, value in counts.items():
             self.metadata[key] = value
 
+    def _report_colour_and_errors(
+        self, matrix: StatisticsMatrix, fit: ColourFit, errors: ScaleUncertainties
+    ) -> None:
+        """Log the colour terms and the uncertainties, and summarise them in the task metadata."""
+        solution = fit.solution
+        if self.config.colourTerms > 0:
+            how = "chosen by held-out entries" if fit.held_out is not None else "configured"
+            self.log.info("Colour terms: %d (%s; colourTerms=%d); log-residual rms for 0..%d terms: %s; "
+                          "%d sweep(s), last model change %.2g.", solution.n_terms, how,
+                          self.config.colourTerms, self.config.colourTerms,
+                          ", ".join(f"{rms:.3g}" for rms in fit.rms_by_terms), solution.sweeps,
+                          solution.model_change)
+            if fit.held_out is not None:
+                self.log.info("Held-out mean square log residual for 0..%d terms: %s (%d entries).",
+                              self.config.colourTerms, ", ".join(f"{x:.3g}" for x in fit.held_out.scores),
+                              fit.held_out.n_held_out)
+            if not solution.sweeps_converged:
+                self.log.warning("The colour-term fit did not reach colourTolerance=%g within "
+                                 "colourMaxSweeps=%d sweeps (last change of the log model %.3g).",
+                                 self.config.colourTolerance,
+                                 self.config.colourMaxSweeps, solution.model_change)
+            for i in solution.uncoloured_rows:
+                self.log.warning("%s has fewer than %d used entries: its colour response is not measured "
+                                 "(set to 0, the mean).", matrix.row_label(i), solution.n_terms + 1)
+            for j in solution.uncoloured_columns:
+                self.log.warning("Exposure %s has fewer than %d used entries: its colour is not measured "
+                                 "(set to 0, the reference).", matrix.exposures[j], solution.n_terms + 1)
+        self.log.info("Scale uncertainties (1 sigma, relative): E median %.2g, max %.2g; G median %.2g, max "
+                      "%.2g (residual scatter %.3g per unit weight, %d degrees of freedom).",
+                      *_median_max(errors.column_errors), *_median_max(errors.row_errors), errors.scatter,
+                      errors.dof)
+        summary = {
+            "colourTerms": int(solution.n_terms),
+            "colourRms": [float(rms) for rms in fit.rms_by_terms],
+            "colourConverged": bool(solution.sweeps_converged),
+            "scaleErrScatter": float(errors.scatter),
+            "scaleErrDof": int(errors.dof),
+        }
+        summary["expScaleErrMedian"], summary["expScaleErrMax"] = _median_max(errors.column_errors)
+        summary["detScaleErrMedian"], summary["detScaleErrMax"] = _median_max(errors.row_errors)
+        if fit.held_out is not None:
+            summary["colourHeldOut"] = [float(score) for score in fit.held_out.scores]
+        for key, value in summary.items():
+            self.metadata[key] = value
+
     def _log_entries(self, flag: str, entries: np.ndarray, describe: Callable[[int, int], str]) -> None:
         """Warn about each flagged (row, exposure) entry, up to a limit; count the rest.
 
@@ -444,8 +533,9 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             self.log.warning("... and %d more entries flagged %s in the scale table.",
                              len(entries) - _MAX_ENTRY_WARNINGS, flag)
 
-    def _scale_dict(self, matrix: StatisticsMatrix, solution: ScaleSolution, camera: CameraModel) -> dict:
-        """Build cp_pipe's output layout; with ``omitUnusedScales``, without the unused entries."""
+    def _scale_dict(self, matrix: StatisticsMatrix, solution: ColourSolution, camera: CameraModel) -> dict:
+        """Build cp_pipe's output layout; with ``omitUnusedScales``, without the unused entries; with
+        colour terms, each entry's exposure scale for its row's colour response."""
         detectors = sorted(set(matrix.detectors))
         return build_scale_dictionary(
             matrix.level,
@@ -456,10 +546,12 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             g_values=solution.row_scales,
             amp_names={detector: [amp.getName() for amp in camera[detector]] for detector in detectors},
             omit=~solution.used if self.config.omitUnusedScales else None,
+            entry_factors=solution.entry_factors if solution.n_terms > 0 else None,
         )
 
-    def _scale_table(self, matrix: StatisticsMatrix, solution: ScaleSolution) -> Table:
+    def _scale_table(self, matrix: StatisticsMatrix, fit: ColourFit, errors: ScaleUncertainties) -> Table:
         """One row per measured (exposure, row) entry, exposure-major."""
+        solution = fit.solution
         rows, columns = np.nonzero(matrix.present.T)  # exposure-major order
         rows, columns = columns, rows
         flags = solution.flags[rows, columns]
@@ -476,17 +568,34 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
                 "log_residual": solution.log_residuals[rows, columns],
                 "flag": _FLAG_NAMES[flags],
                 "group": solution.row_groups[rows],
+                "exp_scale_err": errors.column_errors[columns],
+                "det_scale_err": errors.row_errors[rows],
             }
         )
+        for k in range(solution.n_terms):
+            table[f"colour_u_{k + 1}"] = solution.row_colours[rows, k]
+            table[f"colour_v_{k + 1}"] = solution.column_colours[columns, k]
         table.meta.update({
             "LEVEL": matrix.level, "ITERATIONS": int(solution.iterations),
             "CONVERGED": bool(solution.converged), "N_GROUPS": int(solution.n_groups),
             "LOG_RESIDUAL_RMS": float(solution.rms), "LOG_RESIDUAL_SIGMA": float(solution.sigma),
+            "COLOUR_TERMS": int(solution.n_terms), "COLOUR_TERMS_MAX": int(self.config.colourTerms),
+            "COLOUR_RMS": [float(rms) for rms in fit.rms_by_terms],
+            "COLOUR_SWEEPS": int(solution.sweeps), "COLOUR_CONVERGED": bool(solution.sweeps_converged),
+            "SCALE_ERR_SCATTER": float(errors.scatter), "SCALE_ERR_DOF": int(errors.dof),
         })
+        if fit.held_out is not None:
+            table.meta["COLOUR_HELD_OUT"] = [float(score) for score in fit.held_out.scores]
         return table
 
 
-def _solution_struct(solution: ScaleSolution) -> pipeBase.Struct:
+def _median_max(values: np.ndarray) -> tuple[float, float]:
+    """Median and maximum of the finite values (NaN if there is none)."""
+    finite = values[np.isfinite(values)]
+    return (float(np.median(finite)), float(np.max(finite))) if finite.size else (float("nan"),) * 2
+
+
+def _solution_struct(solution: ColourSolution) -> pipeBase.Struct:
     """Repack a solution under cp_pipe's ``measureScales`` field names."""
     return pipeBase.Struct(
         expScales=solution.column_scales,
@@ -504,4 +613,7 @@ def _solution_struct(solution: ScaleSolution) -> pipeBase.Struct:
         converged=solution.converged,
         rms=solution.rms,
         sigma=solution.sigma,
+        colourTerms=solution.n_terms,
+        detColours=solution.row_colours,
+        expColours=solution.column_colours,
     )

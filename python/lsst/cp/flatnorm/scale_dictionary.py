@@ -11,8 +11,11 @@ The layout is::
 
 ``expScale`` repeats the exposure scale E of an exposure under every amplifier of every detector,
 because cp_pipe's combine looks it up per amplifier; when entries are omitted, some exposures are
-absent under some amplifiers.  The normalization task writes the dictionary with
-`build_scale_dictionary`; the combine task and the simulation read it with the other functions.
+absent under some amplifiers.  With colour terms (`lsst.cp.flatnorm.colour_terms`) the scale under
+a detector's (DETECTOR level) or an amplifier's (AMP level) entries is ``E * exp(sum_k u_k v_k)``,
+the exposure scale for that row's colour response, so the same exposure's entries differ by row.
+The normalization task writes the dictionary with `build_scale_dictionary`; the combine task and
+the simulation read it with the other functions.
 
 The butler's YAML storage keeps integer keys, but scales that went through JSON arrive with
 string keys, so the readers accept both.
@@ -50,6 +53,7 @@ def build_scale_dictionary(
     g_values: Sequence[float],
     amp_names: Mapping[int, Sequence[str]],
     omit: np.ndarray | None = None,
+    entry_factors: np.ndarray | None = None,
 ) -> dict[str, dict]:
     """Write exposure and row scales in cp_pipe's layout.
 
@@ -74,6 +78,9 @@ def build_scale_dictionary(
     omit : `numpy.ndarray` of `bool`, (nRows, nExposures), optional
         Entries whose exposure scale is left out of ``expScale``: under every amplifier of the
         detector for a DETECTOR-level row, under its own amplifier for an AMP-level row.
+    entry_factors : `numpy.ndarray`, (nRows, nExposures), optional
+        Factors multiplying ``E`` per entry (colour terms: ``exp(sum_k u_k[row] v_k[exposure])``),
+        placed as ``omit`` is; `None` writes ``E`` alone, the same under every amplifier.
 
     Returns
     -------
@@ -84,15 +91,19 @@ def build_scale_dictionary(
     Raises
     ------
     ValueError
-        Raised if ``level`` is unknown or the lengths (or ``omit``'s shape) disagree.
+        Raised if ``level`` is unknown or the lengths (or ``omit``'s or ``entry_factors``' shape)
+        disagree.
     """
     _check_shapes(level, exposures, e_values, row_detectors, row_amplifiers, g_values, omit)
+    _check_shapes(level, exposures, e_values, row_detectors, row_amplifiers, g_values, entry_factors)
     per_exposure = {int(exposure): float(e) for exposure, e in zip(exposures, e_values)}
     # Each amplifier gets its own copy: omitting pops from one, and the YAML writer refuses aliases.
     exp_scale = {
         detector: {str(amp): dict(per_exposure) for amp in amp_names[detector]}
         for detector in sorted({int(detector) for detector in row_detectors})
     }
+    if entry_factors is not None:
+        _scale_entries(exp_scale, level, exposures, row_detectors, row_amplifiers, e_values, entry_factors)
     if omit is not None:
         _omit_entries(exp_scale, level, exposures, row_detectors, row_amplifiers, omit)
     return {_EXP_SCALE: exp_scale, _DET_SCALE: _det_scale(level, row_detectors, row_amplifiers, g_values)}
@@ -115,8 +126,27 @@ def _check_shapes(
         raise ValueError(f"Got {len(row_detectors)} row detectors, {len(row_amplifiers)} row amplifiers "
                          f"and {len(g_values)} row scales.")
     if omit is not None and np.shape(omit) != (len(row_detectors), len(exposures)):
-        raise ValueError(f"The omitted-entry mask has shape {np.shape(omit)}; expected "
+        raise ValueError(f"The per-entry array has shape {np.shape(omit)}; expected "
                          f"{(len(row_detectors), len(exposures))} (rows, exposures).")
+
+
+def _scale_entries(
+    exp_scale: dict[int, dict[str, dict[int, float]]],
+    level: str,
+    exposures: Sequence[int],
+    row_detectors: Sequence[int],
+    row_amplifiers: Sequence[str],
+    e_values: Sequence[float],
+    entry_factors: np.ndarray,
+) -> None:
+    """Write ``E[exposure] * entry_factors[row, exposure]`` under each row's amplifiers."""
+    scales = np.asarray(e_values, dtype=float)[np.newaxis, :] * np.asarray(entry_factors, dtype=float)
+    keys = [int(exposure) for exposure in exposures]
+    for i, detector in enumerate(row_detectors):
+        detector = int(detector)
+        amps = list(exp_scale[detector]) if level == "DETECTOR" else [str(row_amplifiers[i])]
+        for amp in amps:
+            exp_scale[detector][amp] = dict(zip(keys, scales[i].tolist()))
 
 
 def _omit_entries(
@@ -231,7 +261,9 @@ def exposure_scales(scales: Mapping[str, Any]) -> dict[int, float]:
     """Return the exposure scale E of every exposure anywhere in ``expScale``.
 
     Every entry of an exposure holds the same E, so each is read where it first appears; an
-    exposure omitted under some amplifiers is still found under the others.
+    exposure omitted under some amplifiers is still found under the others.  With colour terms
+    the entries of an exposure differ by row (``E * exp(sum_k u_k v_k)``) and this returns the
+    first one found; ``E`` itself is the scale table's ``exp_scale``.
 
     Parameters
     ----------
