@@ -14,12 +14,13 @@ import numpy as np
 
 from lsst.utils.threads import disable_implicit_threading
 
-from . import gather, measure, solver
+from . import colour, gather, measure, solver
 
 PARTS = {
     "solver": solver.run,
     "gather": gather.run,
     "measure": measure.run,
+    "colour": colour.run,
 }
 
 

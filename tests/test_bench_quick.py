@@ -83,6 +83,18 @@ class QuickRunTestCase(unittest.TestCase):
         self.assertLess(float(agreement.group(1)), 1e-9)
         self.assertEqual(agreement.group(2), "equal")
 
+    def test_colour_lines(self):
+        label = "colour AMP 96x10"
+        self.assertRegex(self.result.stdout, rf"{label}: colourTerms=1 .*, colourTerms=0 .*: cost ratio "
+                                             r"\d+\.\dx \(solve and uncertainties")
+        errors = re.search(rf"{label}: max relative error E, G: colourTerms=0 (\S+), (\S+); "
+                           r"colourTerms=1 (\S+), (\S+)\n", self.result.stdout)
+        self.assertIsNotNone(errors, self.result.stdout)
+        separable_e, separable_g, colour_e, colour_g = map(float, errors.groups())
+        # The separable model keeps the colour term's bias in G; the colour model removes it.
+        self.assertGreater(separable_g, 5 * colour_g)
+        self.assertLess(max(colour_e, colour_g), 3e-4)
+
 
 class SolverPartsTestCase(unittest.TestCase):
     """The simulation, baseline, oracle and error measure behave as documented."""
