@@ -2,13 +2,13 @@
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
 """Figures of a flat normalization: focal-plane map of the row scales, exposure scales against
-time, the residual matrix with the rejected entries marked, and focal-plane mosaics of combined
-flats (matplotlib, Agg backend)."""
+time, the residual matrix with the rejected entries marked (alone, or two models side by side),
+and focal-plane mosaics of combined flats (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
 __all__ = ["bin_image", "plot_exposure_scales", "plot_flat_mosaic", "plot_focal_plane",
-           "plot_residual_matrix"]
+           "plot_residual_comparison", "plot_residual_matrix"]
 
 import math
 import os
@@ -158,6 +158,51 @@ def plot_residual_matrix(
     axes.set_xlabel("exposure (sequence number)")
     figure.suptitle("log residuals of the separable model (used entries)")
     figure.colorbar(image, ax=axes, label="log(level / (G E))")
+    _save(figure, path)
+
+
+def plot_residual_comparison(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    row_labels: Sequence[str],
+    exposure_labels: Sequence[str],
+    path: str | os.PathLike[str],
+) -> None:
+    """Show the log residuals of several models of the same entries side by side, on the colour
+    scale of the first (e.g. the separable model, then the model with colour terms).
+
+    Parameters
+    ----------
+    panels : `~collections.abc.Mapping` [`str`, `tuple`]
+        Panel title -> ``(log_residuals, rejected, invalid)`` as for `plot_residual_matrix`.
+    row_labels, exposure_labels : `~collections.abc.Sequence` [`str`]
+        Tick labels, shared by the panels.
+    path : `str` or `os.PathLike`
+        PNG file to write.
+    """
+    first = next(iter(panels.values()))
+    used = ~(first[1] | first[2]) & np.isfinite(first[0])
+    limit = max(float(np.abs(first[0][used]).max(initial=0.0)), 1e-6)
+    figure, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True,
+                                figsize=(len(panels) * max(5, 0.4 * len(exposure_labels) + 2),
+                                         max(4, 0.12 * len(row_labels) + 2)))
+    for ax, (title, (residuals, rejected, invalid)) in zip(axes[0], panels.items()):
+        shown = np.where(~(rejected | invalid) & np.isfinite(residuals), residuals, np.nan)
+        image = ax.imshow(shown, cmap="coolwarm", vmin=-limit, vmax=limit, aspect="auto",
+                          interpolation="nearest")
+        rows, columns = np.nonzero(rejected)
+        ax.scatter(columns, rows, marker="x", s=30, color="k", label=f"rejected ({len(rows)})")
+        rows, columns = np.nonzero(invalid)
+        ax.scatter(columns, rows, marker="o", s=30, facecolors="none", edgecolors="k",
+                   label=f"invalid ({len(rows)})")
+        used_values = shown[np.isfinite(shown)]
+        rms = float(np.sqrt(np.mean(used_values**2))) if used_values.size else 0.0
+        ax.set_title(f"{title}\nrms {rms:.2e}", fontsize=9)
+        ax.set_xticks(range(len(exposure_labels)), exposure_labels, rotation=90, fontsize=7)
+        ax.set_xlabel("exposure (sequence number)")
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.35), ncol=2, fontsize=7, frameon=False)
+    step = max(1, len(row_labels) // 40)
+    axes[0, 0].set_yticks(range(0, len(row_labels), step), list(row_labels)[::step], fontsize=7)
+    figure.colorbar(image, ax=list(axes[0]), label="log residual (used entries)")
     _save(figure, path)
 
 
