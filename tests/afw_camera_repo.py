@@ -11,6 +11,11 @@ daf_butler's ``Camera`` storage class without a formatter or an importable type.
 and puts the `stats_factory` statistics (seed ``SEED``) in ``test/cpFlatStatistics`` and the stand-in
 camera in ``test/camera``.  ``python afw_camera_repo.py read ROOT COLLECTION`` prints the scales
 that collection holds as JSON.
+
+``python afw_camera_repo.py create-images ROOT SEED`` makes such a repository with simulated
+post-ISR flats (`images_camera`, seed ``SEED``) in ``test/images`` instead of statistics, for the
+whole flat chain; ``python afw_camera_repo.py read-flats ROOT COLLECTION`` prints what the flats in
+that collection hold as JSON.
 """
 
 import json
@@ -18,12 +23,17 @@ import sys
 
 from lsst.afw.cameraGeom import camera_from_model
 from lsst.cp.flatnorm.butler_setup import seed_config
-from lsst.daf.butler import Butler
-from flat_repo import FILTER, INSTRUMENT, fill_repo
+from lsst.cp.flatnorm.exposure_records import insert_exposure_records
+from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig, FlatSimulator
+from lsst.cp.flatnorm.sim.instrument import SimFlatCam
+from lsst.cp.flatnorm.sim.repo import put_images
+from lsst.daf.butler import Butler, DatasetType
+from flat_repo import FILTER, INSTRUMENT, fill_repo, images_camera
 from stats_factory import StatisticsFactory
 
 STATS_RUN = "test/cpFlatStatistics"
 CAMERA_RUN = "test/camera"
+IMAGES_RUN = "test/images"
 
 
 def full_stack_seed():
@@ -44,6 +54,35 @@ def create(root, seed):
     butler.put(camera_from_model(factory.camera), "camera", instrument=INSTRUMENT, run=CAMERA_RUN)
 
 
+def create_images(root, seed):
+    config = Butler.makeRepo(root, config=full_stack_seed())
+    butler = Butler.from_config(config, writeable=True)
+    camera = images_camera()
+    config = FlatSimConfig(n_exposures=4, seed=seed, dead_amplifier=None, shadow=None, saturation=None,
+                           physical_filter=FILTER)
+    simulator = FlatSimulator(camera, config)
+    SimFlatCam(camera=camera).register(butler.registry)
+    insert_exposure_records(butler, INSTRUMENT, simulator.exposures)
+    put_images(butler, simulator, INSTRUMENT, IMAGES_RUN)
+    butler.registry.registerDatasetType(DatasetType("camera", ("instrument",), "Camera",
+                                                    universe=butler.dimensions, isCalibration=True))
+    butler.registry.registerRun(CAMERA_RUN)
+    butler.put(camera_from_model(camera), "camera", instrument=INSTRUMENT, run=CAMERA_RUN)
+
+
+def read_flats(root, collection):
+    butler = Butler.from_config(root, collections=collection)
+    flats = {}
+    for ref in butler.query_datasets("flat", instrument=INSTRUMENT, physical_filter=FILTER):
+        flat = butler.get(ref)
+        n_inputs = flat.metadata["CP_COMBINE_N_INPUTS"]
+        flats[ref.dataId["detector"]] = {
+            "n_vignetted": int(flat.mask.get("VIGNETTED").sum()),
+            "inputs": [flat.metadata[f"CP_COMBINE_INPUT_{i}"] for i in range(n_inputs)],
+        }
+    json.dump(flats, sys.stdout)
+
+
 def read(root, collection):
     butler = Butler.from_config(root, collections=collection)
     scales = butler.get("cpFlatNormalizeScales", instrument=INSTRUMENT, physical_filter=FILTER)
@@ -56,5 +95,9 @@ if __name__ == "__main__":
     command, root, argument = sys.argv[1:]
     if command == "create":
         create(root, int(argument))
+    elif command == "create-images":
+        create_images(root, int(argument))
+    elif command == "read-flats":
+        read_flats(root, argument)
     else:
         read(root, argument)

@@ -7,6 +7,7 @@ import astropy.time
 import astropy.units as u
 
 from lsst.cp.flatnorm.exposure_records import insert_exposure_records
+from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import SimExposure
 from lsst.cp.flatnorm.sim.instrument import SimFlatCam
 from lsst.daf.butler import DatasetType
@@ -14,6 +15,11 @@ from stats_factory import EXPOSURES
 
 INSTRUMENT = "SimFlatCam"
 FILTER = "sim_r"
+
+
+def images_camera():
+    """A camera for simulated images: one science and one wavefront detector of 0.01 mm pixels."""
+    return make_sim_camera(n_side=1, amp_width=4, amp_height=4, n_wavefront=1)
 
 
 def sim_exposures(exposures=EXPOSURES, physical_filter=FILTER, reasons=None):

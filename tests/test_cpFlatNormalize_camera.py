@@ -1,7 +1,8 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""CpFlatNormalizationTask on a repository that registers ``camera`` as ``Camera``, like the full stack's.
+"""The flat tasks on a repository that registers ``camera`` as ``Camera``, like the full stack's:
+the normalization alone, and the whole measure -> normalize -> combine chain.
 
 The repository holds a stand-in afw camera (``tests/afw_standin``), so every butler that opens it
 runs in a subprocess (see ``afw_camera_repo.py``).
@@ -17,11 +18,14 @@ import unittest
 from pathlib import Path
 
 import lsst.utils.tests
-from flat_repo import FILTER, INSTRUMENT
+from flat_repo import FILTER, INSTRUMENT, images_camera
+from lsst.cp.flatnorm.vignette_config import VignetteConfig, detector_vignetted_pixels
 from stats_factory import EXPOSURES, StatisticsFactory
 
 TESTS = Path(__file__).parent
 PIPELINE = TESTS.parent / "pipelines" / "_ingredients" / "cpFlatNorm.yaml"
+CHAIN = TESTS.parent / "pipelines" / "_ingredients" / "cpFlat.yaml"
+VIGNETTE_RADIUS = 0.15  # mm: cuts the corners of the science detector and most of the wavefront one
 PIPETASK = Path(sys.executable).with_name("pipetask")
 SEED = 31
 
@@ -84,6 +88,54 @@ class CameraStorageClassTestCase(lsst.utils.tests.TestCase):
                       "DatasetType('camera', {instrument}, CameraModel, isCalibration=True), but the "
                       "definition from data repository is DatasetType('camera', {instrument}, Camera, "
                       "isCalibration=True).", process.stderr)
+
+
+@unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
+class FlatChainCameraStorageClassTestCase(lsst.utils.tests.TestCase):
+    """Measure, normalization and combine (with vignetting, which places each detector through the
+    camera) read the ``Camera`` camera when each task's cameraStorageClass says so."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp()
+        process = run([sys.executable, str(TESTS / "afw_camera_repo.py"), "create-images", cls.root,
+                       str(SEED)])
+        assert process.returncode == 0, process.stderr[-3000:]
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def test_chain_reads_the_camera_storage_class(self):
+        command = [str(PIPETASK), "run", "--register-dataset-types", "-b", self.root,
+                   "-i", "test/images,test/camera", "-o", "u/test/chain", "-p", str(CHAIN),
+                   "-d", f"instrument='{INSTRUMENT}' AND physical_filter='{FILTER}'",
+                   "-c", "cpFlatCombine:doVignetteMask=True",
+                   "-c", f"cpFlatCombine:vignette.radius={VIGNETTE_RADIUS}"]
+        for label in ("cpFlatMeasure", "cpFlatNormalize", "cpFlatCombine"):
+            command += ["-c", f"{label}:cameraStorageClass=Camera"]
+        process = run(command)
+        self.assertEqual(process.returncode, 0, process.stderr[-3000:])
+        read = run([sys.executable, str(TESTS / "afw_camera_repo.py"), "read-flats", self.root,
+                    "u/test/chain"])
+        self.assertEqual(read.returncode, 0, read.stderr[-3000:])
+        flats = {int(detector): flat for detector, flat in json.loads(read.stdout).items()}
+        vignette = VignetteConfig()
+        vignette.radius = VIGNETTE_RADIUS
+        camera = images_camera()
+        self.assertEqual(sorted(flats), [detector.getId() for detector in camera])
+        for detector in camera:
+            expected = int(detector_vignetted_pixels(vignette, detector).sum())
+            self.assertGreater(expected, 0)
+            self.assertEqual(flats[detector.getId()]["n_vignetted"], expected)
+            self.assertEqual(len(flats[detector.getId()]["inputs"]), 4)
+
+    def test_measure_refuses_the_default_storage_class(self):
+        process = run([str(PIPETASK), "qgraph", "-b", self.root, "-i", "test/images,test/camera", "-o", "u/x",
+                       "-p", f"{CHAIN}#cpFlatMeasure", "-d", f"instrument='{INSTRUMENT}'"])
+        self.assertNotEqual(process.returncode, 0)
+        self.assertIn("Incompatible definition for input dataset type 'camera'; task 'cpFlatMeasure' has "
+                      "DatasetType('camera', {instrument}, CameraModel, isCalibration=True)", process.stderr)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 import lsst.utils.tests
-from test_compat import PIPELINE_FILES, STUB_CHECK, check_stub_result, write_stub_cp_pipe
+from test_compat import (PIPELINE_FILES, PIPELINES_TO_BUILD, STUB_CHECK, check_stub_result,
+                         write_stub_cp_pipe)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
@@ -144,7 +145,7 @@ class WheelTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(result["computeSite"], "local")
 
     def check_beside_a_stub_cp_pipe(self):
-        result = self.python(STUB_CHECK, *PIPELINE_FILES, pythonpath=str(self.stub))
+        result = self.python(STUB_CHECK, PIPELINES_TO_BUILD, pythonpath=str(self.stub))
         check_stub_result(self, result, self.stub)
         for relative in PIPELINE_FILES:
             process = self.pipetask_build(relative, pythonpath=str(self.stub))
@@ -162,7 +163,7 @@ class WheelTestCase(lsst.utils.tests.TestCase):
                     env=dict(self.env, PYTHONPATH=table_path), cwd=self.work)
         self.assertIn("No module named 'lsst.cp.pipe'", alone.stderr)
         for path in (f"{self.stub}{os.pathsep}{table_path}", f"{table_path}{os.pathsep}{self.stub}"):
-            check_stub_result(self, self.python(STUB_CHECK, *PIPELINE_FILES, pythonpath=path), self.stub)
+            check_stub_result(self, self.python(STUB_CHECK, PIPELINES_TO_BUILD, pythonpath=path), self.stub)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

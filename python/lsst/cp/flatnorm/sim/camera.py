@@ -44,6 +44,7 @@ def make_sim_camera(
     amp_height: int = 64,
     n_wavefront: int = 2,
     pixel_size: float = 0.01,
+    name: str = SIM_CAMERA_NAME,
 ) -> CameraModel:
     """Build the simulated camera.
 
@@ -58,6 +59,9 @@ def make_sim_camera(
         at most 4, placed at the corners of the grid.
     pixel_size : `float`, optional
         Pixel size in mm.
+    name : `str`, optional
+        Camera name; an instrument's camera has the instrument's name (tests simulate small
+        cameras of other instruments' names).
 
     Returns
     -------
@@ -91,4 +95,4 @@ def make_sim_camera(
             focal_plane_x=sign_x * reach * pitch_x, focal_plane_y=sign_y * reach * pitch_y,
             pixel_size=pixel_size, amplifiers=_amplifiers(amp_width, amp_height, 1),
         ))
-    return CameraModel(name=SIM_CAMERA_NAME, detectors=detectors)
+    return CameraModel(name=name, detectors=detectors)

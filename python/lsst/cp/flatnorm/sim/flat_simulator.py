@@ -113,6 +113,9 @@ class FlatSimConfig:
     missing_images: tuple[tuple[int, int], ...] = ()
     """(exposure index, detector) pairs with no image at all (the detector was not read out), so
     that detector's flat is made from fewer exposures than the others'."""
+    observation_reasons: tuple[str, ...] = ("flat",)
+    """``observation_reason`` of the exposure records, cycled through the sequence (e.g. the two
+    LEDs of cp_pipe's anaglyph flats, which its normalizations down-select on)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,6 +382,7 @@ class FlatSimulator:
                 exposure_time=exposure_time,
                 lamp_level=float(config.lamp_rate * drift * jitter[i] * exposure_time),
                 colour=float(colours[i]),
+                observation_reason=config.observation_reasons[i % len(config.observation_reasons)],
             ))
         return exposures
 

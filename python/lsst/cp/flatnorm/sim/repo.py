@@ -59,6 +59,8 @@ def build_sim_repo(
     *,
     camera: CameraModel | None = None,
     config: FlatSimConfig | None = None,
+    instrument: FlatInstrument | None = None,
+    simulator: FlatSimulator | None = None,
 ) -> SimRepo:
     """Create a fresh repository at ``root`` and fill it with simulated flats.
 
@@ -69,9 +71,16 @@ def build_sim_repo(
     root : `str` or `os.PathLike`
         Directory of the repository.
     camera : `lsst.cp.flatnorm.camera_model.CameraModel`, optional
-        Camera geometry; `make_sim_camera` with its defaults if `None`.
+        Camera geometry; the instrument's camera if `None`, else `make_sim_camera` with its
+        defaults.
     config : `FlatSimConfig`, optional
         Simulation parameters.
+    instrument : `lsst.cp.flatnorm.instrument.FlatInstrument`, optional
+        The instrument to register, with its camera and filters (the simulated exposures'
+        physical filter must be one of them); ``SimFlatCam`` with ``camera`` if `None`.
+    simulator : `FlatSimulator`, optional
+        The simulator of the images, instead of ``FlatSimulator(camera, config)`` (a subclass can
+        change the images); ``camera`` and ``config`` are then its own.
 
     Returns
     -------
@@ -80,9 +89,12 @@ def build_sim_repo(
     root = Path(root)
     if root.exists():
         shutil.rmtree(root)
-    camera = camera if camera is not None else make_sim_camera()
-    simulator = FlatSimulator(camera, config)
-    instrument = SimFlatCam(camera=camera)
+    if simulator is None:
+        if camera is None:
+            camera = instrument.getCamera() if instrument is not None else make_sim_camera()
+        simulator = FlatSimulator(camera, config)
+    if instrument is None:
+        instrument = SimFlatCam(camera=simulator.camera)
     butler = make_repo(root)
     instrument.register(butler.registry)
     instrument.write_camera(butler)
