@@ -16,6 +16,8 @@ from __future__ import annotations
 
 __all__ = ["SIM_CAMERA_NAME", "make_sim_camera"]
 
+from collections.abc import Sequence
+
 from ..camera_model import AmplifierModel, CameraModel, DetectorModel, PixelBox
 
 SIM_CAMERA_NAME = "SimFlatCam"
@@ -45,6 +47,7 @@ def make_sim_camera(
     n_wavefront: int = 2,
     pixel_size: float = 0.01,
     name: str = SIM_CAMERA_NAME,
+    physical_types: Sequence[str] | None = None,
 ) -> CameraModel:
     """Build the simulated camera.
 
@@ -62,6 +65,9 @@ def make_sim_camera(
     name : `str`, optional
         Camera name; an instrument's camera has the instrument's name (tests simulate small
         cameras of other instruments' names).
+    physical_types : `~collections.abc.Sequence` [`str`], optional
+        Sensor families (afw's ``getPhysicalType()``, e.g. ``("ITL", "E2V")``) given to the
+        detectors in turn, by ID; `None` keeps ``DetectorModel``'s default (``"simulated"``).
 
     Returns
     -------
@@ -95,4 +101,7 @@ def make_sim_camera(
             focal_plane_x=sign_x * reach * pitch_x, focal_plane_y=sign_y * reach * pitch_y,
             pixel_size=pixel_size, amplifiers=_amplifiers(amp_width, amp_height, 1),
         ))
+    if physical_types:
+        detectors = [det.model_copy(update={"physical_type": physical_types[det.id % len(physical_types)]})
+                     for det in detectors]
     return CameraModel(name=name, detectors=detectors)
