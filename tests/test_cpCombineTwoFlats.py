@@ -192,6 +192,12 @@ class NamesTestCase(unittest.TestCase):
         self.assertEqual(list(config.subregionSize), [10000, 200])
         self.assertEqual(list(config.distributionPercentiles), [0, 5, 16, 50, 84, 95, 100])
 
+    def test_exported_by_the_package(self):
+        import lsst.cp.flatnorm
+
+        self.assertIs(lsst.cp.flatnorm.CpFlatCombineTwoFlatsTask, CpFlatCombineTwoFlatsTask)
+        self.assertIs(lsst.cp.flatnorm.CpFlatCombineTwoFlatsConfig, CpFlatCombineTwoFlatsConfig)
+
     def test_cp_pipe_class_paths(self):
         from lsst.cp.pipe import CalibCombineTwoFlatsByFilterTask as TopLevel
         from lsst.cp.pipe.cpCombine import (
