@@ -13,6 +13,8 @@ and workers, pipetask). The phases' times (``servers.bps_timeline``) are printed
 """
 
 import os
+import platform
+import socket
 import subprocess
 import sys
 import time
@@ -77,6 +79,11 @@ def session_processes(session_id):
 def submission(cluster, tmp_path_factory):
     """Submit with the shipped Slurm site; then record the queue and leftovers, and run the same
     chain locally with pipetask for comparison."""
+    try:  # as on a real cluster, the nodes reach parsl's interchange by the submitter's host name
+        socket.gethostbyname(platform.node())
+    except OSError as error:
+        pytest.fail(f"ctrl_bps_parsl's Slurm site needs this machine's host name {platform.node()!r} "
+                    f"to resolve (/etc/hosts): {error}")
     root = tmp_path_factory.mktemp("slurm")
     repo = build_sim_repo(root / "repo", camera=CAMERA, config=CONFIG)
     submit_yaml = root / "submit.yaml"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 __all__ = ["PACKAGES", "PostgresServer", "skip_reason"]
 
+import atexit
 import os
 import pwd
 import secrets
@@ -107,6 +108,7 @@ class PostgresServer:
         if user is not None:
             shutil.chown(root, user)
         server = cls(root, bin_dir, user)
+        atexit.register(server.stop)  # if the tests die before they stop it
         begin = time.monotonic()
         try:
             server._initdb()
@@ -144,7 +146,7 @@ class PostgresServer:
             command = [str(self.bin_dir / "postgres"), "-D", str(self.data)]
             for key, value in options.items():
                 command += ["-c", f"{key}={value}"]
-            self.daemon = Daemon("postgres", command, self.log, user=self.user)
+            self.daemon = Daemon("postgres", command, self.log, user=self.user, cwd=self.root)
             if wait_until(lambda: not self.daemon.alive() or self._accepts(), _START_TIMEOUT) \
                     and self.daemon.alive():
                 return
@@ -205,6 +207,7 @@ class PostgresServer:
         if self.daemon is not None:
             self.daemon.stop(signal.SIGINT)
         shutil.rmtree(self.root, ignore_errors=True)
+        atexit.unregister(self.stop)
 
     def __enter__(self) -> PostgresServer:
         return self

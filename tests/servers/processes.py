@@ -76,10 +76,12 @@ class Daemon:
         Environment.
     user : `str`, optional
         Run as this user (the caller being root).
+    cwd : `pathlib.Path`, optional
+        Working directory (one that ``user`` may enter).
     """
 
     def __init__(self, name: str, command: Sequence[str], log: Path, *, env: dict | None = None,
-                 user: str | None = None):
+                 user: str | None = None, cwd: Path | None = None):
         self.name = name
         self.log = log
         kwargs = {}
@@ -87,8 +89,8 @@ class Daemon:
             kwargs = dict(user=user, group=_primary_group(user), extra_groups=[])
         with open(log, "ab") as out:
             self.process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                            **kwargs)
+                                            stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                            start_new_session=True, **kwargs)
 
     @property
     def pid(self) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 __all__ = ["BINARIES", "PACKAGES", "SlurmCluster", "skip_reason"]
 
+import atexit
 import os
 import pwd
 import secrets
@@ -107,6 +108,7 @@ class SlurmCluster:
         root = Path(tempfile.mkdtemp(prefix="cp_flatnorm_slurm_"))
         root.chmod(0o755)  # munged wants its socket's directory searchable by everyone
         cluster = cls(root, cpus or os.cpu_count() or 1)
+        atexit.register(cluster.stop)  # if the tests die before they stop it
         begin = time.monotonic()
         try:
             cluster._configure()
@@ -240,6 +242,7 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             except ProcessLookupError:
                 pass
         shutil.rmtree(self.root, ignore_errors=True)
+        atexit.unregister(self.stop)
         return left
 
     def __enter__(self) -> SlurmCluster:
