@@ -95,6 +95,75 @@ class RoundTripTestCase(lsst.utils.tests.TestCase):
                 self.assertEqual((matrix.levels[i, j], matrix.counts[i, j]), (level, count))
 
 
+class BadValuesTestCase(lsst.utils.tests.TestCase):
+    """Values that are not numbers, and amplifier keys the camera does not have, are refused with the
+    key, the value and the data ID; nothing is read as a number it is not."""
+
+    def setUp(self):
+        self.camera = make_sim_camera(n_side=1, amp_width=4, amp_height=4, n_wavefront=1)
+        self.mds, self.dims = [], []
+        for exposure in EXPOSURES:
+            for detector in self.camera:
+                names = [amp.getName() for amp in detector]
+                self.mds.append(pack_statistics(median=1000.0, sigma=1.0, n=16 * len(names), amp_names=names,
+                                                amp_medians=[1000.0] * len(names),
+                                                amp_sigmas=[1.0] * len(names), amp_ns=[16] * len(names)))
+                self.dims.append({"instrument": "SimFlatCam", "exposure": exposure,
+                                  "detector": detector.getId()})
+        self.where = f"{{instrument=SimFlatCam, exposure={EXPOSURES[1]}, detector=1}}"
+
+    def assert_refused(self, key, value, level, message):
+        self.mds[3][key] = value  # exposure EXPOSURES[1], detector 1
+        with self.assertRaises(ValueError) as cm:
+            gather_statistics(self.mds, self.dims, self.camera, level)
+        self.assertEqual(str(cm.exception), message)
+
+    def test_text_is_not_a_number(self):
+        for level, key in (("DETECTOR", "DETECTOR_MEDIAN"), ("AMP", "AMP_N_5")):
+            with self.subTest(level=level):
+                self.setUp()
+                self.assert_refused(key, "not-a-number", level,
+                                    f"Flat statistics for {self.where} have {key!r} = 'not-a-number', "
+                                    "which is not a number.")
+
+    def test_numeric_text_is_not_a_number_either(self):
+        self.assert_refused("DETECTOR_N", "1000", "DETECTOR",
+                            f"Flat statistics for {self.where} have 'DETECTOR_N' = '1000', which is not a "
+                            "number.")
+
+    def test_boolean_is_not_read_as_one(self):
+        for level, key, value in (("DETECTOR", "DETECTOR_N", True), ("AMP", "AMP_MEDIAN_2", False),
+                                  ("AMP", "AMP_N_2", np.bool_(True))):
+            with self.subTest(level=level, value=value):
+                self.setUp()
+                if isinstance(value, np.bool_):  # as a PropertyList-like mapping holds it
+                    self.mds[3] = self.mds[3].to_dict()
+                self.assert_refused(key, value, level,
+                                    f"Flat statistics for {self.where} have {key!r} = {bool(value)}, a "
+                                    "boolean, not a number.")
+
+    def test_amplifier_beyond_the_cameras(self):
+        self.mds[3]["AMP_N_8"] = 16
+        self.assert_refused("AMP_NAME_8", "C20", "AMP",
+                            f"Flat statistics for {self.where} have amplifier keys beyond the 8 amplifiers "
+                            "of detector 1 in the camera (indices 0 to 7): 'AMP_NAME_8' = 'C20', 'AMP_N_8' "
+                            "= 16. Were they measured with another camera?")
+
+    def test_amplifier_far_beyond_the_cameras(self):
+        self.assert_refused("AMP_MEDIAN_31", 1000.0, "AMP",
+                            f"Flat statistics for {self.where} have amplifier keys beyond the 8 amplifiers "
+                            "of detector 1 in the camera (indices 0 to 7): 'AMP_MEDIAN_31' = 1000.0. Were "
+                            "they measured with another camera?")
+
+    def test_numbers_of_every_kind_are_read(self):
+        self.mds[0]["DETECTOR_MEDIAN"] = np.float32(1000.5)
+        self.mds[0]["DETECTOR_N"] = np.int64(256)
+        self.mds[1]["DETECTOR_MEDIAN"] = float("nan")
+        matrix = gather_statistics(self.mds, self.dims, self.camera, "DETECTOR")
+        self.assertEqual((matrix.levels[0, 0], matrix.counts[0, 0]), (1000.5, 256.0))
+        self.assertTrue(np.isnan(matrix.levels[1, 0]))
+
+
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass
 

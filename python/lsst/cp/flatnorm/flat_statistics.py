@@ -27,7 +27,9 @@ __all__ = [
     "pack_statistics",
 ]
 
-from collections.abc import Mapping, Sequence
+import numbers
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,8 @@ import numpy as np
 from lsst.pipe.base import TaskMetadata
 
 LEVELS = ("DETECTOR", "AMP")
+_AMP_KEY = re.compile(r"^AMP_(?:NAME|MEDIAN|SIGMA|N)_(\d+)$")
+_MAX_KEYS_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,10 @@ def gather_statistics(
         from a dataset (naming the key and the data ID), or if a detector is not in the camera.
     ValueError
         Raised if the inputs are inconsistent: different lengths, the same (exposure, detector)
-        twice, or an amplifier name the camera's detector does not have (or has twice).
+        twice, an amplifier name the camera's detector does not have (or has twice), or (AMP level)
+        amplifier keys numbered beyond the camera's amplifiers of the detector; or if a level or
+        count read is not a number (text, or a boolean, which is never read as 1 or 0).  Each
+        message names the data ID and the key.  At DETECTOR level the amplifier keys are not read.
     """
     if level not in LEVELS:
         raise ValueError(f"Unknown scaling level {level!r}; expected one of {LEVELS}.")
@@ -284,12 +291,54 @@ def _require(md: Any, key: str, dims: Mapping[str, Any]) -> Any:
     return value
 
 
+def _number(md: Any, key: str, dims: Mapping[str, Any]) -> float:
+    """Return a statistic as a `float`; refuse (naming key and data ID) anything but a real number.
+
+    A boolean is refused rather than read as 1 or 0, and text rather than parsed: neither is what the
+    measurement writes, so either means the dataset is not flat statistics.
+    """
+    value = _require(md, key, dims)
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(f"Flat statistics for {_describe(dims)} have {key!r} = {bool(value)}, a boolean, "
+                         "not a number.")
+    if not isinstance(value, numbers.Real):
+        raise ValueError(f"Flat statistics for {_describe(dims)} have {key!r} = {value!r}, which is not a "
+                         "number.")
+    return float(value)
+
+
 def _level_and_count(md: Any, keys: RegionKeys, dims: Mapping[str, Any]) -> tuple[float, float]:
-    return float(_require(md, keys.median, dims)), float(_require(md, keys.n, dims))
+    return _number(md, keys.median, dims), _number(md, keys.n, dims)
 
 
 def _describe(dims: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}={v}" for k, v in dict(dims).items()) + "}"
+
+
+def _key_names(md: Any) -> Collection[str] | None:
+    """The keys of a statistics dataset (TaskMetadata and PropertyList have ``names()``, a mapping
+    ``keys()``), or `None` for an object that only answers ``get``."""
+    for method in ("names", "keys"):
+        if callable(getattr(md, method, None)):
+            return [str(name) for name in getattr(md, method)()]
+    return None
+
+
+def _check_no_extra_amplifiers(md: Any, dims: Mapping[str, Any], detector: int, n_amps: int) -> None:
+    """Refuse amplifier keys numbered at or beyond the camera's number of amplifiers of the detector."""
+    names = _key_names(md)
+    if names is None:  # only get(): look for the next amplifier's keys
+        keys = amp_keys(n_amps)
+        names = [key for key in (keys.name, keys.median, keys.sigma, keys.n) if md.get(key) is not None]
+    extra = sorted((key for key in names if (match := _AMP_KEY.match(key)) and int(match[1]) >= n_amps),
+                   key=lambda key: (int(_AMP_KEY.match(key)[1]), key))
+    if extra:
+        shown = ", ".join(f"{key!r} = {md.get(key)!r}" for key in extra[:_MAX_KEYS_SHOWN])
+        if len(extra) > _MAX_KEYS_SHOWN:
+            shown += f" and {len(extra) - _MAX_KEYS_SHOWN} more"
+        raise ValueError(f"Flat statistics for {_describe(dims)} have amplifier keys beyond the {n_amps} "
+                         f"amplifiers of detector {detector} in the camera (indices 0 to {n_amps - 1}): "
+                         f"{shown}. Were they measured with another camera?")
 
 
 def _entries(
@@ -299,6 +348,7 @@ def _entries(
     if level == "DETECTOR":
         return [("", *_level_and_count(md, DETECTOR_KEYS, dims))]
     expected = amp_names[detector]
+    _check_no_extra_amplifiers(md, dims, detector, len(expected))
     entries = []
     for i in range(len(expected)):
         keys = amp_keys(i)
