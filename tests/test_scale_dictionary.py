@@ -12,9 +12,13 @@ import yaml
 import lsst.utils.tests
 from lsst.cp.flatnorm.formatters import block_yaml
 from lsst.cp.flatnorm.scale_dictionary import (
+    NO_VALID_ENTRY,
+    ScaleDictionaryError,
     build_scale_dictionary,
+    check_exposure_scales,
     exposure_scales,
     has_exposure_scales,
+    row_flags,
     row_scales,
     scale_level,
     usable_exposure_scale,
@@ -179,6 +183,64 @@ class ReaderTestCase(lsst.utils.tests.TestCase):
         self.assertIsInstance(usable_exposure_scale(scales, 0, "C00", 6), float)
         self.assertIsNone(usable_exposure_scale(scales, 0, "C99", 6))
         self.assertIsNone(usable_exposure_scale(scales, 1, "C00", 6))
+
+
+def cp_pipe_reader(scales, detector, amp, exposure):
+    """How cp_pipe's combine and its other readers use the dictionary: by key, expScale and detScale."""
+    return scales["expScale"][detector][amp][exposure], scales["detScale"][detector]
+
+
+class FlagsTestCase(lsst.utils.tests.TestCase):
+    """``flags`` beside ``detScale``: the rows whose NaN scale has a reason, both ways."""
+
+    def test_amp_level_row_without_measurement(self):
+        scales = build_scale_dictionary(
+            "AMP", exposures=EXPOSURES, row_detectors=[0, 0, 3], row_amplifiers=["C00", "C01", "C10"],
+            e_values=E, g_values=[0.95, np.nan, 1.2], amp_names=AMP_NAMES)
+        self.assertEqual(list(scales), ["expScale", "detScale", "flags"])
+        self.assertEqual(scales["flags"], {0: {"C01": NO_VALID_ENTRY}})
+        self.assertEqual(NO_VALID_ENTRY, "NO_VALID_ENTRY")
+        for copy in (scales, json_round_trip(scales), yaml.safe_load(block_yaml(scales))):
+            self.assertEqual(row_flags(copy), {(0, "C01"): NO_VALID_ENTRY})
+            self.assertEqual(scale_level(copy), "AMP")
+            self.assertEqual(exposure_scales(copy), dict(zip(EXPOSURES, E)))
+            self.assertEqual(set(row_scales(copy)), {(0, "C00"), (0, "C01"), (3, "C10")})
+
+    def test_detector_level_row_without_measurement(self):
+        scales = build_scale_dictionary(
+            "DETECTOR", exposures=EXPOSURES, row_detectors=[0, 3], row_amplifiers=["", ""], e_values=E,
+            g_values=[np.nan, 1.1], amp_names=AMP_NAMES)
+        self.assertEqual(scales["flags"], {0: NO_VALID_ENTRY})
+        self.assertEqual(row_flags(json_round_trip(scales)), {0: NO_VALID_ENTRY})
+        expected, g = cp_pipe_reader(scales, 0, "C01", EXPOSURES[1])  # cp_pipe's readers are unaffected
+        self.assertEqual(expected, E[1])
+        self.assertTrue(np.isnan(g))
+        self.assertEqual(cp_pipe_reader(yaml.safe_load(block_yaml(scales)), 3, "C10", EXPOSURES[2]),
+                         (E[2], 1.1))
+
+    def test_no_flags_entry_when_every_row_is_measured(self):
+        for scales in (detector_level(), amp_level()):
+            self.assertEqual(list(scales), ["expScale", "detScale"])
+            self.assertEqual(row_flags(scales), {})
+
+
+class CheckTestCase(lsst.utils.tests.TestCase):
+    def test_missing_exposure_scales_are_named(self):
+        source = "cpFlatNormalizeScales {instrument: 'SimFlatCam', physical_filter: 'sim_r'}"
+        for scales, message in (
+            ({"detScale": {0: 1.0}},
+             f"The scales of {source} have no 'expScale' entry (their keys: ['detScale']), so no exposure "
+             "can be scaled; they are not the normalization's output."),
+            ({"expScale": [1.0]},
+             f"The scales of {source} have an 'expScale' entry that is a list, not a dictionary by "
+             "detector."),
+            ([1.0], f"The scales of {source} are a list, not a dictionary with an 'expScale' entry."),
+        ):
+            with self.subTest(scales=scales), self.assertRaises(ScaleDictionaryError) as cm:
+                check_exposure_scales(scales, source)
+            self.assertEqual(str(cm.exception), message)
+            self.assertIsInstance(cm.exception, ValueError)
+        check_exposure_scales(detector_level(), source)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

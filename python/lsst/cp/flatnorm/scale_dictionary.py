@@ -8,6 +8,8 @@ The layout is::
     {"expScale": {detector: {amplifier: {exposure: E}}},
      "detScale": {detector: G}}                    # DETECTOR level
      "detScale": {detector: {amplifier: G}}}       # AMP level
+     "flags": {detector: "NO_VALID_ENTRY"}         # only if some row has no valid entry; DETECTOR
+     "flags": {detector: {amplifier: "NO_VALID_ENTRY"}}   # ... AMP level
 
 ``expScale`` repeats the exposure scale E of an exposure under every amplifier of every detector,
 because cp_pipe's combine looks it up per amplifier; when entries are omitted, some exposures are
@@ -17,6 +19,13 @@ the exposure scale for that row's colour response, so the same exposure's entrie
 The normalization task writes the dictionary with `build_scale_dictionary`; the combine task and
 the simulation read it with the other functions.
 
+``flags`` says why a row's scale is missing: a detector (DETECTOR level) or amplifier (AMP level)
+none of whose entries was valid has a NaN ``detScale`` (the honest value: nothing measured it), and
+``flags`` lists it, under the same keys as ``detScale``, with the reason ``NO_VALID_ENTRY`` (its
+entries are flagged INVALID in the scale table).  The entry is written only when some row has such
+a reason, so a clean solution's dictionary has cp_pipe's two keys and nothing else; cp_pipe's
+readers index ``expScale`` and ``detScale`` by key and never see it.  Read it with `row_flags`.
+
 The butler's YAML storage keeps integer keys, but scales that went through JSON arrive with
 string keys, so the readers accept both.
 """
@@ -24,9 +33,13 @@ string keys, so the readers accept both.
 from __future__ import annotations
 
 __all__ = [
+    "NO_VALID_ENTRY",
+    "ScaleDictionaryError",
     "build_scale_dictionary",
+    "check_exposure_scales",
     "exposure_scales",
     "has_exposure_scales",
+    "row_flags",
     "row_scales",
     "scale_level",
     "usable_exposure_scale",
@@ -40,7 +53,15 @@ import numpy as np
 
 _EXP_SCALE = "expScale"
 _DET_SCALE = "detScale"
+_FLAGS = "flags"
 _LEVELS = ("DETECTOR", "AMP")
+
+NO_VALID_ENTRY = "NO_VALID_ENTRY"
+"""``flags`` reason of a row none of whose entries was valid, so that its ``detScale`` is NaN."""
+
+
+class ScaleDictionaryError(ValueError):
+    """A scale dictionary without the layout a reader needs; the message names what is missing."""
 
 
 def build_scale_dictionary(
@@ -86,7 +107,9 @@ def build_scale_dictionary(
     -------
     scales : `dict`
         ``{"expScale": ..., "detScale": ...}`` with `int` detector and exposure keys, `str`
-        amplifier keys and `float` scales.
+        amplifier keys and `float` scales; and ``"flags"`` (same keys as ``detScale``, value
+        `NO_VALID_ENTRY`) if some row's G is not finite, which the solvers give only to a row with
+        no valid entry.
 
     Raises
     ------
@@ -106,7 +129,13 @@ def build_scale_dictionary(
         _scale_entries(exp_scale, level, exposures, row_detectors, row_amplifiers, e_values, entry_factors)
     if omit is not None:
         _omit_entries(exp_scale, level, exposures, row_detectors, row_amplifiers, omit)
-    return {_EXP_SCALE: exp_scale, _DET_SCALE: _det_scale(level, row_detectors, row_amplifiers, g_values)}
+    scales: dict[str, dict] = {
+        _EXP_SCALE: exp_scale, _DET_SCALE: _det_scale(level, row_detectors, row_amplifiers, g_values)
+    }
+    flags = _row_flags(level, row_detectors, row_amplifiers, g_values)
+    if flags:
+        scales[_FLAGS] = flags
+    return scales
 
 
 def _check_shapes(
@@ -178,12 +207,55 @@ def _det_scale(
     return det_scale
 
 
+def _row_flags(
+    level: str, row_detectors: Sequence[int], row_amplifiers: Sequence[str], g_values: Sequence[float]
+) -> dict[int, Any]:
+    """``flags``: `NO_VALID_ENTRY` for each row whose G is not finite, keyed as ``detScale``."""
+    flags: dict[int, Any] = {}
+    for detector, amp, g in zip(row_detectors, row_amplifiers, g_values):
+        if math.isfinite(float(g)):
+            continue
+        if level == "AMP":
+            flags.setdefault(int(detector), {})[str(amp)] = NO_VALID_ENTRY
+        else:
+            flags[int(detector)] = NO_VALID_ENTRY
+    return flags
+
+
 def _lookup(mapping: Mapping[Any, Any], key: int | str) -> Any:
     """Return ``mapping[key]``, also trying ``str(key)``, or `None` if neither is present."""
     for candidate in (key, str(key)):
         if candidate in mapping:
             return mapping[candidate]
     return None
+
+
+def check_exposure_scales(scales: Any, source: str) -> None:
+    """Raise a `ScaleDictionaryError` naming ``source`` unless ``scales`` has an ``expScale`` mapping.
+
+    Parameters
+    ----------
+    scales : `object`
+        What should be a scale dictionary.
+    source : `str`
+        Where it came from, for the message (e.g. the dataset type and data ID).
+
+    Raises
+    ------
+    ScaleDictionaryError
+        Raised if ``scales`` is not a mapping or has no ``expScale`` mapping; the message lists the
+        keys it has instead.
+    """
+    if not isinstance(scales, Mapping):
+        raise ScaleDictionaryError(f"The scales of {source} are a {type(scales).__name__}, not a dictionary "
+                                   f"with an {_EXP_SCALE!r} entry.")
+    if _EXP_SCALE not in scales:
+        raise ScaleDictionaryError(f"The scales of {source} have no {_EXP_SCALE!r} entry (their keys: "
+                                   f"{sorted(map(str, scales))}), so no exposure can be scaled; they are not "
+                                   "the normalization's output.")
+    if not isinstance(scales[_EXP_SCALE], Mapping):
+        raise ScaleDictionaryError(f"The scales of {source} have an {_EXP_SCALE!r} entry that is a "
+                                   f"{type(scales[_EXP_SCALE]).__name__}, not a dictionary by detector.")
 
 
 def has_exposure_scales(scales: Mapping[str, Any], detector: int) -> bool:
@@ -302,3 +374,28 @@ def row_scales(scales: Mapping[str, Any]) -> dict[int, float] | dict[tuple[int, 
         return {(int(detector), str(amp)): float(g)
                 for detector, per_amplifier in det_scale.items() for amp, g in per_amplifier.items()}
     return {int(detector): float(g) for detector, g in det_scale.items()}
+
+
+def row_flags(scales: Mapping[str, Any]) -> dict[int, str] | dict[tuple[int, str], str]:
+    """Return why each flagged row has no scale, keyed as `row_scales` keys the scales.
+
+    Parameters
+    ----------
+    scales : `~collections.abc.Mapping`
+        A scale dictionary; integer or string keys.  One without ``flags`` (cp_pipe's own, or a
+        solution where every row was measured) has no flagged row.
+
+    Returns
+    -------
+    flags : `dict`
+        The reason (`NO_VALID_ENTRY`) by detector ID (DETECTOR level) or by ``(detector,
+        amplifier)`` (AMP level); empty if nothing is flagged.
+    """
+    flags = scales.get(_FLAGS) or {}
+    found: dict = {}
+    for detector, value in flags.items():
+        if isinstance(value, Mapping):
+            found.update({(int(detector), str(amp)): str(reason) for amp, reason in value.items()})
+        else:
+            found[int(detector)] = str(value)
+    return found
