@@ -341,7 +341,8 @@ class AmpLevelTestCase(lsst.utils.tests.TestCase):
     def test_detector_not_in_camera(self):
         mds, dims = self.factory.inputs(self.factory.all_pairs()[:2])
         dims[0]["detector"] = 42
-        with self.assertRaisesRegex(KeyError, "Detector 42 has flat statistics but is not in the camera"):
+        pattern = r"Detector 42 has flat statistics \(\{.*detector=42\}\) but is not in the camera SimFlatCam"
+        with self.assertRaisesRegex(KeyError, pattern):
             self.task.run(mds, dims, self.factory.camera)
 
     def test_missing_amp_key_names_key_and_data_id(self):
@@ -506,6 +507,83 @@ class ColourTermsTestCase(lsst.utils.tests.TestCase):
         self.assertEqual((result.detColours.shape, result.expColours.shape), ((4, 1), (3, 1)))
         np.testing.assert_allclose(result.bgModel, levels, rtol=1e-10)
         self.assertEqual(self.task().measureScales(levels).detColours.shape, (4, 0))
+
+
+class BadInputTestCase(lsst.utils.tests.TestCase):
+    """What the reliability matrix found: failures before any work with a message, numbers printed as
+    numbers, config ranges stated, and the rows without a measurement listed in the dictionary."""
+
+    def setUp(self):
+        self.factory = StatisticsFactory()
+        self.pairs = self.factory.all_pairs()
+
+    def task(self, **config):
+        task_config = CpFlatNormalizationTask.ConfigClass()
+        for name, value in config.items():
+            setattr(task_config, name, value)
+        return CpFlatNormalizationTask(config=task_config)
+
+    def test_camera_none_fails_before_any_work(self):
+        task = self.task()
+        with self.assertNoLogs(task.log.name, level="DEBUG"):
+            with self.assertRaises(TypeError) as cm:
+                task.run(*self.factory.inputs(self.pairs), None)
+        self.assertEqual(str(cm.exception), (
+            "CpFlatNormalizationTask.run: camera is None; pass the camera (a CameraModel, or an afw "
+            "Camera) whose detectors and amplifiers the statistics are of."))
+        self.assertNotIn("nUsed", task.metadata)
+
+    def test_detector_not_in_camera_fails_before_the_solve(self):
+        mds, dims = self.factory.inputs(self.pairs[:2])
+        dims[1]["detector"] = 42
+        task = self.task()
+        with self.assertNoLogs(task.log.name, level="DEBUG"):
+            with self.assertRaises(KeyError) as cm:
+                task.run(mds, dims, self.factory.camera)
+        self.assertEqual(cm.exception.args, (
+            f"Detector 42 has flat statistics ({{instrument=SimFlatCam, exposure={EXPOSURES[0]}, "
+            "detector=42}) but is not in the camera SimFlatCam.",))
+
+    def test_invalid_entry_warning_prints_numbers(self):
+        mds, dims = self.factory.inputs(self.pairs)
+        mds[3]["DETECTOR_MEDIAN"] = float("nan")
+        mds[4]["DETECTOR_N"] = 0
+        task = self.task()
+        with self.assertLogs(task.log.name, level="WARNING") as logs:
+            task.run(mds, dims, self.factory.camera)
+        self.assertEqual([line for line in logs.output if "is invalid" in line], [
+            f"WARNING:{task.log.name}:Flat level nan with {16 * AMP_PIXELS} pixels for {{exposure="
+            f"{EXPOSURES[0]}, detector=3}} is invalid; excluded.",
+            f"WARNING:{task.log.name}:Flat level {mds[4]['DETECTOR_MEDIAN']:.6g} with 0 pixels for "
+            f"{{exposure={EXPOSURES[0]}, detector=4}} is invalid; excluded.",
+        ])
+        self.assertFalse(any("np.float64" in line for line in logs.output))
+
+    def test_config_ranges_are_stated(self):
+        config = CpFlatNormalizationTask.ConfigClass()
+        for field, value, allowed in (("scaleMaxIter", 0, "0 is outside of valid range [1,inf)"),
+                                      ("outlierSigma", -1.0, "-1.0 is outside of valid range [0.0,inf)"),
+                                      ("outlierFloor", -0.1, "-0.1 is outside of valid range [0.0,inf)")):
+            with self.subTest(field=field), self.assertRaises(pexConfig.FieldValidationError) as cm:
+                setattr(config, field, value)
+            self.assertIn(f"RangeField '{field}' failed validation: {allowed}", str(cm.exception))
+
+    def test_rows_without_a_measurement_are_flagged_in_the_dictionary(self):
+        amp = [amp.getName() for amp in self.factory.camera[3]][5]  # AMP_*_5, in the camera's order
+        for level, dead, expected in (("AMP", "AMP_MEDIAN_5", {3: {amp: "NO_VALID_ENTRY"}}),
+                                      ("DETECTOR", "DETECTOR_MEDIAN", {3: "NO_VALID_ENTRY"})):
+            with self.subTest(level=level):
+                mds, dims = self.factory.inputs(self.pairs)
+                for md, dim in zip(mds, dims):
+                    if dim["detector"] == 3:
+                        md[dead] = 0.0
+                scales = self.task(level=level).run(mds, dims, self.factory.camera).outputScales
+                self.assertEqual(list(scales), ["expScale", "detScale", "flags"])
+                self.assertEqual(scales["flags"], expected)
+                det_scale = scales["detScale"][3]
+                self.assertTrue(np.isnan(det_scale[amp] if level == "AMP" else det_scale))
+                clean = self.task(level=level).run(*self.factory.inputs(self.pairs), self.factory.camera)
+                self.assertEqual(list(clean.outputScales), ["expScale", "detScale"])
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -186,26 +186,26 @@ class CpFlatNormalizationConfig(
             "AMP": "One row per amplifier (AMP_MEDIAN_i, AMP_N_i, placed by AMP_NAME_i).",
         },
     )
-    scaleMaxIter = pexConfig.Field(
+    scaleMaxIter = pexConfig.RangeField(
         dtype=int,
         doc="Maximum number of solve-and-reject rounds. Each round is an exact weighted least-squares "
             "solve; the rounds stop when the set of rejected entries no longer changes.",
         default=10,
-        check=lambda n: n >= 1,
+        min=1,
     )
-    outlierSigma = pexConfig.Field(
+    outlierSigma = pexConfig.RangeField(
         dtype=float,
         doc="Reject entries whose log residual exceeds this many robust (MAD) sigmas of all log "
             "residuals; 0 disables rejection.",
         default=5.0,
-        check=lambda x: x >= 0,
+        min=0.0,
     )
-    outlierFloor = pexConfig.Field(
+    outlierFloor = pexConfig.RangeField(
         dtype=float,
         doc="Never reject an entry whose |log residual| is at or below this (0.005 = 0.5%), so that "
             "nearly separable data keep every entry however small the noise is.",
         default=0.005,
-        check=lambda x: x >= 0,
+        min=0.0,
     )
     disconnectedPolicy = pexConfig.ChoiceField(
         dtype=str,
@@ -346,15 +346,23 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
 
         Raises
         ------
+        TypeError
+            Raised if ``camera`` is `None`, before anything is read.
         KeyError
-            Raised if a data ID lacks exposure or detector, or a statistic is missing (the message
-            names the key and the data ID).
+            Raised if a data ID lacks exposure or detector, a statistic is missing (the message
+            names the key and the data ID), or a detector is not in the camera (naming the data
+            ID), before the solve.
         ValueError
-            Raised if an exposure has no valid measurement, or the data split into unconnected
-            groups and ``disconnectedPolicy`` is RAISE (the message names exposures and detectors),
-            or an afw camera's detector cannot be converted (naming it).
+            Raised if a statistic is not a number, or an amplifier key does not match the camera
+            (naming the data ID and the key); if an exposure has no valid measurement, or the data
+            split into unconnected groups and ``disconnectedPolicy`` is RAISE (the message names
+            exposures and detectors); or if an afw camera's detector cannot be converted (naming it).
         """
+        if camera is None:
+            raise TypeError("CpFlatNormalizationTask.run: camera is None; pass the camera (a CameraModel, or "
+                            "an afw Camera) whose detectors and amplifiers the statistics are of.")
         camera = as_camera_model(camera)
+        _check_detectors_in_camera(inputDims, camera)
         matrix = gather_statistics(inputMDs, inputDims, camera, self.config.level)
         self.log.info("Solving %d %s rows x %d exposures (%d entries measured).", len(matrix.detectors),
                       matrix.level, len(matrix.exposures), int(matrix.present.sum()))
@@ -451,7 +459,7 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         """Log what was excluded and record the solve's diagnostics in the task metadata."""
         invalid = matrix.present & (solution.flags == EntryFlag.INVALID)
         self._log_entries("INVALID", np.argwhere(invalid), lambda i, j: (
-            f"Flat level {matrix.levels[i, j]!r} with {matrix.counts[i, j]!r} pixels for "
+            f"Flat level {matrix.levels[i, j]:.6g} with {matrix.counts[i, j]:.6g} pixels for "
             f"{matrix.entry_label(i, j)} is invalid; excluded."))
         self._log_entries("REJECTED", np.argwhere(solution.rejected), lambda i, j: (
             f"Rejected outlier {matrix.entry_label(i, j)}: level {matrix.levels[i, j]:.6g} is "
@@ -587,6 +595,21 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         if fit.held_out is not None:
             table.meta["COLOUR_HELD_OUT"] = [float(score) for score in fit.held_out.scores]
         return table
+
+
+def _check_detectors_in_camera(inputDims: Sequence[Mapping[str, Any]], camera: CameraModel) -> None:
+    """Raise `KeyError` naming the first data ID whose detector the camera does not have, before
+    anything is solved (the scale dictionary lists each detector's amplifiers from the camera)."""
+    known = {detector.getId() for detector in camera}
+    for dims in inputDims:
+        detector = dims.get("detector")
+        if isinstance(detector, bool) or not (isinstance(detector, int | np.integer)
+                                              or (isinstance(detector, str) and detector.isdigit())):
+            continue  # not an integer ID: gather_statistics names what is wrong with this data ID
+        if int(detector) not in known:
+            described = "{" + ", ".join(f"{key}={value}" for key, value in dict(dims).items()) + "}"
+            raise KeyError(f"Detector {detector} has flat statistics ({described}) but is not in the camera "
+                           f"{camera.getName()}.")
 
 
 def _median_max(values: np.ndarray) -> tuple[float, float]:
