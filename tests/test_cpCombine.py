@@ -11,6 +11,7 @@ import unittest
 import astropy.time
 import numpy as np
 
+import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.testUtils
 import lsst.utils.tests
@@ -18,6 +19,7 @@ from lsst.cp.flatnorm.butler_setup import make_repo
 from lsst.cp.flatnorm.camera_model import CameraModel
 from lsst.cp.flatnorm.clipped_stats import sigma_clipped_region_stats
 from lsst.cp.flatnorm.cpCombine import CpFlatCombineConfig, CpFlatCombineTask
+from lsst.cp.flatnorm.scale_dictionary import ScaleDictionaryError
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.daf.butler import Butler, CollectionType, DatasetType, Timespan
 from lsst.daf.butler.cli.butler import cli as butler_cli
@@ -497,6 +499,120 @@ class CombineTaskTestCase(lsst.utils.tests.TestCase):
             self.run_task(scales=FlatSimulation(amp_gain=True).scales(per_amp=True))
 
 
+class NotPositivePixelsTestCase(lsst.utils.tests.TestCase):
+    """A flat pixel that is not finite and positive never leaves the combine unmasked: a dead
+    amplifier's zeros (kept by cp_pipe's layout, omitUnusedScales=False) are masked BAD, counted in
+    the metadata and logged."""
+
+    def setUp(self):
+        self.sim = FlatSimulation()
+        self.dead = list(self.sim.detector)[3].getName()
+        for image in self.sim.images.values():
+            image.image.array[self.sim.amp_slices(self.dead)] = 0.0
+            image.image.array[20, 50] = -5.0  # a pixel below zero in every input
+
+    def run_task(self, **overrides):
+        task = _task(**overrides)
+        with self.assertLogs(task.log.name, level="WARNING") as logs:
+            flat = task.run(self.sim.handles(), self.sim.camera, DETECTOR, self.sim.scales()).outputData
+        return flat, logs.output, task.log.name
+
+    def expected(self):
+        pixels = np.zeros(self.sim.box.shape, bool)
+        pixels[self.sim.amp_slices(self.dead)] = True
+        pixels[20, 50] = True
+        return pixels
+
+    def test_dead_amplifier_is_masked_counted_and_logged(self):
+        flat, logs, name = self.run_task()
+        pixels = self.expected()
+        self.assertTrue(np.all(flat.image.array[pixels] <= 0))
+        np.testing.assert_array_equal(flat.mask.get("BAD"), pixels)
+        self.assertEqual(flat.metadata["CP_COMBINE_N_NOT_POSITIVE"], 97)
+        self.assertEqual(flat.metadata[f"LSST CALIB FLAT {self.dead} BADPIX-NUM"], 96)
+        amp_of_pixel = _amp_of(self.sim.detector, 20, 50)
+        self.assertIn(f"WARNING:{name}:Detector 0: 97 pixels of the flat are not finite and positive "
+                      f"({self.dead}: 96, {amp_of_pixel}: 1); masked BAD, so that flat-fielding never "
+                      "divides by them.", logs)
+        unmasked = flat.mask.array.any(axis=-1) == 0
+        self.assertTrue(np.all(np.isfinite(flat.image.array[unmasked]) & (flat.image.array[unmasked] > 0)))
+
+    def test_plane_is_no_good_pixels_mask(self):
+        flat, _, _ = self.run_task(noGoodPixelsMask="SAT")
+        np.testing.assert_array_equal(flat.mask.get("SAT"), self.expected())
+        self.assertFalse(flat.mask.get("BAD").any())
+
+    def test_vignetted_zeros_are_not_counted(self):
+        vignette = VignetteTestCase()
+        vignette.setUp()
+        vignette.sim = self.sim
+        vignetted = vignette.outside_square(0.25)
+        flat = vignette.run_task(doVignetteMask=True)
+        expected = self.expected() & ~vignetted
+        self.assertTrue(0 < expected.sum() < self.expected().sum())
+        self.assertEqual(flat.metadata["CP_COMBINE_N_NOT_POSITIVE"], int(expected.sum()))
+        np.testing.assert_array_equal(flat.mask.get("BAD"), expected)
+        np.testing.assert_array_equal(flat.mask.get("NO_DATA"), vignetted)
+
+    def test_clean_flat_counts_none(self):
+        clean = FlatSimulation()
+        flat = _task().run(clean.handles(), clean.camera, DETECTOR, clean.scales()).outputData
+        self.assertEqual(flat.metadata["CP_COMBINE_N_NOT_POSITIVE"], 0)
+
+
+class BadScalesAndConfigTestCase(lsst.utils.tests.TestCase):
+    def setUp(self):
+        self.sim = FlatSimulation()
+
+    def test_scales_without_exposure_scales_are_named(self):
+        task = _task()
+        with self.assertRaises(ScaleDictionaryError) as cm:
+            task.run(self.sim.handles(), self.sim.camera, DETECTOR, {"detScale": {DETECTOR: 1.0}})
+        self.assertEqual(str(cm.exception), (
+            "The scales of inputScales (detector 0) have no 'expScale' entry (their keys: ['detScale']), so "
+            "no exposure can be scaled; they are not the normalization's output."))
+
+    def test_config_ranges_are_stated(self):
+        for field, value, allowed in (
+            ("clip", 0.0, "RangeField 'clip' failed validation: 0.0 is outside of valid range (0.0,inf)"),
+            ("nIter", -1, "RangeField 'nIter' failed validation: -1 is outside of valid range [0,inf)"),
+            ("minInputsForClip", 0,
+             "RangeField 'minInputsForClip' failed validation: 0 is outside of valid range [1,inf)"),
+            ("bandRows", 0, "RangeField 'bandRows' failed validation: 0 is outside of valid range [1,inf)"),
+            ("maxVisitsToCalcErrorFromInputVariance", -1,
+             "RangeField 'maxVisitsToCalcErrorFromInputVariance' failed validation: -1 is outside of valid "
+             "range [0,inf)"),
+        ):
+            config = CpFlatCombineConfig()
+            with self.subTest(field=field), self.assertRaises(pexConfig.FieldValidationError) as cm:
+                setattr(config, field, value)
+            self.assertIn(allowed, str(cm.exception))
+        for field, value, allowed in (
+            ("clip", -1.0, "RangeField 'stats.clip' failed validation: -1.0 is outside of valid range "
+             "(0.0,inf)"),
+            ("nIter", -2, "RangeField 'stats.nIter' failed validation: -2 is outside of valid range [0,inf)"),
+        ):
+            config = CpFlatCombineConfig()
+            with (self.subTest(field=f"stats.{field}"),
+                  self.assertRaises(pexConfig.FieldValidationError) as cm):
+                setattr(config.stats, field, value)
+            self.assertIn(allowed, str(cm.exception))
+
+    def test_list_ranges_are_stated(self):
+        for field, value, message in (
+            ("subregionSize", [0, 200], "ListField 'subregionSize' failed validation: every item must be in "
+             "[1,inf); got [0, 200]"),
+            ("distributionPercentiles", [5.0, 101.0],
+             "ListField 'distributionPercentiles' failed validation: every item must be in [0.0,100.0]; got "
+             "[5.0, 101.0]"),
+        ):
+            config = _config()
+            with self.subTest(field=field), self.assertRaises(pexConfig.FieldValidationError) as cm:
+                setattr(config, field, value)
+                config.validate()
+            self.assertIn(message, str(cm.exception))
+
+
 class VignetteTestCase(lsst.utils.tests.TestCase):
     """doVignette, doVignetteMask and doPartialVignetteMask on a detector placed off-centre and turned
     by 30 degrees, with a square (numPolygonPoints = 4) region whose truth is analytic."""
@@ -739,6 +855,27 @@ class ButlerTestCase(lsst.utils.tests.TestCase):
         self.assertEqual([flat.metadata[f"CP_COMBINE_SCALE_{i}"] for i in range(5)], [10.0] * 5)
         self.assertFloatsAlmostEqual(flat.image.array, self.sim.scaled(dict.fromkeys(self.sim.lamps, 10.0))
                                      .mean(axis=0), rtol=1e-6)
+
+    def test_scales_without_exposure_scales_name_the_dataset(self):
+        """Through runQuantum the message names the scales' dataset type and data ID, and nothing is
+        written."""
+        task = _task()
+        with Butler.from_config(self.root.name, run="test/bad_scales", writeable=True) as butler:
+            butler.put(self.sim.camera, "camera", instrument=INSTRUMENT)
+            butler.put({"detScale": {DETECTOR: 1.0}}, "cpFlatNormalizeScales", instrument=INSTRUMENT,
+                       physical_filter=FILTER)
+            for exposure, image in self.sim.images.items():
+                butler.put(image, "cpFlatIsrExp", instrument=INSTRUMENT, exposure=exposure, detector=DETECTOR)
+            with self.assertRaises(ScaleDictionaryError) as cm:
+                self._run_quantum(task, butler)
+            # makeQuantum registers the output; its file is never written.
+            refs = butler.query_datasets("flat", collections="test/bad_scales", explain=False)
+            self.assertEqual([butler.stored(ref) for ref in refs], [False])
+        self.assertEqual(str(cm.exception), (
+            f"The scales of cpFlatNormalizeScales {{instrument: '{INSTRUMENT}', physical_filter: '{FILTER}', "
+            "band: 'r'} "
+            "have no 'expScale' entry (their keys: ['detScale']), so no exposure can be scaled; they are not "
+            "the normalization's output."))
 
     def test_quantum_output_certify_and_read_back(self):
         task = _task(subregionSize=[64, 7], **PROPAGATED)

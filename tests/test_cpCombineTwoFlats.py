@@ -120,6 +120,37 @@ class CombineTwoFlatsTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(np.argwhere(flat.mask.get("BAD")).tolist(), [[3, 8]])
         self.assertFloatsAlmostEqual(flat.image.array, (blue + red) / 2, rtol=1e-6)
 
+    def test_pixels_not_finite_and_positive_are_masked_counted_and_logged(self):
+        """Zeros in both flats (a dead amplifier) are masked BAD and counted; a vignetted zero, masked
+        NO_DATA by the combine that made the flats, is neither."""
+        self.blue = _flat(0.9, 1, planes=("BAD", "NO_DATA"))
+        self.red = _flat(1.1, 2, planes=("BAD", "NO_DATA"))
+        for flat in (self.blue, self.red):
+            flat.image.array[0:12, 8:16] = 0.0
+            flat.image.array[20, 60] = 0.0
+            flat.mask.set("NO_DATA", np.arange(SHAPE[0] * SHAPE[1]).reshape(SHAPE) == 20 * 64 + 60)
+        config = CpFlatCombineTwoFlatsConfig()
+        task = CpFlatCombineTwoFlatsTask(config=config)
+        with self.assertLogs(task.log.name, level="WARNING") as logs:
+            flat = task.run(inputFlatOneHandle=FlatHandle(self.blue), inputFlatTwoHandle=FlatHandle(self.red),
+                            camera=self.camera, detectorId=DETECTOR).outputData
+        expected = np.zeros(SHAPE, bool)
+        expected[0:12, 8:16] = True
+        np.testing.assert_array_equal(flat.mask.get("BAD"), expected)
+        self.assertEqual(flat.metadata["CP_COMBINE_N_NOT_POSITIVE"], 96)
+        amp = next(amp.getName() for amp in self.camera[DETECTOR] if amp.getBBox().getMinX() == 8
+                   and amp.getBBox().getMinY() == 0)
+        self.assertIn(f"WARNING:{task.log.name}:Detector 0: 96 pixels of the flat are not finite and "
+                      f"positive ({amp}: 96); masked BAD, so that flat-fielding never divides by them.",
+                      logs.output)
+
+    def test_list_ranges_are_stated(self):
+        config = CpFlatCombineTwoFlatsConfig()
+        config.subregionSize = [64, 0]
+        with self.assertRaisesRegex(pexConfig.FieldValidationError, r"ListField 'subregionSize' failed "
+                                    r"validation: every item must be in \[1,inf\); got \[64, 0\]"):
+            config.validate()
+
     def test_metadata(self):
         flat = self.run_task(weightOne=0.25, distributionPercentiles=[50])
         metadata = dict(flat.metadata)

@@ -21,10 +21,12 @@ __all__ = [
     "empty_flat",
     "fill_nan_pixels",
     "iter_tiles",
+    "mask_not_positive",
     "merge_masks",
     "no_good_pixels_mask_field",
     "pixel_box",
     "subregion_size_field",
+    "validate_list_ranges",
 ]
 
 import logging
@@ -94,14 +96,13 @@ def subregion_size_field() -> pexConfig.ListField:
     """Return cp_pipe's ``subregionSize`` field: the tiles the inputs are read in."""
     return pexConfig.ListField(
         dtype=int,
-        doc="Width, height (pixels) of the tiles the inputs are read and combined in. Peak memory is "
-            "about 27 bytes x (number of inputs) x width x height, plus 9 bytes per detector pixel for "
-            "the output: 100 inputs of 4072-pixel rows in 200-row tiles use about 2.3 GB. Each tile "
-            "costs one read per input with a fixed overhead (~40 ms measured), so small tiles read "
+        doc="Width, height (pixels) of the tiles the inputs are read and combined in, each >= 1. Peak "
+            "memory is about 27 bytes x (number of inputs) x width x height, plus 9 bytes per detector "
+            "pixel for the output: 100 inputs of 4072-pixel rows in 200-row tiles use about 2.3 GB. Each "
+            "tile costs one read per input with a fixed overhead (~40 ms measured), so small tiles read "
             "slowly. The result does not depend on it.",
         length=2,
         default=(10000, 200),
-        itemCheck=lambda value: value >= 1,
     )
 
 
@@ -109,11 +110,35 @@ def distribution_percentiles_field() -> pexConfig.ListField:
     """Return cp_pipe's ``distributionPercentiles`` field (QA metadata of the output)."""
     return pexConfig.ListField(
         dtype=float,
-        doc="Percentiles of each amplifier's pixel values recorded in the output metadata as "
-            "'LSST CALIB <TYPE> <amp> DISTRIBUTION <level>-PCT'.",
+        doc="Percentiles (each in [0, 100]) of each amplifier's pixel values recorded in the output "
+            "metadata as 'LSST CALIB <TYPE> <amp> DISTRIBUTION <level>-PCT'.",
         default=[0, 5, 16, 50, 84, 95, 100],
-        itemCheck=lambda value: 0 <= value <= 100,
     )
+
+
+_LIST_RANGES = {"subregionSize": (1, None), "distributionPercentiles": (0.0, 100.0)}
+"""Allowed range (inclusive; `None`: unbounded) of the items of the list fields above."""
+
+
+def validate_list_ranges(config: pexConfig.Config) -> None:
+    """Refuse items of ``subregionSize`` and ``distributionPercentiles`` outside their ranges.
+
+    A ``ListField``'s ``itemCheck`` can only say that an item "is not a valid value"; this check,
+    called from the configs' ``validate``, says which range is allowed.
+
+    Raises
+    ------
+    lsst.pex.config.FieldValidationError
+        Raised naming the field, the allowed range and the value.
+    """
+    for name, (low, high) in _LIST_RANGES.items():
+        values = getattr(config, name, None)
+        if values is None:
+            continue
+        if any(value < low or (high is not None and value > high) for value in values):
+            allowed = f"[{low},{'inf)' if high is None else f'{high}]'}"
+            raise pexConfig.FieldValidationError(getattr(type(config), name), config,
+                                                 f"every item must be in {allowed}; got {list(values)}")
 
 
 def pixel_box(box: Any) -> Box:
@@ -192,6 +217,57 @@ def fill_nan_pixels(flat: MaskedImage, plane: str, exclude: np.ndarray | None = 
     variance[bad] = np.median(variance[reference])
     flat.mask.set(plane, bad)
     return n_filled
+
+
+def mask_not_positive(flat: MaskedImage, plane: str, detector: Any, detectorId: int,
+                      log: logging.Logger | LsstLogAdapter, exclude: np.ndarray | None = None) -> int:
+    """Mask every flat pixel whose value is not finite and positive, so that none leaves unmasked.
+
+    Flat-fielding divides by the flat, so a zero (a dead amplifier combined from its zeros, which
+    cp_pipe's scale layout keeps), a negative value or a NaN would turn science pixels into
+    infinities or sign flips; masked with ``plane`` (cp_pipe's ``noGoodPixelsMask``, BAD by default)
+    they are treated as defects downstream, as the pixels without a good input are.
+
+    Parameters
+    ----------
+    flat : `lsst.images.MaskedImage`
+        The flat, masked in place; its values are kept.
+    plane : `str`
+        Mask plane to set.
+    detector : detector
+        Iterates over amplifiers with ``getName()`` and ``getBBox()``, for the log.
+    detectorId : `int`
+        For the log.
+    log : `logging.Logger`
+        Where the warning naming the amplifiers goes.
+    exclude : `numpy.ndarray` [`bool`], optional
+        Pixels neither masked nor counted (the vignetted region, set to zero and masked NO_DATA on
+        purpose).
+
+    Returns
+    -------
+    n_masked : `int`
+        Number of pixels masked (not finite and positive, outside ``exclude``).
+    """
+    image = flat.image.array
+    pixels = ~(np.isfinite(image) & (image > 0))
+    if exclude is not None:
+        pixels &= ~exclude
+    n_masked = int(pixels.sum())
+    if n_masked:
+        flat.mask.set(plane, pixels)
+        by_amp = [(amp.getName(), int(pixels[_local_slices(amp.getBBox(), flat.bbox)].sum()))
+                  for amp in detector]
+        log.warning("Detector %d: %d pixels of the flat are not finite and positive (%s); masked %s, so that "
+                    "flat-fielding never divides by them.", detectorId, n_masked,
+                    ", ".join(f"{name}: {n}" for name, n in by_amp if n), plane)
+    return n_masked
+
+
+def _local_slices(box: Any, frame: Box) -> tuple[slice, slice]:
+    """Array slices of an afw-protocol box inside an image whose box is ``frame``."""
+    y0, x0 = box.getMinY() - frame.y.start, box.getMinX() - frame.x.start
+    return slice(y0, y0 + box.getHeight()), slice(x0, x0 + box.getWidth())
 
 
 def calibration_statistics(flat: MaskedImage, detector: Any, calibration_type: str,

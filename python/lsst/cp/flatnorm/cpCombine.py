@@ -51,10 +51,12 @@ from .calib_output import (
     empty_flat,
     fill_nan_pixels,
     iter_tiles,
+    mask_not_positive,
     merge_masks,
     no_good_pixels_mask_field,
     pixel_box,
     subregion_size_field,
+    validate_list_ranges,
 )
 from .clipped_stats import sigma_clipped_region_stats
 from .combine_stack import combine_stack
@@ -65,7 +67,7 @@ from .flat_connections import (
     post_isr_flat_input,
     with_camera_storage_class,
 )
-from .scale_dictionary import has_exposure_scales, usable_exposure_scale
+from .scale_dictionary import check_exposure_scales, has_exposure_scales, usable_exposure_scale
 from .vignette_config import VignetteConfig, detector_vignetted_pixels
 
 NO_DATA = "NO_DATA"
@@ -116,17 +118,18 @@ class CalibStatsConfig(pexConfig.Config):
             "MEDIAN": "Median.",
         },
     )
-    clip = pexConfig.Field(
+    clip = pexConfig.RangeField(
         dtype=float,
         doc="Clipping threshold of MEANCLIP, in standard deviations.",
         default=3.0,
-        check=lambda value: value > 0,
+        min=0.0,
+        inclusiveMin=False,
     )
-    nIter = pexConfig.Field(
+    nIter = pexConfig.RangeField(
         dtype=int,
         doc="Maximum number of clipping passes of MEANCLIP.",
         default=3,
-        check=lambda value: value >= 0,
+        min=0,
     )
     mask = pexConfig.ListField(
         dtype=str,
@@ -164,19 +167,20 @@ class CpFlatCombineConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFla
                    "contributes no pixels from that exposure.",
         },
     )
-    maxVisitsToCalcErrorFromInputVariance = pexConfig.Field(
+    maxVisitsToCalcErrorFromInputVariance = pexConfig.RangeField(
         dtype=int,
         doc="With fewer inputs than this, the output variance is propagated from the inputs' variance "
             "planes; with this many or more it is the spread of the inputs at each pixel (s**2 / n).",
         default=5,
+        min=0,
     )
     subregionSize = subregion_size_field()
-    bandRows = pexConfig.Field(
+    bandRows = pexConfig.RangeField(
         dtype=int,
         doc="Rows read at a time; if set, replaces the height of subregionSize.",
         default=None,
         optional=True,
-        check=lambda value: value >= 1,
+        min=1,
         deprecated="bandRows is subregionSize's height, cp_pipe's name; it will be removed after v0.3.",
     )
     doVignette = pexConfig.Field(
@@ -214,23 +218,24 @@ class CpFlatCombineConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFla
         default=["SAT", "DETECTED", "INTRP"],
     )
     combine = combine_statistic_field("MEANCLIP", doc="Statistic combining the inputs at each pixel.")
-    clip = pexConfig.Field(
+    clip = pexConfig.RangeField(
         dtype=float,
         doc="Clipping threshold, in standard deviations of the inputs at each pixel.",
         default=3.0,
-        check=lambda value: value > 0,
+        min=0.0,
+        inclusiveMin=False,
     )
-    nIter = pexConfig.Field(
+    nIter = pexConfig.RangeField(
         dtype=int,
         doc="Maximum number of clipping passes (0: plain mean of the valid inputs).",
         default=3,
-        check=lambda value: value >= 0,
+        min=0,
     )
-    minInputsForClip = pexConfig.Field(
+    minInputsForClip = pexConfig.RangeField(
         dtype=int,
         doc="MEANCLIP: pixels with fewer valid inputs than this use their median instead.",
         default=3,
-        check=lambda value: value >= 1,
+        min=1,
     )
     noGoodPixelsMask = no_good_pixels_mask_field()
     checkNoData = pexConfig.Field(
@@ -263,6 +268,7 @@ class CpFlatCombineConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFla
 
     def validate(self) -> None:
         super().validate()
+        validate_list_ranges(self)
         if self.doVignetteMask and self.doVignette:
             raise ValueError("Cannot set both doVignetteMask and doVignette.")
         for field in ("doVignetteMask", "doPartialVignetteMask"):
@@ -337,6 +343,9 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
         outputRefs: pipeBase.OutputQuantizedConnection,
     ) -> None:
         inputs = butlerQC.get(inputRefs)
+        if "inputScales" in inputs:
+            ref = inputRefs.inputScales
+            check_exposure_scales(inputs["inputScales"], f"{ref.datasetType.name} {ref.dataId}")
         inputs["detectorId"] = int(outputRefs.outputData.dataId["detector"])
         butlerQC.put(self.run(**inputs), outputRefs)
 
@@ -401,6 +410,7 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
         if self.config.exposureScaling == "InputList":
             if inputScales is None:
                 raise ValueError("exposureScaling is InputList but no inputScales were given.")
+            check_exposure_scales(inputScales, f"inputScales (detector {detectorId})")
             if not has_exposure_scales(inputScales, detectorId):
                 raise pipeBase.NoWorkFound(f"Detector {detectorId} has no entry in the exposure scales.")
         inputs = []
@@ -576,6 +586,8 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
             self.log.warning("Detector %d: filled %d NaN pixels with the median and flagged them %s.",
                              detectorId, n_filled, config.noGoodPixelsMask)
         result = {"N_VIGNETTED": 0, "N_PARTLY_VIGNETTED": 0}
+        result["N_NOT_POSITIVE"] = mask_not_positive(flat, config.noGoodPixelsMask, detector, detectorId,
+                                                     self.log, exclude=vignetted)
         if vignetted is not None:
             flat.image.array[vignetted] = 0.0
             for plane in [NO_DATA] + ([VIGNETTED] if config.doVignetteMask else []):

@@ -35,10 +35,12 @@ from .calib_output import (
     empty_flat,
     fill_nan_pixels,
     iter_tiles,
+    mask_not_positive,
     merge_masks,
     no_good_pixels_mask_field,
     pixel_box,
     subregion_size_field,
+    validate_list_ranges,
 )
 from .combine_stack import weighted_mean
 from .flat_connections import (
@@ -103,6 +105,10 @@ class CpFlatCombineTwoFlatsConfig(pipeBase.PipelineTaskConfig,
     distributionPercentiles = distribution_percentiles_field()
     cameraStorageClass = camera_storage_class_field()
 
+    def validate(self) -> None:
+        super().validate()
+        validate_list_ranges(self)
+
 
 class CpFlatCombineTwoFlatsTask(pipeBase.PipelineTask):
     """Combine two flats of one detector and filter with fixed weights.
@@ -111,9 +117,11 @@ class CpFlatCombineTwoFlatsTask(pipeBase.PipelineTask):
     pixel is finite (``w1 = weightOne``, ``w2 = 1 - weightOne``), with variance
     ``(w1**2 var1 + w2**2 var2) / (w1 + w2)**2``; no mask plane excludes a pixel (cp_pipe's
     statistics control for this task masks nothing).  The output mask is the OR of the masks of the
-    pixels used; a pixel with neither is flagged ``noGoodPixelsMask`` and filled with the median.
-    The metadata keeps the keys the two flats share (FLATSRC among them), with OBSTYPE, the
-    weights and cp_pipe's QA keys.
+    pixels used; a pixel with neither is flagged ``noGoodPixelsMask`` and filled with the median,
+    and a pixel not finite and positive (both flats zero there, say) is flagged ``noGoodPixelsMask``
+    too, unless NO_DATA marks it (vignetted on purpose).  The metadata keeps the keys the two flats
+    share (FLATSRC among them), with OBSTYPE, the weights, ``CP_COMBINE_N_NOT_POSITIVE`` and cp_pipe's
+    QA keys.
     """
 
     ConfigClass = CpFlatCombineTwoFlatsConfig
@@ -168,7 +176,11 @@ class CpFlatCombineTwoFlatsTask(pipeBase.PipelineTask):
         if n_filled:
             self.log.warning("Detector %d: filled %d NaN pixels with the median and flagged them %s.",
                              detectorId, n_filled, self.config.noGoodPixelsMask)
+        no_data = flat.mask.get("NO_DATA") if "NO_DATA" in flat.mask.schema.names else None
+        n_not_positive = mask_not_positive(flat, self.config.noGoodPixelsMask, detector, detectorId, self.log,
+                                           exclude=no_data)
         flat.metadata.update(self._metadata(input_metadata, flat, detector))
+        flat.metadata["CP_COMBINE_N_NOT_POSITIVE"] = n_not_positive
         return pipeBase.Struct(outputData=flat)
 
     def _weights(self) -> np.ndarray:
