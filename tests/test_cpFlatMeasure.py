@@ -9,6 +9,7 @@ import unittest
 import numpy as np
 
 import lsst.daf.butler.tests as butlerTests
+import lsst.pex.config as pexConfig
 import lsst.pipe.base.testUtils as pipeTestUtils
 import lsst.utils.tests
 from lsst.daf.butler import DatasetType
@@ -229,6 +230,22 @@ class CpFlatMeasureVignetteTestCase(lsst.utils.tests.TestCase):
         _assert_stats(self, stats, self.detector, kept)
         off = CpFlatMeasureTask(config=self._config(False)).run(flat, self.camera, SCIENCE_DETECTOR)
         np.testing.assert_equal(dict(stats), dict(off.outputStats))
+
+    def test_config_ranges_are_stated(self):
+        config = _config()
+        for target, field, value, message in (
+            (config.vignette, "radius", -1.0, "RangeField 'vignette.radius' failed validation: -1.0 is "
+             "outside of valid range [0.0,inf)"),
+            (config, "numSigmaClip", 0.0, "RangeField 'numSigmaClip' failed validation: 0.0 is outside of "
+             "valid range (0.0,inf)"),
+            (config, "clipMaxIter", -1, "RangeField 'clipMaxIter' failed validation: -1 is outside of valid "
+             "range [0,inf)"),
+        ):
+            with self.subTest(field=field), self.assertRaises(pexConfig.FieldValidationError) as cm:
+                setattr(target, field, value)
+            self.assertIn(message, str(cm.exception))
+        config.vignette.radius = None  # no region: allowed
+        config.validate()
 
 
 class CpFlatMeasureButlerTestCase(lsst.utils.tests.TestCase):

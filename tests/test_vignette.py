@@ -3,6 +3,7 @@
 
 """Tests of the vignetting geometry: polygons, pixel rasterisation, detector placement, the config."""
 
+import re
 import unittest
 
 import numpy as np
@@ -222,10 +223,12 @@ class VignetteConfigTestCase(unittest.TestCase):
         self.assertEqual(config.polygon().shape, (100, 2))
 
     def test_checks(self):
-        for field, value in (("radius", -1.0), ("numPolygonPoints", 2)):
+        for field, value, allowed in (("radius", -1.0, "[0.0,inf)"), ("numPolygonPoints", 2, "[3,inf)")):
             config = VignetteConfig()
-            with self.subTest(field=field), self.assertRaisesRegex(pexConfig.FieldValidationError,
-                                                                   f"Field '{field}' failed validation"):
+            with self.subTest(field=field), self.assertRaisesRegex(
+                    pexConfig.FieldValidationError,
+                    re.escape(f"RangeField '{field}' failed validation: {value} is outside of valid range "
+                              f"{allowed}")):
                 setattr(config, field, value)
 
 

@@ -54,14 +54,14 @@ class MeasureVignetteConfig(VignetteConfig):
     """The measurement's unvignetted region: `VignetteConfig` without a default radius, so that
     nothing is vignetted until a region is configured."""
 
-    radius = pexConfig.Field(
+    radius = pexConfig.RangeField(
         dtype=float,
         doc="Radius of the unvignetted circle (mm); pixels whose centres lie outside are vignetted. "
             "None: no region, nothing is vignetted (cp_pipe's measurement with an exposure that has no "
             "valid polygon).",
         default=None,
         optional=True,
-        check=lambda value: value >= 0,
+        min=0.0,
     )
 
 

@@ -36,18 +36,18 @@ class VignetteConfig(pexConfig.Config):
         doc="Centre of the unvignetted circle, focal-plane y (mm).",
         default=0.0,
     )
-    radius = pexConfig.Field(
+    radius = pexConfig.RangeField(
         dtype=float,
         doc="Radius of the unvignetted circle (mm); pixels whose centres lie outside are vignetted.",
         default=100.0,
-        check=lambda value: value >= 0,
+        min=0.0,
     )
-    numPolygonPoints = pexConfig.Field(
+    numPolygonPoints = pexConfig.RangeField(
         dtype=int,
         doc="Vertices of the regular polygon inscribed in the circle that stands for it (as in ip_isr: "
             "at 100 points and 350 mm the polygon's edges are up to 0.17 mm inside the circle).",
         default=100,
-        check=lambda value: value >= 3,
+        min=3,
     )
 
     def polygon(self) -> np.ndarray:
