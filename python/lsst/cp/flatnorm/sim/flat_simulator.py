@@ -11,9 +11,11 @@ where ``L`` is the lamp level (a lamp whose output drifts slowly with time, time
 time), ``colour`` a per-exposure lamp colour (centred on zero), ``c`` a per-detector colour
 sensitivity (centred on zero, weighted by pixel count) and ``R`` the fixed pixel response:
 detector response x amplifier gain error x radial vignetting across the focal plane x pixel
-to pixel variations.  The colour term makes the detector levels separable only to ~1e-3, as
-in real flats.  Images get Poisson and read noise, cosmic rays (flagged ``CR``), defect
-columns at half response (flagged ``BAD``) and three corruptions:
+to pixel variations (x, if ``FlatSimConfig.illumination`` is set, a focal-plane illumination
+with a known gradient model, `lsst.cp.flatnorm.sim.illumination`).  The colour term makes the
+detector levels separable only to ~1e-3, as in real flats.  Images get Poisson and read noise,
+cosmic rays (flagged ``CR``), defect columns at half response (flagged ``BAD``) and three
+corruptions:
 
 - a dead amplifier (exactly zero signal, *not* masked, as a real one usually is not);
 - one exposure partly shadowed on one detector (whole amplifier columns at reduced signal, not
@@ -42,6 +44,7 @@ __all__ = [
 import dataclasses
 from collections.abc import Iterable
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import astropy.time
 import astropy.units as u
@@ -51,6 +54,9 @@ from lsst.images import Image, Mask, MaskedImage, MaskPlane, MaskSchema
 
 from ..camera_model import CameraModel, DetectorModel
 from ..exposure_records import ExposureInfo
+
+if TYPE_CHECKING:
+    from .illumination import FocalPlaneIllumination
 
 MASK_PLANES: tuple[MaskPlane, ...] = (
     MaskPlane("BAD", "Bad pixel in the instrument (simulated defect column)."),
@@ -92,6 +98,9 @@ class FlatSimConfig:
     pixel_response_sigma: float = 0.005
     vignetting: float = 0.15
     """Fractional loss of response at the edge of the focal plane (quadratic in radius)."""
+    illumination: FocalPlaneIllumination | None = None
+    """Large-scale illumination multiplying every pixel's response at its focal-plane position
+    (radial function, gradient, centre offset and sensor-family ratio, `.illumination`), or `None`."""
     colour_half_range: float = 0.4
     """Exposure colours are uniform in +-this (then centred)."""
     colour_slope_max: float = 0.006
@@ -441,6 +450,10 @@ class FlatSimulator:
         fp_y = det.focal_plane_y + (y - (bbox.getHeight() - 1) / 2) * det.pixel_size
         return 1 - self.config.vignetting * (fp_x**2 + fp_y**2) / self._focal_plane_radius**2
 
+    def defect_columns(self, detector: int) -> np.ndarray:
+        """Columns of a detector at half response and flagged BAD in every image (its defects)."""
+        return self._defect_columns(self.camera[detector])
+
     def _defect_columns(self, det: DetectorModel) -> np.ndarray:
         rng = np.random.default_rng([self.config.seed, 1, det.getId()])
         return rng.choice(det.getBBox().getWidth(), self.config.n_defect_columns, replace=False)
@@ -472,6 +485,8 @@ class FlatSimulator:
             pixels = 1 + self.config.pixel_response_sigma * rng.standard_normal(shape)
             response = self._detector_response[det.getId()] * self._amp_map(det) * self._vignetting(det)
             response *= pixels
+            if self.config.illumination is not None:
+                response *= self.config.illumination.detector_map(det)
             response[:, self._defect_columns(det)] *= _DEFECT_RESPONSE
             responses[det.getId()] = response
         return responses
