@@ -20,6 +20,14 @@ from pathlib import Path
 import lsst.utils.tests
 from lsst.cp.flatnorm.camera_model import CameraModel
 from lsst.cp.flatnorm.cpCombine import CpFlatCombineConfig, CpFlatCombineConnections, CpFlatCombineTask
+from lsst.cp.flatnorm.cpFlatGradients import (
+    CpFlatApplyGradientsConfig,
+    CpFlatApplyGradientsConnections,
+    CpFlatApplyGradientsTask,
+    CpFlatFitGradientsConfig,
+    CpFlatFitGradientsConnections,
+    CpFlatFitGradientsTask,
+)
 from lsst.cp.flatnorm.cpFlatMeasure import CpFlatMeasureConfig, CpFlatMeasureConnections, CpFlatMeasureTask
 from lsst.cp.flatnorm.cpFlatNormalize import (
     CpFlatNormalizationConfig,
@@ -58,6 +66,14 @@ CP_PIPE_PATHS = {
     "lsst.cp.pipe.cpCombine.CalibCombineByFilterTask": CpFlatCombineTask,
     "lsst.cp.pipe.cpCombine.CalibCombineByFilterConfig": CpFlatCombineConfig,
     "lsst.cp.pipe.cpCombine.CalibCombineByFilterConnections": CpFlatCombineConnections,
+    "lsst.cp.pipe.CpFlatFitGradientsTask": CpFlatFitGradientsTask,
+    "lsst.cp.pipe.CpFlatApplyGradientsTask": CpFlatApplyGradientsTask,
+    "lsst.cp.pipe.cpFlatGradients.CpFlatFitGradientsTask": CpFlatFitGradientsTask,
+    "lsst.cp.pipe.cpFlatGradients.CpFlatFitGradientsConfig": CpFlatFitGradientsConfig,
+    "lsst.cp.pipe.cpFlatGradients.CpFlatFitGradientsConnections": CpFlatFitGradientsConnections,
+    "lsst.cp.pipe.cpFlatGradients.CpFlatApplyGradientsTask": CpFlatApplyGradientsTask,
+    "lsst.cp.pipe.cpFlatGradients.CpFlatApplyGradientsConfig": CpFlatApplyGradientsConfig,
+    "lsst.cp.pipe.cpFlatGradients.CpFlatApplyGradientsConnections": CpFlatApplyGradientsConnections,
     # Paths that repositories created before 0.2 store in their configs and datastore records.
     "lsst.cp.pipe.formatters.LibyamlFormatter": BlockYamlFormatter,
     "lsst.cp.pipe.camera_model.CameraModel": CameraModel,

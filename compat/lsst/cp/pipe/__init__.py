@@ -10,4 +10,5 @@ tasks.  It is installed only with the wheel (from ``compat/``); the eups table d
 """
 
 from .cpCombine import *  # noqa: F401,F403
+from .cpFlatGradients import *  # noqa: F401,F403
 from .cpFlatMeasure import *  # noqa: F401,F403

@@ -10,6 +10,7 @@ package never imports it, so it works beside a real cp_pipe.
 
 from .cpCombine import *  # noqa: F401,F403
 from .cpCombineTwoFlats import *  # noqa: F401,F403
+from .cpFlatGradients import *  # noqa: F401,F403
 from .cpFlatMeasure import *  # noqa: F401,F403
 from .cpFlatNormalize import *  # noqa: F401,F403
 from .version import __version__  # noqa: F401
