@@ -4,6 +4,7 @@
 """CpFlatNormalizationTask through the butler: pipe_base's test quanta and a real ``pipetask run``."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,13 +19,16 @@ import lsst.pipe.base.testUtils
 import lsst.utils.tests
 from lsst.cp.flatnorm import CpFlatNormalizationTask
 from lsst.cp.flatnorm.butler_setup import make_repo, seed_config
+from lsst.cp.flatnorm.exposure_records import insert_exposure_records
 from lsst.cp.flatnorm.sim.instrument import SimFlatCam
 from lsst.daf.butler import Butler, DataCoordinate, DatasetType
-from flat_repo import FILTER, INSTRUMENT, fill_repo
+from flat_repo import FILTER, INSTRUMENT, fill_repo, sim_exposures
 from stats_factory import EXPOSURES, StatisticsFactory
 
 PIPELINE = Path(__file__).parents[1] / "pipelines" / "_ingredients" / "cpFlatNorm.yaml"
 PIPETASK = Path(sys.executable).with_name("pipetask")
+OTHER_FILTER = "sim_g"
+_LONG_LOG = re.compile(r"^([A-Z]+) \S+ (\S+) \(.*?\)\([^()]+:\d+\) - (.*)$")
 
 
 class TestQuantumTestCase(lsst.utils.tests.TestCase):
@@ -156,15 +160,22 @@ class PipetaskRunTestCase(lsst.utils.tests.TestCase):
                                                        instrument=INSTRUMENT).__iter__().__next__()
         butler.registry.syncDimensionData("exposure", dict(record.toDict(), observation_reason="test"),
                                           update=True)
+        # A second filter whose exposures are all taken for another reason: down-selecting "flat"
+        # matches none of them.
+        insert_exposure_records(butler, INSTRUMENT, sim_exposures(
+            [e + 100 for e in EXPOSURES], physical_filter=OTHER_FILTER, reasons=["dark"] * len(EXPOSURES)))
+        for exposure, detector in cls.pairs:
+            butler.put(cls.factory.metadata(exposure, detector), "cpFlatStatistics", instrument=INSTRUMENT,
+                       exposure=exposure + 100, detector=detector, run=cls.inputs)
 
     @classmethod
     def tearDownClass(cls):
         shutil.rmtree(cls.root, ignore_errors=True)
 
-    def pipetask(self, output, *config):
+    def pipetask(self, output, *config, query=f"instrument='{INSTRUMENT}' AND physical_filter='{FILTER}'"):
         command = [str(PIPETASK), "--long-log", "run", "--register-dataset-types", "-b", self.root, "-i",
                    f"{self.inputs},{INSTRUMENT}/calib", "-o", output, "-p", f"{PIPELINE}#cpFlatNormalize",
-                   "-d", f"instrument='{INSTRUMENT}' AND physical_filter='{FILTER}'"]
+                   "-d", query]
         for item in config:
             command += ["-c", item]
         return subprocess.run(command, capture_output=True, text=True, timeout=300,
@@ -201,6 +212,44 @@ class PipetaskRunTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(sorted(set(table["exposure"])), [EXPOSURES[0], EXPOSURES[2], EXPOSURES[3]])
         scales = butler.get("cpFlatNormalizeScales", instrument=INSTRUMENT, physical_filter=FILTER)
         self.assertNotIn(EXPOSURES[1], scales["expScale"][0]["C10"])
+
+    def no_match_warning(self):
+        return (f"lsst.cpFlatNormalize WARNING: cpFlatNormalize {{instrument: '{INSTRUMENT}', "
+                f"physical_filter: '{OTHER_FILTER}', band: 'g'}}: no input exposure has observation_reason "
+                f"matching 'flat' (ignoring case); the {len(self.pairs)} inputs have 'dark'. No scales are "
+                "written for this data ID.")
+
+    def test_pipetask_down_selection_matching_nothing_in_one_of_two_filters(self):
+        """The run succeeds for the filter with a match; the other is named in a WARNING."""
+        process = self.pipetask("u/test/select2", "cpFlatNormalize:doDownSelection=True",
+                                "cpFlatNormalize:downSelectionValue=flat", query=f"instrument='{INSTRUMENT}'")
+        self.assertEqual(process.returncode, 0, process.stderr[-3000:])
+        self.assertIn(self.no_match_warning(), _log_lines(process))
+        butler = Butler.from_config(self.root, collections="u/test/select2")
+        found = {ref.dataId["physical_filter"] for ref in butler.query_datasets("cpFlatNormalizeScales")}
+        self.assertEqual(found, {FILTER})
+        table = butler.get("cpFlatNormalizeScaleTable", instrument=INSTRUMENT, physical_filter=FILTER)
+        self.assertEqual(sorted(set(table["exposure"])), [EXPOSURES[0], EXPOSURES[2], EXPOSURES[3]])
+
+    def test_pipetask_down_selection_matching_nothing_in_the_only_filter(self):
+        """The graph is empty and pipetask fails saying the logs above explain why: they do."""
+        process = self.pipetask("u/test/select1", "cpFlatNormalize:doDownSelection=True",
+                                "cpFlatNormalize:downSelectionValue=flat",
+                                query=f"instrument='{INSTRUMENT}' AND physical_filter='{OTHER_FILTER}'")
+        self.assertEqual(process.returncode, 1, process.stderr[-3000:])
+        lines = _log_lines(process)
+        self.assertIn("Error: QuantumGraph was empty; ERROR logs above should provide details.", lines)
+        self.assertIn(self.no_match_warning(), lines)
+        empty = "Error: QuantumGraph was empty; ERROR logs above should provide details."
+        self.assertLess(lines.index(self.no_match_warning()), lines.index(empty))
+        butler = Butler.from_config(self.root)
+        self.assertNotIn("u/test/select1", butler.collections.query("u/test/*"))
+
+
+def _log_lines(process):
+    """The lines pipetask wrote, stdout then stderr, --long-log's records shortened to the default
+    format, ``name LEVEL: message``."""
+    return [_LONG_LOG.sub(r"\2 \1: \3", line) for line in (process.stdout + process.stderr).splitlines()]
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
