@@ -3,6 +3,8 @@
 
 """Tests of the flat simulator: determinism, the truth's properties and the corruptions."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -153,3 +155,64 @@ def test_bad_configuration_raises():
         FlatSimulator(CAMERA, FlatSimConfig(n_exposures=3, dead_amplifier=None, shadow=(5, 0)))
     with pytest.raises(ValueError, match="level must be"):
         FlatSimulator(CAMERA, CONFIG).truth.row_keys("CCD")
+
+
+# Colour: sensor families and a drifting lamp colour (opt-in; the defaults have neither).
+
+FAMILY_CAMERA = make_sim_camera(n_side=3, n_wavefront=0, amp_width=8, amp_height=16,
+                                physical_types=("ITL", "E2V"))
+FAMILY_CONFIG = FlatSimConfig(n_exposures=10, family_colour_slopes=(("ITL", 0.01), ("E2V", -0.01)),
+                              colour_drift=1.0, colour_half_range=0.1)
+
+
+def test_colour_defaults_are_off():
+    config = FlatSimConfig()
+    assert (config.family_colour_slopes, config.colour_drift) == ((), 0.0)
+    assert {det.physical_type for det in make_sim_camera()} == {"simulated"}
+
+
+def test_sensor_families_and_lamp_colour_drift():
+    sim = FlatSimulator(FAMILY_CAMERA, FAMILY_CONFIG)
+    plain = FlatSimulator(FAMILY_CAMERA, dataclasses.replace(FAMILY_CONFIG, family_colour_slopes=(),
+                                                             colour_drift=0.0))
+    # Everything else is drawn as without them: the families and the drift only add.
+    assert [e.lamp_level for e in sim.exposures] == [e.lamp_level for e in plain.exposures]
+    np.testing.assert_array_equal(sim.response(4), plain.response(4))
+    family = np.array([0.01 if det.physical_type == "ITL" else -0.01 for det in FAMILY_CAMERA])
+    slopes = np.array([sim.colour_slope(det.getId()) for det in FAMILY_CAMERA])
+    plain_slopes = np.array([plain.colour_slope(det.getId()) for det in FAMILY_CAMERA])
+    np.testing.assert_allclose(slopes - plain_slopes, family - family.mean(), atol=1e-15)
+    assert slopes.mean() == pytest.approx(0.0, abs=1e-15)  # centred (equal pixel counts here)
+    drift = np.arange(10) / 9 - 0.5
+    colours = np.array([e.colour for e in sim.exposures])
+    plain_colours = [e.colour for e in plain.exposures]
+    np.testing.assert_allclose(colours - plain_colours, drift - drift.mean(), atol=1e-15)
+    assert abs(colours.sum()) < 1e-12
+
+
+def test_families_must_name_every_detectors_type():
+    with pytest.raises(ValueError, match=r"family_colour_slopes lists \['ITL'\] but detector 1 .* 'E2V'"):
+        FlatSimulator(FAMILY_CAMERA, FlatSimConfig(family_colour_slopes=(("ITL", 0.01),)))
+
+
+def test_truth_at_the_reference_colour():
+    config = dataclasses.replace(FAMILY_CONFIG, missing_images=((8, 2), (9, 2)), shadow=(3, 0))
+    sim = FlatSimulator(FAMILY_CAMERA, config)
+    truth = sim.truth
+    levels, counts = sim.expected_matrix("DETECTOR")
+    counts[0, 3] = 0  # the shadowed entry is rejected
+    colours = np.array([e.colour for e in sim.exposures])
+    reference = truth.reference_colour()
+    assert reference == pytest.approx(np.average(colours, weights=counts.sum(axis=0)), rel=1e-12)
+    assert reference < 0  # detector 2 misses the two reddest exposures
+    for det in (2, 3):
+        ratio = truth.pixel_response(det, colour=reference) / truth.pixel_response(det)
+        factor = truth._gauge("DETECTOR")[1] / truth._gauge("DETECTOR", reference)[1]
+        np.testing.assert_allclose(ratio, factor * (1 + sim.colour_slope(det) * reference), rtol=1e-12)
+    scales = truth.row_scales(colour=reference)
+    weights = counts.sum(axis=1)
+    assert np.average([scales[d] for d in range(9)], weights=weights) == pytest.approx(1.0, abs=1e-12)
+    for det in (2, 7):
+        usable = truth.usable_pixels(det)
+        mean = truth.pixel_response(det, colour=reference)[usable].mean()
+        assert mean == pytest.approx(scales[det], rel=1e-12)

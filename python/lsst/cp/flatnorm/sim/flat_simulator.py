@@ -8,8 +8,11 @@ The signal of exposure ``e`` in pixel ``p`` of detector ``d`` is
     S[e, d, p] = L[e] * (1 + c[d] * colour[e]) * R[d, p]
 
 where ``L`` is the lamp level (a lamp whose output drifts slowly with time, times the exposure
-time), ``colour`` a per-exposure lamp colour (centred on zero), ``c`` a per-detector colour
-sensitivity (centred on zero, weighted by pixel count) and ``R`` the fixed pixel response:
+time), ``colour`` a per-exposure lamp colour (centred on zero; it can drift through the sequence,
+``FlatSimConfig.colour_drift``), ``c`` a per-detector colour sensitivity (centred on zero,
+weighted by pixel count; sensor families, told apart by the detector's ``physical_type``, can
+answer colour differently, ``FlatSimConfig.family_colour_slopes``) and ``R`` the fixed pixel
+response:
 detector response x amplifier gain error x radial vignetting across the focal plane x pixel
 to pixel variations (x, if ``FlatSimConfig.illumination`` is set, a focal-plane illumination
 with a known gradient model, `lsst.cp.flatnorm.sim.illumination`).  The colour term makes the
@@ -25,7 +28,9 @@ corruptions:
 
 `FlatTruth` gives the scales a normalization should recover, in the package's gauge: row scales
 ``G`` (detectors, or amplifiers) normalised so that their mean weighted by each row's total used
-pixel count is 1, and exposure scales ``E`` absorbing the inverse factor.  Everything is
+pixel count is 1, and exposure scales ``E`` absorbing the inverse factor.  For a normalization
+with colour terms, which puts every exposure on the reference colour (`FlatTruth.reference_colour`),
+`FlatTruth.row_scales` and `FlatTruth.pixel_response` give the response at a given colour.  Everything is
 deterministic given the seed; each image has its own random stream, so images can be made in
 any order or in parallel.
 """
@@ -105,6 +110,14 @@ class FlatSimConfig:
     """Exposure colours are uniform in +-this (then centred)."""
     colour_slope_max: float = 0.006
     """Per-detector colour sensitivities are uniform in +-this (then centred)."""
+    family_colour_slopes: tuple[tuple[str, float], ...] = ()
+    """Colour sensitivity of each sensor family, ``((physical_type, slope), ...)`` (e.g.
+    ``(("ITL", 0.01), ("E2V", -0.01))``), added to the draw of every detector whose
+    ``physical_type`` it is, before the slopes are centred; every detector's type must be listed.
+    Empty (default): no families."""
+    colour_drift: float = 0.0
+    """Drift of the lamp colour over the sequence: exposure ``i`` of ``n`` gets
+    ``colour_drift * (i / (n - 1) - 1/2)`` added to its uniform draw (before centring)."""
     read_noise: float = 5.0
     n_defect_columns: int = 2
     """Defect columns per detector."""
@@ -231,8 +244,8 @@ class FlatTruth:
         """
         return self._sim.expected_matrix(level)[0]
 
-    def _gauge(self, level: str) -> tuple[np.ndarray, float]:
-        """Return the unnormalised row scales and the gauge factor that normalises them."""
+    def _used_counts(self, level: str) -> np.ndarray:
+        """Expected pixel counts of every (row, exposure) entry, 0 for the rejected and invalid ones."""
         keys = self.row_keys(level)
         rejected = self.expected_rejected(level) | self.expected_invalid(level)
         _, counts = self._sim.expected_matrix(level)
@@ -241,14 +254,32 @@ class FlatTruth:
                 entry = (exposure.id, key) if level == "DETECTOR" else (exposure.id, *key)
                 if entry in rejected:
                     counts[i, j] = 0
+        return counts
+
+    def _gauge(self, level: str, colour: float | None = None) -> tuple[np.ndarray, float]:
+        """Return the unnormalised row scales (at ``colour`` if given) and the gauge factor that
+        normalises them."""
+        keys = self.row_keys(level)
+        counts = self._used_counts(level)
         raw = np.array([self._sim.mean_response(key) for key in keys])
+        if colour is not None:
+            raw = raw * np.array([1 + self.colour_slope(key) * colour for key in keys])
         weights = counts.sum(axis=1)
         used = weights > 0
         factor = float(np.sum(weights[used] * raw[used]) / np.sum(weights[used]))
         return raw, factor
 
-    def row_scales(self, level: str = "DETECTOR") -> dict:
+    def row_scales(self, level: str = "DETECTOR", colour: float | None = None) -> dict:
         """True row scales ``G`` in the package's gauge.
+
+        Parameters
+        ----------
+        level : `str`, optional
+            ``"DETECTOR"`` or ``"AMP"``.
+        colour : `float`, optional
+            Lamp colour at which the response is taken (colour terms: `reference_colour`); `None`
+            for the colour-averaged response a separable normalization recovers (equal to the
+            response at colour 0, since the colours are centred).
 
         Returns
         -------
@@ -256,7 +287,7 @@ class FlatTruth:
             Detector ID (or ``(detector, amplifier)``) -> scale; rows without any usable entry
             (the dead amplifier at AMP level) are left out.
         """
-        raw, factor = self._gauge(level)
+        raw, factor = self._gauge(level, colour)
         invalid_rows = {entry[1:] for entry in self.expected_invalid(level)}
         return {
             key: float(value / factor)
@@ -277,15 +308,34 @@ class FlatTruth:
         _, factor = self._gauge(level)
         return {exposure.id: exposure.lamp_level * factor for exposure in self.exposures}
 
-    def pixel_response(self, detector: int, level: str = "DETECTOR") -> np.ndarray:
+    def pixel_response(
+        self, detector: int, level: str = "DETECTOR", colour: float | None = None
+    ) -> np.ndarray:
         """True relative response of every pixel of a detector, in the gauge of ``level``.
 
         This is what a flat combined from the exposures divided by their scales ``E`` should
         converge to: its mean over the usable pixels is the detector's scale ``G``.  Dead and
-        defect pixels carry their true (zero or reduced) response.
+        defect pixels carry their true (zero or reduced) response.  With ``colour``, the response
+        at that lamp colour (a normalization with colour terms puts every exposure on the
+        `reference_colour`), its mean the ``G`` of ``row_scales(level, colour)``.
         """
-        _, factor = self._gauge(level)
-        return self._sim.response(detector) / factor
+        _, factor = self._gauge(level, colour)
+        response = self._sim.response(detector) / factor
+        if colour is not None:
+            response *= 1 + self.colour_slope(detector) * colour
+        return response
+
+    def colour_slope(self, key: int | tuple[int, str]) -> float:
+        """Colour sensitivity ``c`` of a detector (or of the detector of a (detector, amplifier))."""
+        return self._sim.colour_slope(key[0] if isinstance(key, tuple) else key)
+
+    def reference_colour(self, level: str = "DETECTOR") -> float:
+        """The lamp colour a normalization with colour terms puts every exposure on: the mean
+        exposure colour weighted by each exposure's used pixel count (without the rejected and
+        invalid entries), as its gauge makes the count-weighted mean of the exposure colours ``v``
+        zero."""
+        weights = self._used_counts(level).sum(axis=0)
+        return float(np.average([exposure.colour for exposure in self.exposures], weights=weights))
 
     def flat_noise(self, detector: int) -> float:
         """Expected relative RMS, over the usable pixels, of the mean of all images of a detector
@@ -355,6 +405,11 @@ class FlatSimulator:
         for entry in config.missing_images:
             if not self._is_simulated(entry):
                 raise ValueError(f"missing_images: {entry} names no simulated (exposure index, detector).")
+        families = dict(config.family_colour_slopes)
+        for det in self.camera if families else ():
+            if det.physical_type not in families:
+                raise ValueError(f"family_colour_slopes lists {sorted(families)} but detector {det.getId()} "
+                                 f"({det.getName()}) has physical_type {det.physical_type!r}.")
 
     def _is_simulated(self, entry: tuple[int, int]) -> bool:
         """Whether an (exposure index, detector) pair is in the simulated sequence and camera."""
@@ -365,6 +420,9 @@ class FlatSimulator:
         colour term has no separable part and the truth scales stay exact to first order."""
         limit = self.config.colour_slope_max
         slopes = rng.uniform(-limit, limit, len(self.camera))
+        if self.config.family_colour_slopes:
+            families = dict(self.config.family_colour_slopes)
+            slopes += np.array([families[det.physical_type] for det in self.camera])
         pixels = np.array([det.getBBox().getWidth() * det.getBBox().getHeight() for det in self.camera])
         slopes -= np.sum(pixels * slopes) / np.sum(pixels)
         return {det.getId(): float(slope) for det, slope in zip(self.camera, slopes)}
@@ -373,6 +431,8 @@ class FlatSimulator:
         config = self.config
         n = config.n_exposures
         colours = rng.uniform(-config.colour_half_range, config.colour_half_range, n)
+        if config.colour_drift:
+            colours += config.colour_drift * (np.arange(n) / max(n - 1, 1) - 0.5)
         colours -= colours.mean()
         jitter = 1 + config.lamp_jitter * rng.standard_normal(n)
         start = astropy.time.Time(config.start_time, format="isot", scale="utc")
@@ -471,6 +531,10 @@ class FlatSimulator:
         if self.config.dead_amplifier is not None and self.config.dead_amplifier[0] == det.getId():
             gains[dict(self._amp_slices(det))[self.config.dead_amplifier[1]]] = 0.0
         return gains
+
+    def colour_slope(self, detector: int) -> float:
+        """Colour sensitivity ``c`` of a detector: its signal is ``L (1 + c colour) R``."""
+        return self._colour_slope[detector]
 
     def response(self, detector: int) -> np.ndarray:
         """Noise-free response of every pixel of a detector (signal per unit lamp level)."""
