@@ -21,6 +21,7 @@ cp_pipe's pipelines run with their own radii.
 from __future__ import annotations
 
 __all__ = [
+    "SIM_FLAT_CAM_NODES",
     "FocalPlaneIllumination",
     "dome_illumination",
     "make_wide_sim_camera",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -38,8 +40,12 @@ from ..camera_model import CameraModel, DetectorModel
 from ..gradient_model import FlatGradientModel, is_itl_family
 from .camera import make_sim_camera
 
-_SKY_NODES = (0.0, 0.3, 0.55, 0.7, 0.8, 0.9, 1.0)
+_PRESET_NODES = (0.0, 0.3, 0.55, 0.7, 0.8, 0.9, 1.0)
 """Radial nodes of the presets, as fractions of the focal-plane radius."""
+
+SIM_FLAT_CAM_NODES = (0.0, 1.4, 2.5, 3.2, 3.7, 4.1, 4.6)
+"""Radial nodes (mm) of the gradient fits of pipelines/SimFlatCam/ for the default SimFlatCam
+(its science detectors reach 4.56 mm from the centre); the demo simulates its illuminations on them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,26 +114,39 @@ class FocalPlaneIllumination:
         )
 
 
-def sky_illumination(radius: float, *, itl_ratio: float = 0.97) -> FocalPlaneIllumination:
-    """A sky-like illumination of a focal plane of outer radius ``radius`` (mm): a gently falling
-    radial function, a small gradient (0.2 % across the radius), centred."""
+def _preset_nodes(radius: float, nodes: Sequence[float] | None) -> np.ndarray:
+    return np.asarray(nodes if nodes is not None else [radius * f for f in _PRESET_NODES], dtype=float)
+
+
+def sky_illumination(radius: float, *, nodes: Sequence[float] | None = None,
+                     itl_ratio: float = 0.97) -> FocalPlaneIllumination:
+    """A sky-like illumination of a focal plane of outer radius ``radius`` (mm).
+
+    The radial function ``1 - 0.05 u**2 - 0.09 u**6`` of ``u = r / radius`` (0.86 at ``radius``),
+    as an Akima spline through ``nodes`` (7 nodes up to ``radius`` if `None`); a small gradient,
+    0.2 % across the radius; centred.
+    """
+    nodes = _preset_nodes(radius, nodes)
+    u = nodes / radius
     return FocalPlaneIllumination(
-        radial_nodes=tuple(radius * f for f in _SKY_NODES),
-        radial_values=(1.0, 0.997, 0.985, 0.97, 0.95, 0.915, 0.86),
-        gradient=(0.002 / radius, -0.001 / radius),
-        itl_ratio=itl_ratio,
+        radial_nodes=tuple(nodes.tolist()), radial_values=tuple((1 - 0.05 * u**2 - 0.09 * u**6).tolist()),
+        gradient=(0.002 / radius, -0.001 / radius), itl_ratio=itl_ratio,
     )
 
 
-def dome_illumination(radius: float, *, itl_ratio: float = 0.97) -> FocalPlaneIllumination:
-    """A dome-screen-like illumination of a focal plane of outer radius ``radius`` (mm): a radial
-    function falling faster than the sky's, a 3 % gradient across the radius, and a centre offset
-    of 2 % of the radius."""
+def dome_illumination(radius: float, *, nodes: Sequence[float] | None = None,
+                      itl_ratio: float = 0.97) -> FocalPlaneIllumination:
+    """A dome-screen-like illumination of a focal plane of outer radius ``radius`` (mm).
+
+    The radial function ``1 - 0.08 u**2 - 0.12 u**6`` (0.80 at ``radius``), falling faster than the
+    sky's, through ``nodes`` as for `sky_illumination`; a 3 % gradient across the radius; the centre
+    offset by 2 % of the radius.
+    """
+    nodes = _preset_nodes(radius, nodes)
+    u = nodes / radius
     return FocalPlaneIllumination(
-        radial_nodes=tuple(radius * f for f in _SKY_NODES),
-        radial_values=(1.0, 0.99, 0.965, 0.94, 0.91, 0.87, 0.80),
-        centre_offset=(0.02 * radius, -0.015 * radius),
-        gradient=(0.03 / radius, -0.02 / radius),
+        radial_nodes=tuple(nodes.tolist()), radial_values=tuple((1 - 0.08 * u**2 - 0.12 * u**6).tolist()),
+        centre_offset=(0.02 * radius, -0.015 * radius), gradient=(0.03 / radius, -0.02 / radius),
         itl_ratio=itl_ratio,
     )
 
