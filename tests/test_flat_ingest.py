@@ -192,7 +192,7 @@ def test_instrument_and_camera_must_be_in_the_repository(repo, tmp_path):
 
 @pytest.mark.slow
 def test_pipetask_normalization_recovers_the_lamp_levels(repo, tmp_path):
-    """cpFlatMeasure -> cpFlatNorm on ingested flats of every layout: exposure scales are proportional to
+    """cpFlatMeasure -> cpFlatNormalize on ingested flats of every layout: exposure scales are proportional to
     the lamp levels and detector scales to response / gain (the product is fixed only up to one factor)."""
     root, butler = repo
     ingest_flats(butler, INSTRUMENT, write_mixed_set(tmp_path))

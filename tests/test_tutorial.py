@@ -44,8 +44,7 @@ def page_blocks(text):
     return blocks
 
 
-# One worker runs the whole class, so the setup (a repository and pipetask runs) happens once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tutorial")]
+pytestmark = pytest.mark.slow
 
 
 @unittest.skipUnless((BIN / "pipetask").exists(), "pipetask is not installed beside this interpreter")
@@ -74,14 +73,14 @@ class TutorialTestCase(lsst.utils.tests.TestCase):
     def tearDownClass(cls):
         shutil.rmtree(cls.work, ignore_errors=True)
 
-    def test_page_has_every_step(self):
+    def check_page_has_every_step(self):
         commands = [code.split()[0] for language, caption, code in self.blocks
                     if language == "bash" and caption is None]
         self.assertEqual(commands, ["cp-flatnorm", "cp-flatnorm", "python", "pipetask", "butler", "python"])
         self.assertEqual([caption for _, caption, _ in self.blocks if caption],
                          ["camera.yaml", "MyCam.yaml", "make_flats.py", "check_flat.py"])
 
-    def test_exposure_scales_follow_the_lamp(self):
+    def check_exposure_scales_follow_the_lamp(self):
         scales = self.butler.get(SCALES_DATASET, instrument="MyCam", physical_filter="my_r",
                                  collections="u/me/flat")
         found = exposure_scales(scales)
@@ -90,7 +89,7 @@ class TutorialTestCase(lsst.utils.tests.TestCase):
         # Each exposure's level is the mean of 6144 Poisson pixels of ~2e4 electrons: 1e-4 noise.
         np.testing.assert_allclose(ratios / ratios.mean(), 1.0, atol=5e-4)
 
-    def test_certified_flat_is_the_response(self):
+    def check_certified_flat_is_the_response(self):
         when = Timespan.fromInstant(astropy.time.Time("2026-12-15T00:00:00", scale="tai"))
         ratios = []
         for detector, amps in self.truth["response"].items():
@@ -105,11 +104,24 @@ class TutorialTestCase(lsst.utils.tests.TestCase):
         printed = [float(value) for value in re.findall(r"'(\d+\.\d{4})'", self.outputs[-1])]
         np.testing.assert_allclose(printed, ratios, atol=5e-5)
 
-    def test_no_flat_outside_the_certified_range(self):
+    def check_no_flat_outside_the_certified_range(self):
         when = Timespan.fromInstant(astropy.time.Time("2026-11-30T19:00:00", scale="tai"))
         with self.assertRaises(LookupError):
             self.butler.get("flat", instrument="MyCam", detector=0, physical_filter="my_r",
                             collections="MyCam/calib", timespan=when)
+
+    def test_all_checks(self):
+        """The checks run as one test item: pytest-xdist may send a class's items to both workers
+        (xdist_group does not keep them together here), and the setup should run once."""
+        checks = (
+            self.check_page_has_every_step,
+            self.check_exposure_scales_follow_the_lamp,
+            self.check_certified_flat_is_the_response,
+            self.check_no_flat_outside_the_certified_range,
+        )
+        for check in checks:
+            with self.subTest(check.__name__):
+                check()
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
