@@ -24,6 +24,7 @@ CONFIG = FlatSimConfig(n_exposures=5, dead_amplifier=(3, "C03"), shadow=(2, 1), 
 OUTPUT = "u/test/cpFlat"
 UNSCALED = OUTPUT + "Unscaled"
 OMITTED = OUTPUT + "Omitted"
+COLOUR = OUTPUT + "Colour"
 # Noise of one amplifier level: Poisson on 128 pixels of >= 8000 electrons, ~1e-3; the scales average
 # several levels, and the clipped mean of a detector with a vignetting gradient and amplifier steps
 # differs from the plain mean (the truth) by up to ~1e-3.
@@ -34,7 +35,8 @@ G_TOLERANCE = 3e-3
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """Build the repo and run the pipeline at DETECTOR level, then cpFlatNormalize alone at AMP level, then
-    cpFlatCombine alone without normalization, then both with the rejected entries' scales omitted."""
+    cpFlatCombine alone without normalization, then both with the rejected entries' scales omitted, then
+    both with a colour term."""
     repo = build_sim_repo(tmp_path_factory.mktemp("e2e") / "repo", camera=CAMERA, config=CONFIG)
     pipeline = pipeline_uri("SimFlatCam", "cpFlat.yaml")
     run_pipetask(repo.root, pipeline, [repo.defaults_collection], OUTPUT)
@@ -44,6 +46,8 @@ def repo(tmp_path_factory):
                  extra_args=["-c", "cpFlatCombine:exposureScaling=Unity"])
     run_pipetask(repo.root, f"{pipeline}#cpFlatNormalize,cpFlatCombine", [OUTPUT], OMITTED,
                  extra_args=["-c", "cpFlatNormalize:omitUnusedScales=True"])
+    run_pipetask(repo.root, f"{pipeline}#cpFlatNormalize,cpFlatCombine", [OUTPUT], COLOUR,
+                 extra_args=["-c", "cpFlatNormalize:colourTerms=1"])
     return repo
 
 
@@ -178,3 +182,35 @@ def test_omitted_scales_keep_the_shadow_out_of_the_flat(repo):
     pixels = in_shadow & repo.truth.usable_pixels(shadow.detector)
     ratio = flats[OMITTED].image.array[pixels] / repo.truth.pixel_response(shadow.detector)[pixels]
     assert abs(np.median(ratio) - 1) < 2e-3
+
+
+def _table_with_metadata(repo, collection):
+    return repo.butler.get("cpFlatNormalizeScaleTable", instrument="SimFlatCam",
+                           physical_filter=CONFIG.physical_filter, collections=collection,
+                           parameters={"strip_astropy_meta_yaml": False})
+
+
+def test_uncertainties_and_colour_terms_through_the_butler(repo):
+    """The uncertainty columns, the colour terms and their metadata survive the butler; the task
+    metadata summarises them; with colourTerms=1 the flats still match the truth, now at the
+    reference colour, and the flagged entries are still exactly the corrupted ones."""
+    separable, coloured = _table_with_metadata(repo, OUTPUT), _table_with_metadata(repo, COLOUR)
+    used = separable["flag"] == "USED"
+    for table in (separable, coloured):
+        assert np.all(np.isfinite(table["exp_scale_err"])) and np.all(table["exp_scale_err"] > 0)
+        assert np.all(np.isfinite(table["det_scale_err"][used]))
+        assert table.meta["SCALE_ERR_DOF"] > 0
+    assert separable.meta["COLOUR_TERMS"] == 0 and "colour_u_1" not in separable.colnames
+    assert coloured.meta["COLOUR_TERMS"] == 1 and coloured.meta["COLOUR_CONVERGED"]
+    rms = coloured.meta["COLOUR_RMS"]
+    assert rms[0] == pytest.approx(separable.meta["LOG_RESIDUAL_RMS"], rel=1e-12) and rms[1] < rms[0]
+    assert {"colour_u_1", "colour_v_1"} <= set(coloured.colnames)
+    assert _outputs(repo, COLOUR).entries("REJECTED") == repo.truth.expected_rejected("DETECTOR")
+    metadata = repo.butler.get("cpFlatNormalize_metadata", instrument="SimFlatCam",
+                               physical_filter=CONFIG.physical_filter, collections=COLOUR)
+    summary = metadata["cpFlatNormalize"]
+    assert summary["colourTerms"] == 1 and len(summary.getArray("colourRms")) == 2
+    assert summary["detScaleErrMax"] == pytest.approx(float(np.nanmax(coloured["det_scale_err"])))
+    quality = measure_flats(repo, read_flats(repo, COLOUR), colour=repo.truth.reference_colour())
+    assert abs(quality.worst_detector()[1]) < 2e-3
+    assert abs(quality.detectors[MISSING_DETECTOR].detector_error) < 5e-4

@@ -11,12 +11,16 @@
    statistics, then cpFlatCombine again without normalization (``exposureScaling=Unity``);
 3. reads the scales and flats back from the butler and compares them with the truth (lines with
    "truth"), the normalized flat next to the un-normalized one;
-4. writes figures to ``DIR/figures``.
+4. colour terms: simulates a camera of two sensor families under a lamp whose colour drifts, with
+   one detector missing the reddest exposures, into ``DIR/colour_repo``, runs the chain with
+   ``colourTerms=0`` and normalize and combine again with ``colourTerms=1``, and compares that
+   detector's flat with the true response at the reference colour (`colour_demo`);
+5. writes figures to ``DIR/figures``.
 """
 
 from __future__ import annotations
 
-__all__ = ["main", "measure_flats", "read_flats", "write_figures"]
+__all__ = ["main", "measure_flats", "read_flats", "residual_matrix", "write_figures"]
 
 import argparse
 import contextlib
@@ -25,7 +29,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from astropy.table import Table
 
+from . import colour_demo
 from .camera import make_sim_camera
 from .figures import plot_exposure_scales, plot_flat_mosaic, plot_focal_plane, plot_residual_matrix
 from .flat_quality import (
@@ -144,22 +150,26 @@ def read_flats(repo: SimRepo, collection: str) -> dict[int, np.ndarray]:
     }
 
 
-def _response_ratios(repo: SimRepo, flats: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    """flat / true response of every detector, NaN outside the usable pixels."""
+def _response_ratios(
+    repo: SimRepo, flats: dict[int, np.ndarray], colour: float | None = None
+) -> dict[int, np.ndarray]:
+    """flat / true response (at ``colour`` if given) of every detector, NaN outside the usable pixels."""
     truth = repo.truth
-    return {det: response_ratio(flat, truth.pixel_response(det), truth.usable_pixels(det))
+    return {det: response_ratio(flat, truth.pixel_response(det, colour=colour), truth.usable_pixels(det))
             for det, flat in flats.items()}
 
 
-def measure_flats(repo: SimRepo, flats: dict[int, np.ndarray]) -> MosaicQuality:
+def measure_flats(repo: SimRepo, flats: dict[int, np.ndarray], colour: float | None = None) -> MosaicQuality:
     """Compare the flats of every detector with the true response, on one gauge constant.
 
     A pixel is an outlier if it is further than ``_OUTLIER_SIGMAS`` times the detector's expected
-    flat noise (`FlatTruth.flat_noise`) from the detector's median.
+    flat noise (`FlatTruth.flat_noise`) from the detector's median.  With ``colour``, the truth is
+    the response at that lamp colour (for flats normalized with colour terms: the
+    `FlatTruth.reference_colour`).
     """
     truth, camera = repo.truth, repo.simulator.camera
     return measure_mosaic_quality(
-        _response_ratios(repo, flats),
+        _response_ratios(repo, flats, colour),
         {det: amplifier_regions(camera[det]) for det in flats},
         {det: _OUTLIER_SIGMAS * truth.flat_noise(det) for det in flats},
     )
@@ -212,7 +222,9 @@ def _compare_flats(repo: SimRepo, qualities: dict[str, MosaicQuality]) -> None:
           f"{np.max(noise):.2e}, which its robust pixel scatter should match)")
 
 
-def _residual_matrix(outputs: NormalizationOutputs, truth: FlatTruth, level: str) -> tuple:
+def residual_matrix(table: Table, truth: FlatTruth, level: str) -> tuple:
+    """A scale table's log residuals as a (row, exposure) matrix in the truth's row and exposure
+    order, with the rejected and invalid entries, row labels and exposure labels (sequence numbers)."""
     keys = truth.row_keys(level)
     exposures = [exposure.id for exposure in truth.exposures]
     row_index = {key: i for i, key in enumerate(keys)}
@@ -220,7 +232,7 @@ def _residual_matrix(outputs: NormalizationOutputs, truth: FlatTruth, level: str
     residuals = np.full((len(keys), len(exposures)), np.nan)
     rejected = np.zeros(residuals.shape, dtype=bool)
     invalid = np.zeros(residuals.shape, dtype=bool)
-    for row in outputs.table:
+    for row in table:
         key = int(row["detector"]) if level == "DETECTOR" else (int(row["detector"]), str(row["amplifier"]))
         i, j = row_index[key], column_index[int(row["exposure"])]
         residuals[i, j] = row["log_residual"]
@@ -265,7 +277,7 @@ def write_figures(
         suffix = level.lower()
         paths += [directory / f"focal_plane_{suffix}.png", directory / f"residuals_{suffix}.png"]
         plot_focal_plane(camera, outputs.row_scales(), paths[-2], f"Recovered {suffix} scales G")
-        plot_residual_matrix(*_residual_matrix(outputs, truth, level), paths[-1])
+        plot_residual_matrix(*residual_matrix(outputs.table, truth, level), paths[-1])
     start = truth.exposures[0].begin
     times = [(exposure.begin - start).to_value("min") for exposure in truth.exposures]
     recovered = results["DETECTOR"].exposure_scales()
@@ -331,8 +343,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "un-normalized": read_flats(repo, _UNSCALED_COLLECTION)}
         qualities = {name: measure_flats(repo, images) for name, images in flats.items()}
         _compare_flats(repo, qualities)
+    with _stage("Colour terms: a detector that misses the exposures of extreme lamp colour"):
+        colour_repo = colour_demo.build_colour_repo(output / "colour_repo", args.exposures, args.seed,
+                                                    max(args.amp_width // 2, 4), max(args.amp_height // 2, 4))
+        colour_demo.run_colour_pipelines(colour_repo, output)
+        colour = colour_demo.compare_colour_flats(colour_repo)
+        colour_demo.print_colour_section(colour_repo, colour)
+        ok &= colour.flagged_ok
     with _stage("Writing figures"):
-        for path in write_figures(repo, results, output / "figures", flats):
+        paths = write_figures(repo, results, output / "figures", flats)
+        paths.append(output / "figures" / "residuals_colour.png")
+        colour_demo.write_colour_figure(colour_repo, colour, paths[-1])
+        for path in paths:
             print(f"   wrote {path}")
     print(f"\nDemo finished in {time.perf_counter() - start:.1f} s; flagged entries "
           f"{'match' if ok else 'DO NOT match'} the simulator's corruptions (truth).")
