@@ -335,7 +335,12 @@ class AmpLevelTestCase(lsst.utils.tests.TestCase):
     def test_unknown_amplifier_name(self):
         mds, dims = self.factory.inputs(self.factory.all_pairs()[:2])
         mds[0]["AMP_NAME_3"] = "C99"
-        with self.assertRaisesRegex(ValueError, "name amplifiers .*C99"):
+        pattern = r"have 'AMP_NAME_3' = 'C99', an amplifier that detector \d+ of the camera does not have "
+        with self.assertRaisesRegex(ValueError, pattern + r"\(it has C\d\d, "):
+            self.task.run(mds, dims, self.factory.camera)
+        mds[0]["AMP_NAME_3"] = mds[0]["AMP_NAME_5"]
+        twice = f"name amplifier '{mds[0]['AMP_NAME_5']}' twice, in 'AMP_NAME_3' and 'AMP_NAME_5'"
+        with self.assertRaisesRegex(ValueError, twice):
             self.task.run(mds, dims, self.factory.camera)
 
     def test_detector_not_in_camera(self):

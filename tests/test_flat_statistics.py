@@ -155,6 +155,17 @@ class BadValuesTestCase(lsst.utils.tests.TestCase):
                             "of detector 1 in the camera (indices 0 to 7): 'AMP_MEDIAN_31' = 1000.0. Were "
                             "they measured with another camera?")
 
+    def test_amplifier_name_the_camera_lacks(self):
+        self.assert_refused("AMP_NAME_3", "C99", "AMP",
+                            f"Flat statistics for {self.where} have 'AMP_NAME_3' = 'C99', an amplifier "
+                            "that detector 1 of the camera does not have (it has C10, C11, C12, C13, C14, "
+                            "C15, C16, C17).")
+
+    def test_amplifier_named_twice(self):
+        self.assert_refused("AMP_NAME_6", "C11", "AMP",
+                            f"Flat statistics for {self.where} name amplifier 'C11' twice, in 'AMP_NAME_1' "
+                            "and 'AMP_NAME_6'.")
+
     def test_numbers_of_every_kind_are_read(self):
         self.mds[0]["DETECTOR_MEDIAN"] = np.float32(1000.5)
         self.mds[0]["DETECTOR_N"] = np.int64(256)

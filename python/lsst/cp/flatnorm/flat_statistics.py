@@ -350,11 +350,17 @@ def _entries(
     expected = amp_names[detector]
     _check_no_extra_amplifiers(md, dims, detector, len(expected))
     entries = []
+    seen: dict[str, str] = {}
     for i in range(len(expected)):
         keys = amp_keys(i)
-        entries.append((str(_require(md, keys.name, dims)), *_level_and_count(md, keys, dims)))
-    names = [name for name, _, _ in entries]
-    if sorted(names) != sorted(expected):
-        raise ValueError(f"Flat statistics for {_describe(dims)} name amplifiers {names}, but the camera's "
-                         f"detector {detector} has {expected}.")
+        name = str(_require(md, keys.name, dims))
+        if name not in expected:
+            raise ValueError(f"Flat statistics for {_describe(dims)} have {keys.name!r} = {name!r}, an "
+                             f"amplifier that detector {detector} of the camera does not have (it has "
+                             f"{', '.join(expected)}).")
+        if name in seen:
+            raise ValueError(f"Flat statistics for {_describe(dims)} name amplifier {name!r} twice, in "
+                             f"{seen[name]!r} and {keys.name!r}.")
+        seen[name] = keys.name
+        entries.append((name, *_level_and_count(md, keys, dims)))
     return entries
