@@ -232,6 +232,29 @@ class RobustnessTestCase(lsst.utils.tests.TestCase):
         self.assertAlmostEqual(solution.row_scales[2] / solution.row_scales[3],
                                1.25 * self.gains[2] / self.gains[3], places=3)
 
+    def test_rejection_never_empties_a_row(self):
+        """A row measured in two exposures only, beside a shadowed exposure and a missing column,
+        looks deviant from the median polish start (its exposures' medians are over different rows);
+        rejecting both its entries left it NaN for good, since a row without a scale has no residual
+        to be re-admitted by.  As with an exposure, a row whose every entry looks deviant keeps them:
+        the deviation is its scale's, which the least squares then fix."""
+        rng = np.random.default_rng(31)
+        g = np.concatenate([rng.uniform(-0.07, 0.02, 16), rng.uniform(-0.35, -0.17, 8)])
+        e = np.array([9.32, 9.74, 10.05, 9.36])
+        log_levels = g[:, np.newaxis] + e[np.newaxis, :] + 1e-3 * rng.standard_normal((24, 4))
+        shadowed = [(i, 1) for i in (0, 1, 2, 8, 9, 10)]
+        for i, j in shadowed:
+            log_levels[i, j] -= 0.5
+        levels = np.exp(log_levels)
+        levels[16:, 3] = np.nan  # the second detector missed the last exposure
+        levels[18, 0] = np.nan  # ... and one amplifier of it the first
+        levels[12] = 0.0  # a dead amplifier
+        solution = solve_separable_scales(levels, np.full(levels.shape, 16.0))
+        self.assertTrue(np.isfinite(solution.row_scales[18]))
+        self.assertEqual(solution.empty_rows.tolist(), [12])
+        self.assertEqual(sorted(zip(*map(list, np.nonzero(solution.rejected)))), shadowed)
+        self.assertTrue(solution.converged)
+
     def test_iteration_limit_reports_not_converged(self):
         corrupt = self.levels.copy()
         corrupt[3, 4] *= 1.3

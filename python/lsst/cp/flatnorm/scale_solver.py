@@ -22,7 +22,9 @@ Robustness: entries whose log residual exceeds ``max(outlier_sigma * sigma, outl
 until the rejected set stops changing.  The first residuals come from a median polish so that a
 single wild entry cannot hide itself by pulling the least-squares solution.  A rejection that
 would split the data into more unconnected groups than the valid entries form is not applied:
-the entries linking two sets of exposures are the only measure of their relative scale.
+the entries linking two sets of exposures are the only measure of their relative scale.  Nor does
+a rejection take every valid entry of a row or of a column: when all of them look deviant, the
+deviation is that row's (or exposure's) own scale, which the least squares then measure.
 
 Gauge: within each connected group the row scales ``G`` are scaled so that their mean weighted
 by each row's total used pixel count is 1, and ``E`` absorbs the inverse factor.
@@ -262,16 +264,27 @@ def _check_inputs(
 
 
 def _median_polish(log_levels: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Robust starting estimate of (g, e): column medians, row medians of what is left, then
-    column medians again (a median polish of one and a half sweeps, on valid entries only).
+    """Robust starting estimate of (g, e): a median polish of the valid entries, column medians
+    first, then rows and columns in turn until neither moves by more than `_POLISH_TOLERANCE` (at
+    most `_POLISH_MAX_SWEEPS` sweeps).
 
-    Starting from the columns removes the lamp levels, the largest variation, first; the
-    least-squares rounds that follow do the rest, so more sweeps buy nothing but time.
+    Starting from the columns removes the lamp levels, the largest variation, first.  With every
+    entry present one and a half sweeps are enough, but where entries are missing (a detector not
+    read out, a masked amplifier) the first column medians are taken over different rows, and a
+    row measured in few exposures inherits their differences until the sweeps settle them; a start
+    that far off would reject that row's good entries.
     """
     data = np.where(used, log_levels, np.nan)
     e = _nanmedian_last_axis(data.T)
     g = _nanmedian_last_axis(data - e[np.newaxis, :])
     e = _nanmedian_last_axis((data - g[:, np.newaxis]).T)
+    for _ in range(_POLISH_MAX_SWEEPS):
+        dg = _nanmedian_last_axis(data - g[:, np.newaxis] - e[np.newaxis, :])
+        g = g + dg
+        de = _nanmedian_last_axis((data - g[:, np.newaxis] - e[np.newaxis, :]).T)
+        e = e + de
+        if max(np.max(np.abs(dg), initial=0.0), np.max(np.abs(de), initial=0.0)) <= _POLISH_TOLERANCE:
+            break
     return g, e
 
 
@@ -287,13 +300,21 @@ def _nanmedian_last_axis(data: np.ndarray) -> np.ndarray:
     return np.where(count > 0, 0.5 * (low + high), 0.0)
 
 
+_POLISH_TOLERANCE = 1e-6
+"""The median polish stops when no row or column moves by more than this (log)."""
+_POLISH_MAX_SWEEPS = 10
+"""... or after this many sweeps past the first one and a half."""
+
+
 def _reject(
     log_levels: np.ndarray, valid: np.ndarray, g: np.ndarray, e: np.ndarray, n_sigma: float, floor: float
 ) -> np.ndarray:
-    """Return the valid entries whose residual from (g, e) is within the clipping threshold."""
+    """Return the valid entries whose residual from (g, e) is within the clipping threshold, never
+    all of a row's or a column's (a row emptied would have no scale, hence no residual to be
+    re-admitted by in a later round)."""
     with np.errstate(invalid="ignore"):  # rows without a solution have g = NaN
         distance = np.abs(log_levels - g[:, np.newaxis] - e[np.newaxis, :])
-    return _reject_distance(distance, valid, n_sigma, floor)
+    return _reject_distance(distance, valid, n_sigma, floor, keep_rows=True)
 
 
 def _reject_distance(
