@@ -168,7 +168,11 @@ class FocalPlaneBinningTestCase(lsst.utils.tests.TestCase):
         x, y, value, n = bin_detector(image, excluded, bin_factor=4, detector_boundary=2, origin=(100, 10))
         # (20 - 4) // 4 = 4 rows and (30 - 4) // 4 = 6 columns of bins.
         self.assertEqual(len(value), 24)
-        self.assertEqual((x[0], y[0]), (100 + 2 + 1.5, 10 + 2 + 1.5))  # afw: pixel centres are integers
+        # A whole bin sits at its centre (afw: pixel centres are integers); a partial one at the mean
+        # of its usable pixels: bin 0 lacks (5, 5), so it moves 1/15 of (5 - 3.5) from (3.5, 3.5).
+        self.assertEqual((x[6], y[6]), (100 + 2 + 1.5, 10 + 6 + 1.5))
+        self.assertAlmostEqual(x[0], 100 + 3.5 - 1.5 / 15)
+        self.assertAlmostEqual(y[0], 10 + 3.5 - 1.5 / 15)
         self.assertEqual(n[0], 15)  # rows and columns 2..5 hold the NaN pixel (5, 5)
         self.assertEqual(n[6], 16)  # rows 6..9, columns 2..5
         self.assertEqual(n[7], 15)  # rows and columns 6..9 hold the excluded pixel (6, 6)

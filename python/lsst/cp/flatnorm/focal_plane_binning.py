@@ -6,9 +6,12 @@
 Each detector's flat loses ``detector_boundary`` pixels on every side, is cropped to a whole
 number of ``bin_factor`` x ``bin_factor`` bins, and each bin becomes one point: the mean of its
 usable pixels (finite, outside the defects and the excluded mask planes) at the focal-plane
-position of the bin's centre.  The centre of the bin of pixels ``i .. i + bin_factor - 1`` is
-``i + (bin_factor - 1) / 2`` in afw's convention (integer pixel coordinates are pixel centres);
-cp_pipe places it half a pixel further, at ``i + bin_factor / 2``.  Positions go through the
+position of their mean pixel position.  For a bin whose pixels are all usable that is its centre:
+``i + (bin_factor - 1) / 2`` for pixels ``i .. i + bin_factor - 1`` in afw's convention (integer
+pixel coordinates are pixel centres).  cp_pipe places every bin at ``i + bin_factor / 2``, half a
+pixel off, and a partly masked bin (a defect, the vignetted edge) at its centre although its mean
+comes from one side of it; at the vignetting edge, where the flat falls steeply, that biases the
+outermost spline node.  Positions go through the
 detector's `~lsst.cp.flatnorm.camera_model.DetectorModel.pixel_to_focal_plane` (focal-plane offset,
 yaw, reference point and pixel size), and each point records whether its detector is of the ITL
 family (`~lsst.cp.flatnorm.gradient_model.is_itl_family`).
@@ -120,7 +123,8 @@ def bin_detector(
     Returns
     -------
     x, y : `numpy.ndarray`
-        Detector pixel position of each bin's centre (flattened, row-major).
+        Detector pixel position of each bin: the mean position of its usable pixels, or its centre
+        if it has none (flattened, row-major).
     value : `numpy.ndarray`
         Mean of the bin's usable pixels (NaN if it has none).
     n_pixels : `numpy.ndarray`
@@ -140,13 +144,18 @@ def bin_detector(
     shape = (n_rows, bin_factor, n_columns, bin_factor)
     sums = np.where(usable, values, 0.0).reshape(shape).sum(axis=(1, 3))
     counts = usable.reshape(shape).sum(axis=(1, 3))
+    # The mean position of the usable pixels, which is the bin's centre when they all are.
+    rows, columns = np.indices(values.shape, dtype=np.float64)
+    row_sums = np.where(usable, rows, 0.0).reshape(shape).sum(axis=(1, 3))
+    column_sums = np.where(usable, columns, 0.0).reshape(shape).sum(axis=(1, 3))
+    centre = (bin_factor - 1) / 2
+    x_centre, y_centre = np.meshgrid(np.arange(n_columns) * bin_factor + centre,
+                                     np.arange(n_rows) * bin_factor + centre)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.where(counts > 0, sums / counts, np.nan)
-    centre = (bin_factor - 1) / 2
-    x = origin[0] + lo + np.arange(n_columns) * bin_factor + centre
-    y = origin[1] + lo + np.arange(n_rows) * bin_factor + centre
-    xx, yy = np.meshgrid(x, y)
-    return xx.ravel(), yy.ravel(), means.ravel(), counts.ravel()
+        x = np.where(counts > 0, column_sums / counts, x_centre)
+        y = np.where(counts > 0, row_sums / counts, y_centre)
+    return ((origin[0] + lo + x).ravel(), (origin[1] + lo + y).ravel(), means.ravel(), counts.ravel())
 
 
 def binned_table(parts: Sequence[tuple[DetectorModel, tuple[np.ndarray, ...]]]) -> Table:
