@@ -4,11 +4,13 @@
 """cp_pipe's flat pipelines, shipped as pipelines/<Instrument>/*.yaml, run with ``pipetask run``.
 
 Each pipeline is cp_pipe's (snapshot of 2026-06) configured as cp_pipe configures it, without the
-ISR and visualization steps (and, for LSSTCam's cpFlat and cpFlatAnaglyph, without the gradient
-steps this package does not have: their flats are ``flat_uncorrected``, ``flat_blue_uncorrected``
-and ``flat_red_uncorrected``, and the anaglyph's two-flat step combines the latter two).  Each runs
-on a small simulated repository whose instrument has the pipeline's instrument name, and each test
-checks that an override changes the output as it does in cp_pipe.
+ISR and visualization steps (and, for LSSTCam's cpFlatAnaglyph, without the gradient steps: its
+flats are ``flat_blue_uncorrected`` and ``flat_red_uncorrected``, which its two-flat step
+combines).  Each runs on a small simulated repository whose instrument has the pipeline's
+instrument name, and each test checks that an override changes the output as it does in cp_pipe.
+LSSTCam's cpFlat runs here without its gradient steps, whose focal-plane fit needs more of a focal
+plane than these repositories have; tests/test_gradient_pipelines.py runs it whole, and its
+gradient-reference pipeline, on an LSSTCam-sized simulated camera.
 """
 
 import os
@@ -36,7 +38,8 @@ pytestmark = [pytest.mark.slow]
 
 PIPETASK = Path(sys.executable).with_name("pipetask")
 PIPELINE_FILES = ("LSSTCam/cpFlat.yaml", "LSSTCam/cpFlatAnaglyph.yaml", "LSSTCam/cpFlatSingleChip.yaml",
-                  "LSSTComCam/cpFlat.yaml", "HSC/cpFlat.yaml", "DECam/cpFlat.yaml")
+                  "LSSTCam/cpFlatGradientReference.yaml", "LSSTComCam/cpFlat.yaml", "HSC/cpFlat.yaml",
+                  "DECam/cpFlat.yaml")
 # cp_pipe's bps/templates/bps_flat_anaglyph_g.yaml: extraQgraphOptions and the band of its dataQuery.
 ANAGLYPH_G = {"cpFlatBlueNormalize:downSelectionValue": "single_led_flat_m455l4",
               "cpFlatRedNormalize:downSelectionValue": "single_led_flat_m505l4",
@@ -120,6 +123,8 @@ class PipelineRun:
 
     PIPELINE = None
     """Path below pipelines/."""
+    LABELS = None
+    """The labels to run (a subset of the pipeline), or `None` for all."""
     INSTRUMENT = None
     FILTERS = {"r_57": "r"}
     CAMERA = {"n_side": 1, "amp_width": 4, "amp_height": 4, "n_wavefront": 1}
@@ -150,7 +155,8 @@ class PipelineRun:
     @classmethod
     def pipetask(cls, output, **config):
         command = [str(PIPETASK), "--long-log", "run", "-b", str(cls.repo.root), "-i",
-                   cls.repo.defaults_collection, "-o", output, "-p", pipeline_uri(*cls.PIPELINE.split("/")),
+                   cls.repo.defaults_collection, "-o", output, "-p",
+                   pipeline_uri(*cls.PIPELINE.split("/")) + (f"#{cls.LABELS}" if cls.LABELS else ""),
                    "--register-dataset-types", "-j", "1"]
         for key, value in {**cls.CONFIG, **config}.items():
             command += ["--config", f"{key}={value}"]
@@ -186,9 +192,11 @@ class PipelineRun:
 
 
 class LSSTCamFlatTestCase(PipelineRun, lsst.utils.tests.TestCase):
-    """cp_pipe's LSSTCam cpFlat: the combine's vignetting masks (RFC-1120 and RFC-1125 radii)."""
+    """cp_pipe's LSSTCam cpFlat up to its combine: the combine's vignetting masks (RFC-1120 and
+    RFC-1125 radii).  The gradient steps that follow are tested in tests/test_gradient_pipelines.py."""
 
     PIPELINE = "LSSTCam/cpFlat.yaml"
+    LABELS = "cpFlatMeasure,cpFlatNormalize,cpFlatCombine"
     INSTRUMENT = "LSSTCam"
     CAMERA = LSST_CAMERA
 
@@ -223,7 +231,7 @@ class LSSTCamFlatTestCase(PipelineRun, lsst.utils.tests.TestCase):
             self.assertEqual(flat.metadata[f"CP_COMBINE_SCALE_{i}"], scales["expScale"][0]["C10"][exposure])
 
     def check_flat_is_uncorrected(self):
-        """Without the gradient steps the pipeline stops at cp_pipe's flat_uncorrected."""
+        """Without the gradient steps the chain stops at cp_pipe's flat_uncorrected."""
         self.assertNotIn("flat", self.dataset_type_names())
         self.assertEqual(len(self.butler.query_datasets("flat_uncorrected", **self.data_id)), 3)
 
@@ -432,7 +440,10 @@ class CpPipeConfigTestCase(lsst.utils.tests.TestCase):
 
     def test_labels_and_instruments(self):
         expected = {
-            "LSSTCam/cpFlat.yaml": ["cpFlatCombine", "cpFlatMeasure", "cpFlatNormalize"],
+            "LSSTCam/cpFlat.yaml": ["cpFlatApplyGradients", "cpFlatCombine", "cpFlatFitGradients",
+                                    "cpFlatMeasure", "cpFlatNormalize"],
+            "LSSTCam/cpFlatGradientReference.yaml": ["cpFlatCombine", "cpFlatFitGradientsReference",
+                                                     "cpFlatMeasure", "cpFlatNormalize"],
             "LSSTCam/cpFlatAnaglyph.yaml": ["cpFlatBlueCombine", "cpFlatBlueNormalize", "cpFlatMeasure",
                                             "cpFlatRedBlueCombine", "cpFlatRedCombine", "cpFlatRedNormalize"],
             "LSSTCam/cpFlatSingleChip.yaml": ["cpFlatCombine"],

@@ -1,0 +1,261 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""cp_pipe's LSSTCam gradient-reference and flat pipelines (ISR and visualization removed), and the
+package's own gradient pipelines, run with ``pipetask run`` on simulated sky and dome flats.
+
+The camera is LSSTCam-sized in millimetres (a 5 x 5 grid of 64 x 64-pixel science detectors of
+1.7 mm pixels, reaching 340 mm along the axes, and two wavefront detectors), so cp_pipe's radii
+(vignetting at 350 and 317 mm, spline nodes to 350 mm, central normalization within 25 mm) apply
+as they are.  The one value the test changes is the fits' ``bin_factor``: cp_pipe's 128 pixels
+are for 4k-pixel sensors, and these detectors have 64.  The simulated illuminations use cp_pipe's
+spline nodes, so the fitted models can match them exactly.
+"""
+
+import shutil
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lsst.utils.tests
+from lsst.cp.flatnorm.focal_plane_binning import bin_detector
+from lsst.cp.flatnorm.instrument import FlatInstrumentConfig, instrument_class
+from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
+from lsst.cp.flatnorm.sim.gradient_repo import build_gradient_repo, certify_gradient_reference
+from lsst.cp.flatnorm.sim.illumination import (
+    SIM_FLAT_CAM_NODES,
+    dome_illumination,
+    make_wide_sim_camera,
+    sky_illumination,
+)
+from lsst.cp.flatnorm.sim.run import pipeline_uri, run_pipetask
+from lsst.daf.butler import Butler
+from lsst.pipe.base import Pipeline
+
+pytestmark = [pytest.mark.slow]
+
+PIPETASK = Path(sys.executable).with_name("pipetask")
+CP_PIPE_NODES = [0.0, 100.0, 200.0, 250.0, 275.0, 290.0, 300.0, 310.0, 315.0, 317.0, 320.0, 325.0, 333.0,
+                 340.0, 350.0]
+"""cp_pipe's default radial_spline_nodes."""
+BIN = 4  # 6.8 mm: the flat falls by up to 2 % across a bin near 350 mm, and the mean over a bin is
+# not the value at its centre to 1e-4 unless bins are this small
+BOUNDARY = 10  # cp_pipe's detector_boundary
+FILTER = "r_57"
+N_SIGMA = 4.0
+
+
+@unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
+class LSSTCamGradientPipelinesTestCase(lsst.utils.tests.TestCase):
+    """Sky flats through LSSTCam/cpFlatGradientReference.yaml, the reference certified, then dome
+    flats through LSSTCam/cpFlat.yaml."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp()
+        camera = make_wide_sim_camera(n_side=5).model_copy(update={"name": "LSSTCam"})
+        config = FlatInstrumentConfig(name="LSSTCam", filters={FILTER: "r"},
+                                      camera="python:lsst.cp.flatnorm.sim.camera.make_sim_camera")
+        instrument = instrument_class("LSSTCam")(config=config, camera=camera)
+        cls.sky = sky_illumination(350.0, nodes=CP_PIPE_NODES)
+        cls.dome = dome_illumination(350.0, nodes=CP_PIPE_NODES)
+        common = dict(n_exposures=2, physical_filter=FILTER, detector_response_sigma=0.0,
+                      amp_gain_error_sigma=0.0, vignetting=0.0, colour_slope_max=0.0, n_cosmic_rays=0,
+                      dead_amplifier=None, shadow=None, saturation=None)
+        cls.repo = build_gradient_repo(
+            Path(cls.root) / "repo", camera=camera, instrument=instrument,
+            dome=FlatSimConfig(illumination=cls.dome, **common),
+            sky=FlatSimConfig(illumination=cls.sky, day_obs=20240602, start_time="2024-06-02T20:00:00",
+                              **common),
+        )
+        cls.camera = camera
+        cls.data_id = {"instrument": "LSSTCam", "physical_filter": FILTER}
+        cls.failure = None
+        try:
+            cls.pipetask("LSSTCam/cpFlatGradientReference.yaml", [cls.repo.sky_collection], "u/sky",
+                         "cpFlatFitGradientsReference")
+            certify_gradient_reference(cls.repo.butler, "u/sky", cls.repo.dome.calib_collection, FILTER,
+                                       "LSSTCam")
+            cls.pipetask("LSSTCam/cpFlat.yaml", [cls.repo.dome.defaults_collection], "u/dome",
+                         "cpFlatFitGradients")
+            # The package's instrument-independent pipelines, their gradient steps alone, on the
+            # flats the cp_pipe pipelines combined.
+            cls.pipetask("_ingredients/cpFlatGradientReference.yaml#cpFlatFitGradientsReference",
+                         ["u/sky"], "u/skyPackage", "cpFlatFitGradientsReference")
+            cls.pipetask("_ingredients/cpFlatCorrected.yaml#cpFlatFitGradients,cpFlatApplyGradients",
+                         ["u/dome"], "u/domePackage", "cpFlatFitGradients")
+        except Exception as error:  # reported by the test, with pipetask's output
+            cls.failure = error
+        cls.butler = Butler.from_config(str(cls.repo.root))
+
+    @classmethod
+    def pipetask(cls, relative, inputs, output, fit_label):
+        path, _, labels = relative.partition("#")
+        uri = pipeline_uri(*path.split("/")) + (f"#{labels}" if labels else "")
+        log = Path(cls.root) / f"{output.replace('/', '_')}.log"
+        try:
+            run_pipetask(cls.repo.root, uri, inputs, output, log_path=log,
+                         extra_args=["-c", f"{fit_label}:bin_factor={BIN}", "-d", "instrument='LSSTCam'"])
+        except Exception as error:
+            raise RuntimeError(f"pipetask failed on {relative}:\n{log.read_text()[-4000:]}") from error
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def test_pipelines(self):
+        """Every check_* method, as subtests of one test, so that the pipelines run once."""
+        if self.failure is not None:
+            self.fail(str(self.failure))
+        for name in sorted(name for name in dir(self) if name.startswith("check_")):
+            with self.subTest(name):
+                getattr(self, name)()
+
+    def get(self, name, collection, **data_id):
+        return self.butler.get(name, collections=collection, **self.data_id, **data_id)
+
+    def assertWithinNoise(self, fitted, truth, errors, what):
+        fitted, truth, errors = (np.atleast_1d(np.asarray(a, dtype=float)) for a in (fitted, truth, errors))
+        self.assertTrue(np.all(np.isfinite(errors)), what)
+        np.testing.assert_array_less(np.abs(fitted - truth), N_SIGMA * errors, err_msg=what)
+
+    def assertFitMatches(self, gradient, illumination, simulator):
+        errors = gradient.uncertainties
+        # The combined flats are the simulated response in the normalization's gauge (detector
+        # scales of mean 1): the spline times the normalization factor and that gauge's factor is the
+        # true radial function.
+        truth = simulator.truth
+        gauge = float(np.median(simulator.response(0) / truth.pixel_response(0)))
+        scale = gradient.normalization_factor * gauge
+        self.assertWithinNoise(np.array(gradient.radial_spline_values) * scale, illumination.radial_values,
+                               np.array(errors.radial_spline_values) * scale, "radial profile")
+        self.assertWithinNoise(gradient.itl_ratio, illumination.itl_ratio, errors.itl_ratio, "family ratio")
+        self.assertWithinNoise([gradient.gradient_x, gradient.gradient_y], illumination.gradient,
+                               [errors.gradient_x, errors.gradient_y], "gradient")
+        if gradient.metadata["FIT_CENTROID"]:
+            self.assertWithinNoise([gradient.centroid_delta_x, gradient.centroid_delta_y],
+                                   illumination.centre_offset,
+                                   [errors.centroid_delta_x, errors.centroid_delta_y], "centre")
+        self.assertTrue(gradient.fit.converged)
+        self.assertEqual(gradient.radial_spline_nodes, CP_PIPE_NODES)
+
+    def check_reference_fit(self):
+        reference = self.get("flat_gradient_reference", "u/sky")
+        self.assertTrue(reference.is_reference)
+        self.assertEqual(reference.metadata["INPUT_DATASET_TYPE"], "flat")
+        self.assertFitMatches(reference, self.sky, self.repo.sky)
+        refs = self.butler.query_datasets("flat_gradient_reference",
+                                          collections=self.repo.dome.calib_collection, **self.data_id)
+        self.assertEqual(len(refs), 1)  # certified
+
+    def check_dome_fit(self):
+        gradient = self.get("flat_gradient", "u/dome")
+        self.assertFalse(gradient.is_reference)
+        self.assertEqual(gradient.metadata["INPUT_DATASET_TYPE"], "flat_uncorrected")
+        self.assertFitMatches(gradient, self.dome, self.repo.dome.simulator)
+        self.assertTrue(self.butler.getURI("flat_gradient", collections="u/dome", **self.data_id).path
+                        .endswith(".json"))
+
+    def check_corrected_flat_has_the_sky_radial_function(self):
+        """The corrected dome flat against the sky's radial function (times the dome's ITL ratio,
+        which the flat keeps), binned: its error is the binned flat's noise, bin by bin."""
+        reference = self.get("flat_gradient_reference", "u/sky")
+        simulator = self.repo.dome.simulator
+        errors, before, sigmas = [], [], []
+        for detector in self.camera:
+            if detector.type != "SCIENCE":
+                continue
+            det = detector.getId()
+            flat = self.get("flat", "u/dome", detector=det)
+            uncorrected = self.get("flat_uncorrected", "u/dome", detector=det)
+            target = (simulator.response(det) / self.dome.detector_map(detector)
+                      * self.sky.radial_map(detector) * self.dome.family_factor(detector))
+            excluded = flat.mask.get("BAD") | flat.mask.get("NO_DATA")
+            _, _, error, n_pixels = bin_detector(flat.image.array / target, excluded, BIN, BOUNDARY)
+            whole = n_pixels >= BIN * (BIN - 1)  # at most one defect column; not at the vignetting edge
+            errors.append(error[whole])
+            before.append(bin_detector(uncorrected.image.array / target, excluded, BIN, BOUNDARY)[2][whole])
+            sigmas.append(simulator.truth.flat_noise(det) / np.sqrt(n_pixels[whole]))
+            # Vignetted pixels stay zero and NO_DATA; the correction is in the metadata.
+            vignetted = uncorrected.mask.get("VIGNETTED")
+            np.testing.assert_array_equal(flat.mask.get("NO_DATA"), vignetted)
+            self.assertTrue(np.all(flat.image.array[vignetted] == 0.0))
+            self.assertEqual(flat.metadata["CP_GRADIENT_REFERENCE_CREATED"], reference.created)
+            self.assertEqual(flat.metadata["FLATSRC"], "DOME")
+        errors, before, sigmas = (np.concatenate(a) for a in (errors, before, sigmas))
+        pulls = (errors / np.median(errors) - 1) / sigmas
+        self.assertGreater(len(pulls), 2000)
+        self.assertLess(np.std(pulls), 1.3)
+        self.assertLess(np.max(np.abs(pulls)), 5.0)
+        self.assertGreater(np.std((before / np.median(before) - 1) / sigmas), 10)
+
+    def check_qa_figures_are_png(self):
+        for collection in ("u/sky", "u/dome"):
+            for name in ("gradient_model_residual_plot", "gradient_radial_model_plot"):
+                uri = self.butler.getURI(name, collections=collection, **self.data_id)
+                self.assertEqual(uri.read()[:4], b"\x89PNG", (collection, name))
+
+    def check_package_pipelines_give_the_same_models(self):
+        for name, cp_pipe, package in (("flat_gradient_reference", "u/sky", "u/skyPackage"),
+                                       ("flat_gradient", "u/dome", "u/domePackage")):
+            ours, theirs = self.get(name, package), self.get(name, cp_pipe)
+            self.assertEqual(ours.radial_spline_values, theirs.radial_spline_values, name)
+            self.assertEqual((ours.gradient_x, ours.gradient_y), (theirs.gradient_x, theirs.gradient_y))
+        np.testing.assert_array_equal(self.get("flat", "u/domePackage", detector=12).image.array,
+                                      self.get("flat", "u/dome", detector=12).image.array)
+
+
+class GradientPipelineFilesTestCase(lsst.utils.tests.TestCase):
+    """The gradient pipelines' labels, connections and configs, without running them."""
+
+    def graph(self, *parts):
+        return Pipeline.from_uri(pipeline_uri(*parts)).to_graph()
+
+    def test_cp_pipe_lsstcam_pipelines(self):
+        graph = self.graph("LSSTCam", "cpFlat.yaml")
+        self.assertEqual(sorted(graph.tasks), ["cpFlatApplyGradients", "cpFlatCombine", "cpFlatFitGradients",
+                                               "cpFlatMeasure", "cpFlatNormalize"])
+        fit = graph.tasks["cpFlatFitGradients"].config
+        self.assertEqual((fit.do_reference_gradient, fit.do_fit_gradient, fit.do_fit_centroid, fit.bin_factor,
+                          list(fit.radial_spline_nodes)), (False, True, True, 128, CP_PIPE_NODES))
+        self.assertIn("flat", graph.outputs_of("cpFlatApplyGradients"))
+        self.assertEqual(set(graph.inputs_of("cpFlatApplyGradients")),
+                         {"camera", "flat_uncorrected", "flat_gradient", "flat_gradient_reference"})
+        reference = self.graph("LSSTCam", "cpFlatGradientReference.yaml")
+        self.assertEqual(sorted(reference.tasks), ["cpFlatCombine", "cpFlatFitGradientsReference",
+                                                   "cpFlatMeasure", "cpFlatNormalize"])
+        fit = reference.tasks["cpFlatFitGradientsReference"].config
+        self.assertEqual((fit.do_reference_gradient, fit.do_fit_gradient, fit.do_fit_centroid),
+                         (True, True, False))
+        self.assertIn("flat_gradient_reference", reference.outputs_of("cpFlatFitGradientsReference"))
+        self.assertTrue(reference.tasks["cpFlatCombine"].config.doVignetteMask)
+
+    def test_simflatcam_pipelines_fit_simflatcam_geometry(self):
+        for name, label in (("cpFlatCorrected.yaml", "cpFlatFitGradients"),
+                            ("cpFlatGradientReference.yaml", "cpFlatFitGradientsReference")):
+            config = self.graph("SimFlatCam", name).tasks[label].config
+            self.assertEqual(tuple(config.radial_spline_nodes), SIM_FLAT_CAM_NODES)
+            self.assertEqual(config.bin_factor, 16)
+
+    def test_contract_ties_the_fit_to_the_combined_flats(self):
+        pipeline = Pipeline.from_uri(pipeline_uri("_ingredients", "cpFlatCorrected.yaml"))
+        pipeline.addConfigOverride("cpFlatFitGradients", "connections.input_flats", "flat_other")
+        with self.assertRaisesRegex(Exception, "must fit the flats that cpFlatCombine writes"):
+            pipeline.to_graph()
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
