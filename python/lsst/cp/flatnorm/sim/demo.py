@@ -15,7 +15,12 @@
    one detector missing the reddest exposures, into ``DIR/colour_repo``, runs the chain with
    ``colourTerms=0`` and normalize and combine again with ``colourTerms=1``, and compares that
    detector's flat with the true response at the reference colour (`colour_demo`);
-5. writes figures to ``DIR/figures``.
+5. focal-plane gradients: simulates sky and dome flats under illuminations that differ in radial
+   function, gradient and centre into ``DIR/gradient_repo``, fits the sky reference and the dome's
+   gradient and corrects the dome flat to the sky's radial function with pipetask, and compares the
+   models with the simulation and the corrected and uncorrected flats with the response the
+   corrected one should have (`gradient_demo`);
+6. writes figures to ``DIR/figures``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from . import colour_demo
+from . import colour_demo, gradient_demo
 from .camera import make_sim_camera
 from .figures import plot_exposure_scales, plot_flat_mosaic, plot_focal_plane, plot_residual_matrix
 from .flat_quality import (
@@ -350,10 +355,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         colour = colour_demo.compare_colour_flats(colour_repo)
         colour_demo.print_colour_section(colour_repo, colour)
         ok &= colour.flagged_ok
+    with _stage("Focal-plane gradients: a dome flat corrected to the sky's radial function"):
+        gradient_repo = gradient_demo.build_gradient_repo_for_demo(output / "gradient_repo",
+                                                                   gradient_demo.N_EXPOSURES, args.seed)
+        gradient_demo.run_gradient_pipelines(gradient_repo, output, args.jobs)
+        gradient = gradient_demo.compare_gradient_flats(gradient_repo)
+        gradient_demo.print_gradient_section(gradient_repo, gradient)
     with _stage("Writing figures"):
         paths = write_figures(repo, results, output / "figures", flats)
         paths.append(output / "figures" / "residuals_colour.png")
         colour_demo.write_colour_figure(colour_repo, colour, paths[-1])
+        paths += gradient_demo.write_gradient_figures(gradient_repo, gradient, output / "figures")
         for path in paths:
             print(f"   wrote {path}")
     print(f"\nDemo finished in {time.perf_counter() - start:.1f} s; flagged entries "
