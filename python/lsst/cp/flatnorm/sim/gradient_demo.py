@@ -203,8 +203,9 @@ def print_gradient_section(repo: GradientRepo, section: GradientSection) -> None
           f"binned rms is {ratio:.2f} times it)")
     pulls = max(float(np.max(np.abs(np.concatenate(list(section.pulls(name).values())))))
                 for name in section.models)
+    at_noise = "yes" if ratio < 1.5 else "NO"
     print(f"   fitted models within 5 sigma of the simulation: {'yes' if pulls < 5 else 'NO'}; "
-          f"corrected flat at the binned flat's noise (rms below 1.5 sigma): {'yes' if ratio < 1.5 else 'NO'}")
+          f"corrected flat at the binned flat's noise (rms below 1.5 sigma): {at_noise}")
 
 
 def write_gradient_figures(repo: GradientRepo, section: GradientSection, directory: Path) -> list[Path]:
