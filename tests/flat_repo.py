@@ -1,17 +1,33 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Butler repositories holding the known-truth flat statistics of `stats_factory`."""
+"""Butler repositories holding the known-truth flat statistics of `stats_factory`, and small
+simulated repositories of an instrument with many filters (one bad-input kind per filter)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import astropy.time
 import astropy.units as u
+import numpy as np
 
 from lsst.cp.flatnorm.exposure_records import insert_exposure_records
+from lsst.cp.flatnorm.flat_connections import POST_ISR_FLAT_DATASET_TYPE
+from lsst.cp.flatnorm.flat_statistics import pack_statistics
+from lsst.cp.flatnorm.instrument import FlatInstrumentConfig, instrument_class
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import SimExposure
 from lsst.cp.flatnorm.sim.instrument import SimFlatCam
 from lsst.daf.butler import DatasetType
 from stats_factory import EXPOSURES
+
+PIPETASK = Path(sys.executable).with_name("pipetask")
+KILL_HOOK = Path(__file__).with_name("kill_hook")
+"""Directory whose ``sitecustomize`` SIGTERMs pipetask just before it writes ``$KILL_BEFORE_PUT``."""
+_LONG_LOG = re.compile(r"^([A-Z]+) \S+ (\S+) \(.*?\)\([^()]+:\d+\) - (.*)$")
 
 INSTRUMENT = "SimFlatCam"
 FILTER = "sim_r"
@@ -83,3 +99,84 @@ def fill_repo(butler, factory, pairs, run, *, exposures=None, camera_storage_cla
     for md, dim in zip(mds, dims):
         butler.put(md, "cpFlatStatistics", dim, run=run)
     return dims
+
+
+def flat_instrument(name, camera, filters):
+    """A `~lsst.cp.flatnorm.instrument.FlatInstrument` named ``name`` with ``camera`` and the
+    ``filters`` (physical filter: band); pipetask constructs its class by name, without a file."""
+    config = FlatInstrumentConfig(name=name, camera="python:lsst.cp.flatnorm.sim.camera.make_sim_camera",
+                                  filters=filters)
+    return instrument_class(name)(config=config, camera=camera)
+
+
+def add_images(butler, instrument, simulator, run, change=None):
+    """Insert the exposure records of ``simulator`` and put its images into ``run``.
+
+    Parameters
+    ----------
+    butler : `lsst.daf.butler.Butler`
+        Writeable butler where the instrument, its filters and ``cpFlatIsrExp`` are registered.
+    instrument : `str`
+        Instrument name.
+    simulator : `lsst.cp.flatnorm.sim.flat_simulator.FlatSimulator`
+        The images (its exposures must not be in the registry yet).
+    run : `str`
+        RUN collection.
+    change : callable, optional
+        ``change(exposure_index, detector, image)`` returns the image to put (changed in place or
+        replaced), or `None` to put none.
+    """
+    insert_exposure_records(butler, instrument, simulator.exposures)
+    for index, exposure in enumerate(simulator.exposures):
+        for detector in simulator.camera:
+            if not simulator.has_image(exposure.id, detector.getId()):
+                continue
+            image = simulator.make_image(exposure.id, detector.getId())
+            if change is not None:
+                image = change(index, detector.getId(), image)
+            if image is not None:
+                butler.put(image, POST_ISR_FLAT_DATASET_TYPE, instrument=instrument, exposure=exposure.id,
+                           detector=detector.getId(), run=run)
+
+
+def synthetic_statistics(camera, exposures, seed, pixels=16):
+    """Flat statistics of every (exposure, detector): level = gain[amp] * lamp[exposure] * (1 + 1e-3
+    noise), ``pixels`` pixels per amplifier, as the measurement writes them.
+
+    Returns
+    -------
+    statistics : `dict` [`tuple` [`int`, `int`], `lsst.pipe.base.TaskMetadata`]
+        By (exposure ID, detector ID).
+    """
+    rng = np.random.default_rng(seed)
+    lamps = {exposure: rng.uniform(8000.0, 12000.0) for exposure in exposures}
+    gains = {(det.getId(), amp.getName()): rng.uniform(0.9, 1.1) for det in camera for amp in det}
+    statistics = {}
+    for exposure in exposures:
+        for det in camera:
+            names = [amp.getName() for amp in det]
+            levels = [gains[det.getId(), name] * lamps[exposure] * (1 + 1e-3 * rng.standard_normal())
+                      for name in names]
+            statistics[exposure, det.getId()] = pack_statistics(
+                median=float(np.mean(levels)), sigma=1.0, n=pixels * len(names), amp_names=names,
+                amp_medians=levels, amp_sigmas=[1.0] * len(names), amp_ns=[pixels] * len(names))
+    return statistics
+
+
+def run_pipetask(root, inputs, output, pipeline, *options, query=None):
+    """Run ``pipetask --long-log run`` in a subprocess (``-j 1``); return the completed process.
+
+    ``options`` are further arguments (``-c label:field=value``, ``--extend-run``...).
+    """
+    command = [str(PIPETASK), "--long-log", "run", "-b", str(root), "-i", ",".join(inputs), "-o", output,
+               "-p", str(pipeline), "--register-dataset-types", "-j", "1", *options]
+    if query:
+        command += ["-d", query]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def log_lines(process):
+    """The lines pipetask wrote, stdout then stderr, ``--long-log`` records shortened to the default
+    format, ``name LEVEL: message``."""
+    return [_LONG_LOG.sub(r"\2 \1: \3", line) for line in (process.stdout + process.stderr).splitlines()]

@@ -4,7 +4,6 @@
 """CpFlatNormalizationTask through the butler: pipe_base's test quanta and a real ``pipetask run``."""
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,13 +21,12 @@ from lsst.cp.flatnorm.butler_setup import make_repo, seed_config
 from lsst.cp.flatnorm.exposure_records import insert_exposure_records
 from lsst.cp.flatnorm.sim.instrument import SimFlatCam
 from lsst.daf.butler import Butler, DataCoordinate, DatasetType
-from flat_repo import FILTER, INSTRUMENT, fill_repo, sim_exposures
+from flat_repo import FILTER, INSTRUMENT, fill_repo, log_lines, sim_exposures
 from stats_factory import EXPOSURES, StatisticsFactory
 
 PIPELINE = Path(__file__).parents[1] / "pipelines" / "_ingredients" / "cpFlatNorm.yaml"
 PIPETASK = Path(sys.executable).with_name("pipetask")
 OTHER_FILTER = "sim_g"
-_LONG_LOG = re.compile(r"^([A-Z]+) \S+ (\S+) \(.*?\)\([^()]+:\d+\) - (.*)$")
 
 
 class TestQuantumTestCase(lsst.utils.tests.TestCase):
@@ -224,7 +222,7 @@ class PipetaskRunTestCase(lsst.utils.tests.TestCase):
         process = self.pipetask("u/test/select2", "cpFlatNormalize:doDownSelection=True",
                                 "cpFlatNormalize:downSelectionValue=flat", query=f"instrument='{INSTRUMENT}'")
         self.assertEqual(process.returncode, 0, process.stderr[-3000:])
-        self.assertIn(self.no_match_warning(), _log_lines(process))
+        self.assertIn(self.no_match_warning(), log_lines(process))
         butler = Butler.from_config(self.root, collections="u/test/select2")
         found = {ref.dataId["physical_filter"] for ref in butler.query_datasets("cpFlatNormalizeScales")}
         self.assertEqual(found, {FILTER})
@@ -237,19 +235,13 @@ class PipetaskRunTestCase(lsst.utils.tests.TestCase):
                                 "cpFlatNormalize:downSelectionValue=flat",
                                 query=f"instrument='{INSTRUMENT}' AND physical_filter='{OTHER_FILTER}'")
         self.assertEqual(process.returncode, 1, process.stderr[-3000:])
-        lines = _log_lines(process)
+        lines = log_lines(process)
         self.assertIn("Error: QuantumGraph was empty; ERROR logs above should provide details.", lines)
         self.assertIn(self.no_match_warning(), lines)
         empty = "Error: QuantumGraph was empty; ERROR logs above should provide details."
         self.assertLess(lines.index(self.no_match_warning()), lines.index(empty))
         butler = Butler.from_config(self.root)
         self.assertNotIn("u/test/select1", butler.collections.query("u/test/*"))
-
-
-def _log_lines(process):
-    """The lines pipetask wrote, stdout then stderr, --long-log's records shortened to the default
-    format, ``name LEVEL: message``."""
-    return [_LONG_LOG.sub(r"\2 \1: \3", line) for line in (process.stdout + process.stderr).splitlines()]
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
