@@ -27,6 +27,7 @@ __all__ = [
     "pack_statistics",
 ]
 
+import functools
 import numbers
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -316,12 +317,22 @@ def _describe(dims: Mapping[str, Any]) -> str:
 
 
 def _key_names(md: Any) -> Collection[str] | None:
-    """The keys of a statistics dataset (TaskMetadata and PropertyList have ``names()``, a mapping
-    ``keys()``), or `None` for an object that only answers ``get``."""
-    for method in ("names", "keys"):
+    """The keys of a statistics dataset (a mapping's or TaskMetadata's ``keys()``, a PropertyList's
+    ``names()``), or `None` for an object that only answers ``get``."""
+    for method in ("keys", "names"):
         if callable(getattr(md, method, None)):
-            return [str(name) for name in getattr(md, method)()]
+            return getattr(md, method)()
     return None
+
+
+@functools.cache
+def _known_keys(n_amps: int) -> frozenset[str]:
+    """The keys a dataset of a detector with ``n_amps`` amplifiers may hold."""
+    keys = {DETECTOR_KEYS.median, DETECTOR_KEYS.sigma, DETECTOR_KEYS.n}
+    for i in range(n_amps):
+        region = amp_keys(i)
+        keys.update((region.name, region.median, region.sigma, region.n))
+    return frozenset(keys)
 
 
 def _check_no_extra_amplifiers(md: Any, dims: Mapping[str, Any], detector: int, n_amps: int) -> None:
@@ -330,7 +341,9 @@ def _check_no_extra_amplifiers(md: Any, dims: Mapping[str, Any], detector: int, 
     if names is None:  # only get(): look for the next amplifier's keys
         keys = amp_keys(n_amps)
         names = [key for key in (keys.name, keys.median, keys.sigma, keys.n) if md.get(key) is not None]
-    extra = sorted((key for key in names if (match := _AMP_KEY.match(key)) and int(match[1]) >= n_amps),
+    known = _known_keys(n_amps)
+    unknown = [str(key) for key in names if key not in known]  # usually none: the regex is for these
+    extra = sorted((key for key in unknown if (match := _AMP_KEY.match(key)) and int(match[1]) >= n_amps),
                    key=lambda key: (int(_AMP_KEY.match(key)[1]), key))
     if extra:
         shown = ", ".join(f"{key!r} = {md.get(key)!r}" for key in extra[:_MAX_KEYS_SHOWN])
