@@ -4,11 +4,13 @@
 """Tests of the vectorised sigma-clipped statistics of an image and its regions."""
 
 import unittest
+import unittest.mock
 import warnings
 
 import numpy as np
 
 import lsst.utils.tests
+from lsst.cp.flatnorm import clipped_stats
 from lsst.cp.flatnorm.clipped_stats import sigma_clipped_region_stats
 
 # Three regions covering all but the last two columns of a 12 x 20 image.
@@ -25,11 +27,15 @@ def _reference_clip(values, n_sigma, max_iter):
     kept = values
     passes = 0
     for passes in range(1, max_iter + 1):
+        if kept.size == 0 or not kept.std() > 0:  # no values, or all equal
+            break
         deviation = np.abs(kept - kept.mean())
         survivors = kept[deviation <= n_sigma * kept.std()]
         if survivors.size == kept.size:
             break
         kept = survivors
+    if kept.size == 0:
+        return np.nan, np.nan, 0, passes
     return kept.mean(), kept.std(), kept.size, passes
 
 
@@ -145,6 +151,100 @@ class SigmaClippedRegionStatsTestCase(lsst.utils.tests.TestCase):
             sigma_clipped_region_stats(self.image, good, REGIONS, 0.0, 3)
         with self.assertRaisesRegex(ValueError, "max_iter must not be negative; got -1"):
             sigma_clipped_region_stats(self.image, good, REGIONS, 3.0, -1)
+
+
+class ReferenceTestCase(lsst.utils.tests.TestCase):
+    """sigma_clipped_region_stats on detector-like images equals the rule written plainly in float64
+    (`_reference_clip` on each region's good pixels) to rounding, whichever way it gets there."""
+
+    SHAPE = (200, 256)
+    # A 2 x 4 grid of regions leaving the last 16 columns to the whole image only.
+    GRID = [(slice(y, y + 100), slice(x, x + 60)) for y in (0, 100) for x in range(0, 240, 60)]
+
+    def image(self, kind, dtype=np.float32, seed=1):
+        rng = np.random.default_rng(seed)
+        image = rng.normal(20000.0, 150.0, self.SHAPE)
+        good = rng.random(self.SHAPE) > 0.02
+        if kind == "gains":  # each region its own level: the whole image is a mixture
+            for i, region in enumerate(self.GRID):
+                image[region] *= 1.0 + 0.03 * i
+        elif kind == "gradient":  # vignetting-like: wide, non-Gaussian distributions
+            image *= np.linspace(0.6, 1.0, self.SHAPE[1])
+        elif kind == "outliers":  # cosmic rays, unmasked, and one absurd pixel
+            hits = rng.random(self.SHAPE) < 0.01
+            image[hits] += rng.exponential(3000.0, hits.sum())
+            image[7, 9] = 1e30
+        elif kind == "non-finite":  # NaN and infinities flagged good
+            image[rng.random(self.SHAPE) < 0.01] = np.nan
+            image[3, 4], image[150, 70] = np.inf, -np.inf
+        elif kind == "masked":  # a region without a good pixel, one with a single good pixel
+            good[self.GRID[2]] = False
+            good[self.GRID[5]] = False
+            good[self.GRID[5][0].start, self.GRID[5][1].start] = True
+        elif kind == "dead":  # a region reading exactly zero: sigma 0
+            image[self.GRID[6]] = 0.0
+        elif kind == "bimodal":  # two populations the clip must choose between
+            image = np.where(rng.random(self.SHAPE) < 0.5, rng.normal(0.0, 1.0, self.SHAPE),
+                             rng.normal(5.0, 1.0, self.SHAPE))
+        return image.astype(dtype), good
+
+    def check(self, image, good, n_sigma, max_iter, regions=None):
+        regions = self.GRID if regions is None else regions
+        stats = sigma_clipped_region_stats(image, good, regions, n_sigma, max_iter)
+        usable = good & np.isfinite(image)
+        expected = [_reference_clip(image[usable].astype(float), n_sigma, max_iter)]
+        expected += [_reference_clip(image[region][usable[region]].astype(float), n_sigma, max_iter)
+                     for region in regions]
+        got = [(stats.whole_mean, stats.whole_sigma, stats.whole_n)]
+        got += list(zip(stats.mean, stats.sigma, stats.n))
+        for i, ((mean, sigma, n), (ref_mean, ref_sigma, ref_n, _)) in enumerate(zip(got, expected)):
+            with self.subTest(set="whole" if i == 0 else f"region {i - 1}"):
+                self.assertEqual(n, ref_n)
+                if ref_n == 0:
+                    self.assertTrue(np.isnan(mean) and np.isnan(sigma))
+                    continue
+                # Sums in another order: float64 rounding, relative to the spread of the values.
+                scale = max(ref_sigma, np.finfo(np.float64).eps * abs(ref_mean))
+                self.assertLessEqual(abs(mean - ref_mean), 1e-11 * scale)
+                self.assertLessEqual(abs(sigma - ref_sigma), 1e-11 * scale)
+        self.assertEqual(stats.n_iter, max(passes for *_, passes in expected))
+
+    def test_images(self):
+        for kind in ("plain", "gains", "gradient", "outliers", "non-finite", "masked", "dead", "bimodal"):
+            for dtype in (np.float32, np.float64):
+                for max_iter in (0, 1, 3, 20):
+                    with self.subTest(kind=kind, dtype=dtype.__name__, max_iter=max_iter):
+                        self.check(*self.image(kind, dtype), 3.0, max_iter)
+
+    def test_thresholds_and_regions(self):
+        image, good = self.image("outliers")
+        for n_sigma in (1.0, 2.5, 5.0):
+            with self.subTest(n_sigma=n_sigma):
+                self.check(image, good, n_sigma, 5)
+        with self.subTest(regions="none"):
+            self.check(image, good, 3.0, 3, regions=[])
+        with self.subTest(regions="empty box"):
+            self.check(image, good, 3.0, 3, regions=[(slice(5, 5), slice(0, 10)), self.GRID[0]])
+
+    def test_direct_computation_when_the_estimate_fails(self):
+        """A core wider than the final interval must be caught by the check and the set computed
+        from its pixels: the answers do not change."""
+        image, good = self.image("outliers")
+        calls = []
+        direct = clipped_stats._clip_directly
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            return direct(*args, **kwargs)
+
+        with unittest.mock.patch.object(clipped_stats, "_CORE_FRACTION", 1.5), \
+                unittest.mock.patch.object(clipped_stats, "_clip_directly", counted):
+            self.check(image, good, 3.0, 3)
+        self.assertEqual(len(calls), 1 + len(self.GRID))
+        calls.clear()
+        with unittest.mock.patch.object(clipped_stats, "_clip_directly", counted):
+            self.check(image, good, 3.0, 3)
+        self.assertEqual(calls, [])
 
 
 class MemoryTestCase(lsst.utils.tests.MemoryTestCase):
