@@ -4,13 +4,13 @@
 """cp_pipe's flat pipelines, shipped as pipelines/<Instrument>/*.yaml, run with ``pipetask run``.
 
 Each pipeline is cp_pipe's (snapshot of 2026-06) configured as cp_pipe configures it, without the
-ISR and visualization steps (and, for LSSTCam's cpFlatAnaglyph, without the gradient steps: its
-flats are ``flat_blue_uncorrected`` and ``flat_red_uncorrected``, which its two-flat step
-combines).  Each runs on a small simulated repository whose instrument has the pipeline's
-instrument name, and each test checks that an override changes the output as it does in cp_pipe.
-LSSTCam's cpFlat runs here without its gradient steps, whose focal-plane fit needs more of a focal
-plane than these repositories have; tests/test_gradient_pipelines.py runs it whole, and its
-gradient-reference pipeline, on an LSSTCam-sized simulated camera.
+ISR and visualization steps.  Each runs on a small simulated repository whose instrument has the
+pipeline's instrument name, and each test checks that an override changes the output as it does
+in cp_pipe.  LSSTCam's cpFlat and cpFlatAnaglyph run here without their gradient steps, whose
+focal-plane fit needs more of a focal plane than these repositories have (the anaglyph's two-flat
+step then combines ``flat_blue_uncorrected`` and ``flat_red_uncorrected``);
+tests/test_gradient_pipelines.py runs them whole, and the gradient-reference pipeline, on an
+LSSTCam-sized simulated camera.
 """
 
 import os
@@ -343,16 +343,19 @@ class LSSTCamAnaglyphTestCase(PipelineRun, lsst.utils.tests.TestCase):
     """cp_pipe's anaglyph flat with its g-band bps overrides: blue and red normalizations on their
     own exposures, two vignetted combines, and their weighted combination (weightOne 0.630).
 
-    cp_pipe's gradient steps are not here (issue 17): the two-flat step combines the uncorrected
-    blue and red flats.
+    The gradient steps are left out (tests/test_gradient_pipelines.py runs them): the two-flat step
+    combines the uncorrected blue and red flats.
     """
 
     PIPELINE = "LSSTCam/cpFlatAnaglyph.yaml"
+    LABELS = ("cpFlatMeasure,cpFlatBlueNormalize,cpFlatRedNormalize,cpFlatBlueCombine,cpFlatRedCombine,"
+              "cpFlatRedBlueCombine")
     INSTRUMENT = "LSSTCam"
     FILTERS = {"g_6": "g", "r_57": "r"}
     CAMERA = LSST_CAMERA
     SIM = {"observation_reasons": ("single_led_flat_m455l4", "single_led_flat_m505l4")}
-    CONFIG = ANAGLYPH_G
+    CONFIG = {**ANAGLYPH_G, "cpFlatRedBlueCombine:connections.inputFlatOneHandle": "flat_blue_uncorrected",
+              "cpFlatRedBlueCombine:connections.inputFlatTwoHandle": "flat_red_uncorrected"}
     QUERY = "instrument='LSSTCam' and band='g'"
 
     def check_each_normalization_uses_its_leds_exposures(self):
@@ -444,8 +447,11 @@ class CpPipeConfigTestCase(lsst.utils.tests.TestCase):
                                     "cpFlatMeasure", "cpFlatNormalize"],
             "LSSTCam/cpFlatGradientReference.yaml": ["cpFlatCombine", "cpFlatFitGradientsReference",
                                                      "cpFlatMeasure", "cpFlatNormalize"],
-            "LSSTCam/cpFlatAnaglyph.yaml": ["cpFlatBlueCombine", "cpFlatBlueNormalize", "cpFlatMeasure",
-                                            "cpFlatRedBlueCombine", "cpFlatRedCombine", "cpFlatRedNormalize"],
+            "LSSTCam/cpFlatAnaglyph.yaml": ["cpFlatBlueApplyGradients", "cpFlatBlueCombine",
+                                            "cpFlatBlueFitGradients", "cpFlatBlueNormalize", "cpFlatMeasure",
+                                            "cpFlatRedApplyGradients", "cpFlatRedBlueCombine",
+                                            "cpFlatRedCombine", "cpFlatRedFitGradients",
+                                            "cpFlatRedNormalize"],
             "LSSTCam/cpFlatSingleChip.yaml": ["cpFlatCombine"],
             "LSSTComCam/cpFlat.yaml": ["cpFlatCombine", "cpFlatMeasure", "cpFlatNormalize"],
             "HSC/cpFlat.yaml": ["cpFlatCombine", "cpFlatMeasure", "cpFlatNormalize"],
@@ -513,10 +519,21 @@ class CpPipeConfigTestCase(lsst.utils.tests.TestCase):
                 "connections.inputScales": f"cpFlat{colour}NormalizeScales",
                 "connections.outputData": f"flat_{colour.lower()}_uncorrected", "doVignetteMask": True,
                 "vignette.radius": 350.0, "doPartialVignetteMask": True, "partialVignette.radius": 317.0})
+            self.assertConfig(graph, f"cpFlat{colour}FitGradients", **{
+                "connections.input_flats": f"flat_{colour.lower()}_uncorrected",
+                "connections.output_gradient": f"flat_{colour.lower()}_gradient",
+                "connections.model_residual_plot": f"gradient_model_residual_{colour.lower()}_plot",
+                "connections.radial_model_plot": f"gradient_radial_model_{colour.lower()}_plot",
+                "do_reference_gradient": False, "do_fit_gradient": True, "do_fit_centroid": True})
+            self.assertConfig(graph, f"cpFlat{colour}ApplyGradients", **{
+                "connections.gradient": f"flat_{colour.lower()}_gradient",
+                "connections.input_flat": f"flat_{colour.lower()}_uncorrected",
+                "connections.reference_gradient": "flat_gradient_reference",
+                "connections.output_flat": f"flat_{colour.lower()}"})
         self.assertConfig(graph, "cpFlatRedBlueCombine", **{
-            "connections.inputFlatOneHandle": "flat_blue_uncorrected",
-            "connections.inputFlatTwoHandle": "flat_red_uncorrected", "connections.outputData": "flat",
-            "weightOne": 0.63, "calibrationType": "flat", "combine": "MEAN"})
+            "connections.inputFlatOneHandle": "flat_blue", "connections.inputFlatTwoHandle": "flat_red",
+            "connections.outputData": "flat", "weightOne": 0.63, "calibrationType": "flat",
+            "combine": "MEAN"})
 
     def test_anaglyph_needs_the_down_selection_values(self):
         with self.assertRaisesRegex(Exception, "downSelectionValue must be set"):
