@@ -330,7 +330,7 @@ class CpFlatFitGradientsTask(pipeBase.PipelineTask):
         gradient = self._model(first, second, fitter, binned, normalization, instrument, physical_filter,
                                len(input_flat_handle_dict))
         self._log_result(gradient)
-        plots = self._plots(binned[~second.rejected], gradient, physical_filter)
+        plots = self._plots(binned, gradient, physical_filter)  # the rejected bins show as outliers
         struct = pipeBase.Struct(binned_image=binned_image, **plots)
         if config.do_reference_gradient:
             struct.output_reference_gradient = gradient
