@@ -52,17 +52,18 @@ STATISTICS_FILTERS = {
     "st_text": "a statistic that is text",
     "st_extra_amp": "amplifier keys beyond the camera's",
     "st_unknown_amp": "an amplifier name the camera's detector does not have",
+    "st_twice_amp": "an amplifier named twice",
     "st_disconnected": "exposures that share no detector",
     "st_no_match": "down-selection matching no exposure",
 }
 # Kinds that go through the combine (their scales are bad).
 SCALES_FILTERS = {
     "sc_no_expscale": "a scale dictionary without expScale",
-    "sc_bad_scale": "exposure scales that are NaN, zero or missing",
+    "sc_bad_scale": "exposure scales that are NaN, negative, zero or missing",
 }
 FILTERS = {**STATISTICS_FILTERS, **IMAGE_FILTERS, **SCALES_FILTERS}
 FAILING = {"img_dark", "img_shape", "st_missing_key", "st_text", "st_extra_amp", "st_unknown_amp",
-           "st_disconnected", "st_no_match", "sc_no_expscale"}
+           "st_twice_amp", "st_disconnected", "st_no_match", "sc_no_expscale"}
 """Filters that get no scales, no scale table and no flat."""
 
 OUTPUTS = {"images": "u/rel/images", "statistics": "u/rel/statistics", "scales": "u/rel/scales"}
@@ -71,7 +72,9 @@ SCALES_RUN = "rel/scales"
 
 
 def _config(index, physical_filter, **overrides):
-    values = {"n_exposures": 4, "seed": 100 + index, "physical_filter": physical_filter,
+    # A bright lamp: Poisson noise of ~1e-4 on an amplifier's 16 pixels, far below the rejection floor
+    # (0.5%), so that only the shadow is an outlier whatever the seed.
+    values = {"n_exposures": 4, "seed": 100 + index, "physical_filter": physical_filter, "lamp_rate": 1e6,
               "day_obs": 20240601 + index, "start_time": f"2024-06-{1 + index:02d}T20:00:00",
               "dead_amplifier": None, "shadow": None, "saturation": None, "n_cosmic_rays": 0,
               "n_defect_columns": 0, **overrides}
@@ -126,6 +129,8 @@ def _corrupt_statistics(physical_filter, statistics, exposures):
         md["AMP_NAME_8"], md["AMP_MEDIAN_8"], md["AMP_N_8"] = "C20", 1000.0, AMP_PIXELS
     elif physical_filter == "st_unknown_amp":
         statistics[e[1], SCIENCE]["AMP_NAME_3"] = "C99"
+    elif physical_filter == "st_twice_amp":
+        statistics[e[2], WAVEFRONT]["AMP_NAME_5"] = statistics[e[2], WAVEFRONT]["AMP_NAME_2"]
     elif physical_filter == "st_disconnected":
         for pair in ((e[0], WAVEFRONT), (e[1], WAVEFRONT), (e[2], SCIENCE), (e[3], SCIENCE)):
             del statistics[pair]
@@ -140,6 +145,7 @@ def _scales(physical_filter, exposures):
                                     g_values=[1.0, 1.0], amp_names=AMPS)
     for amp in AMPS[SCIENCE]:
         scales["expScale"][SCIENCE][amp][exposures[1]] = math.nan
+        scales["expScale"][SCIENCE][amp][exposures[2]] = -1.0
     for amp in AMPS[WAVEFRONT]:
         scales["expScale"][WAVEFRONT][amp][exposures[2]] = 0.0
         del scales["expScale"][WAVEFRONT][amp][exposures[3]]
@@ -323,6 +329,9 @@ def _expected_errors(rel):
         "st_unknown_amp": [("cpFlatNormalize", normalize["st_unknown_amp"], ValueError(
             f"{_statistics_error(rel, 'st_unknown_amp', 1, SCIENCE)} have 'AMP_NAME_3' = 'C99', an amplifier "
             f"that detector 0 of the camera does not have (it has {amps})."))],
+        "st_twice_amp": [("cpFlatNormalize", normalize["st_twice_amp"], ValueError(
+            f"{_statistics_error(rel, 'st_twice_amp', 2, WAVEFRONT)} name amplifier "
+            f"'{AMPS[WAVEFRONT][2]}' twice, in 'AMP_NAME_2' and 'AMP_NAME_5'."))],
         "st_disconnected": [("cpFlatNormalize", normalize["st_disconnected"], ValueError(
             "The flat statistics split into unconnected groups; set disconnectedPolicy='SEPARATE' to solve "
             f"each on its own gauge. Group 0: detectors [0], exposures {e('st_disconnected')[:2]}. Group 1: "
@@ -443,7 +452,7 @@ def test_invalid_statistics_are_logged_and_flagged(rel):
 
 def test_unusable_exposure_scales_are_logged_and_skipped(rel):
     e = rel.exposures("sc_bad_scale")
-    for detector, skipped in ((SCIENCE, [e[1]]), (WAVEFRONT, [e[2], e[3]])):
+    for detector, skipped in ((SCIENCE, [e[1], e[2]]), (WAVEFRONT, [e[2], e[3]])):
         flat = _one(rel, "flat", "sc_bad_scale", detector=detector)
         assert flat.metadata["CP_COMBINE_SKIPPED_EXPOSURES"] == ",".join(map(str, skipped))
         assert flat.metadata["CP_COMBINE_N_INPUTS"] == 4 - len(skipped)
