@@ -171,7 +171,7 @@ class PipelineRun:
 
     def test_pipeline(self):
         """Every check_* method, as subtests of one test, so that pytest-xdist runs the class's
-        pipetask once (xdist_group does not keep a class on one worker with pytest 9)."""
+        pipetask once (a pytest-xdist worker may tear a class down between its items)."""
         self.assertEqual(self.process.returncode, 0, self.process.stderr[-4000:])
         for name in sorted(name for name in dir(self) if name.startswith("check_")):
             with self.subTest(name):

@@ -12,9 +12,11 @@ from lsst.cp.flatnorm.sim.demo import measure_flats, read_flats, write_figures
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
 from lsst.cp.flatnorm.sim.repo import build_sim_repo
 from lsst.cp.flatnorm.sim.run import pipeline_uri, read_normalization, run_pipetask
+from worker_cache import built_once
 
-# One repo per module: with pytest-xdist, "--dist loadgroup" keeps these tests on one worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("end_to_end")]
+# One repository per module: "--dist loadfile" (Makefile) keeps a module on one worker, and built_once
+# keeps the worker from building it again when it tears module fixtures down early.
+pytestmark = pytest.mark.slow
 
 CAMERA = make_sim_camera(n_side=2, n_wavefront=1, amp_width=8, amp_height=16)
 # Detector 2 is not read out in the second and third exposures (15 s and 20 s).
@@ -33,6 +35,7 @@ G_TOLERANCE = 3e-3
 
 
 @pytest.fixture(scope="module")
+@built_once
 def repo(tmp_path_factory):
     """Build the repo and run the pipeline at DETECTOR level, then cpFlatNormalize alone at AMP level, then
     cpFlatCombine alone without normalization, then both with the rejected entries' scales omitted, then

@@ -34,7 +34,7 @@ from lsst.cp.flatnorm.sim.run import pipeline_uri, read_normalization, run_pipet
 from lsst.daf.butler import Butler
 from servers import postgres
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("postgres")]
+pytestmark = pytest.mark.slow
 
 # Five detectors (four science, one wavefront) x five exposures of 8 x 16-pixel amplifiers, with a
 # dead amplifier, a shadowed and a saturated entry, so that rejection and invalid entries happen.

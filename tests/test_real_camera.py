@@ -149,8 +149,8 @@ class RealGeometryPipetaskTestCase(lsst.utils.tests.TestCase):
                                            1.0, places=9)
 
     def test_all_checks(self):
-        """The checks run as one test item: pytest-xdist may send a class's items to both workers
-        (xdist_group does not keep them together here), and the setup should run once."""
+        """The checks run as one test item, so the setup runs once: a pytest-xdist worker may tear a
+        class down between its items when its queue runs short."""
         checks = (
             self.check_camera_is_read_whole,
             self.check_pipetask_amp_level_matches_truth,

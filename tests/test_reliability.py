@@ -25,8 +25,9 @@ from lsst.daf.butler import Butler, DatasetType
 from lsst.images import Box
 from lsst.pipe.base import TaskMetadata
 from flat_repo import PIPETASK, add_images, flat_instrument, log_lines, run_pipetask, synthetic_statistics
+from worker_cache import built_once
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
+pytestmark = pytest.mark.slow
 
 PIPELINE = "resource://lsst.cp.flatnorm/pipelines/_ingredients/cpFlat.yaml"
 INSTRUMENT = "RelCam"
@@ -236,6 +237,7 @@ class Repository:
 
 
 @pytest.fixture(scope="module")
+@built_once
 def rel(tmp_path_factory):
     if not PIPETASK.exists():
         pytest.skip("pipetask is not installed beside this interpreter")

@@ -20,8 +20,9 @@ from lsst.cp.flatnorm.sim.run import pipeline_uri
 from lsst.daf.butler import Butler
 from butler_outputs import compare_outputs, output_dataset_types
 from flat_repo import PIPETASK, log_lines, run_pipetask
+from worker_cache import built_once
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume")]
+pytestmark = pytest.mark.slow
 
 PIPELINE = pipeline_uri("SimFlatCam", "cpFlat.yaml")
 CAMERA = make_sim_camera(n_side=1, amp_width=4, amp_height=4, n_wavefront=1)
@@ -76,6 +77,7 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
+@built_once
 def runs(tmp_path_factory):
     if not PIPETASK.exists():
         pytest.skip("pipetask is not installed beside this interpreter")

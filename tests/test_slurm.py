@@ -32,7 +32,7 @@ from servers import slurm
 from servers.bps_timeline import read_timeline
 from servers.processes import wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.slow
 
 ENV_BIN = Path(sys.executable).parent
 HAVE_BPS_PARSL = (ENV_BIN / "bps").exists()

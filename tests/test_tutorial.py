@@ -111,8 +111,8 @@ class TutorialTestCase(lsst.utils.tests.TestCase):
                             collections="MyCam/calib", timespan=when)
 
     def test_all_checks(self):
-        """The checks run as one test item: pytest-xdist may send a class's items to both workers
-        (xdist_group does not keep them together here), and the setup should run once."""
+        """The checks run as one test item, so the setup runs once: a pytest-xdist worker may tear a
+        class down between its items when its queue runs short."""
         checks = (
             self.check_page_has_every_step,
             self.check_exposure_scales_follow_the_lamp,

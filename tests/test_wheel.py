@@ -27,7 +27,7 @@ import lsst.utils.tests
 from test_compat import (PIPELINE_FILES, PIPELINES_TO_BUILD, STUB_CHECK, check_stub_result,
                          write_stub_cp_pipe)
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parents[1]
 SOURCE_IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
