@@ -33,6 +33,7 @@ from lsst.cp.flatnorm.sim.repo import build_sim_repo
 from lsst.cp.flatnorm.sim.run import pipeline_uri
 from lsst.daf.butler import Butler
 from lsst.pipe.base import Pipeline
+from check_methods import run_check_methods
 
 pytestmark = [pytest.mark.slow]
 
@@ -170,12 +171,8 @@ class PipelineRun:
         shutil.rmtree(cls.root, ignore_errors=True)
 
     def test_pipeline(self):
-        """Every check_* method, as subtests of one test, so that pytest-xdist runs the class's
-        pipetask once (a pytest-xdist worker may tear a class down between its items)."""
         self.assertEqual(self.process.returncode, 0, self.process.stderr[-4000:])
-        for name in sorted(name for name in dir(self) if name.startswith("check_")):
-            with self.subTest(name):
-                getattr(self, name)()
+        run_check_methods(self)
 
     def flat(self, detector, name="flat"):
         return self.butler.get(name, detector=detector, **self.data_id)

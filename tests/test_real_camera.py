@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 import lsst.utils.tests
+from check_methods import run_check_methods
 from lsst.cp.flatnorm.butler_setup import make_repo
 from lsst.cp.flatnorm.camera_model import CameraModel
 from lsst.cp.flatnorm.exposure_records import ExposureInfo, insert_exposure_records
@@ -149,15 +150,7 @@ class RealGeometryPipetaskTestCase(lsst.utils.tests.TestCase):
                                            1.0, places=9)
 
     def test_all_checks(self):
-        """The checks run as one test item, so the setup runs once: a pytest-xdist worker may tear a
-        class down between its items when its queue runs short."""
-        checks = (
-            self.check_camera_is_read_whole,
-            self.check_pipetask_amp_level_matches_truth,
-        )
-        for check in checks:
-            with self.subTest(check.__name__):
-                check()
+        run_check_methods(self)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import lsst.utils.tests
+from check_methods import run_check_methods
 from lsst.cp.flatnorm.scale_dictionary import exposure_scales
 from lsst.daf.butler import Butler, Timespan
 
@@ -111,17 +112,7 @@ class TutorialTestCase(lsst.utils.tests.TestCase):
                             collections="MyCam/calib", timespan=when)
 
     def test_all_checks(self):
-        """The checks run as one test item, so the setup runs once: a pytest-xdist worker may tear a
-        class down between its items when its queue runs short."""
-        checks = (
-            self.check_page_has_every_step,
-            self.check_exposure_scales_follow_the_lamp,
-            self.check_certified_flat_is_the_response,
-            self.check_no_flat_outside_the_certified_range,
-        )
-        for check in checks:
-            with self.subTest(check.__name__):
-                check()
+        run_check_methods(self)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
