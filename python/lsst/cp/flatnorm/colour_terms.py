@@ -64,18 +64,14 @@ import scipy.linalg
 
 from .bordered_normal import BorderedNormalEquations, gram_blocks
 from .scale_solver import (
-    DisconnectedDataError,
-    EmptyColumnError,
-    EntryFlag,
     ScaleSolution,
     _check_inputs,
     _connected_groups,
-    _group_members,
-    _keep_connected,
     _least_squares,
-    _median_polish,
-    _reject_distance,
-    _robust_sigma,
+    _prepare_levels,
+    _residual_fields,
+    _RobustFit,
+    _solve_robustly,
     solve_separable_scales,
     valid_entries,
 )
@@ -217,47 +213,18 @@ def solve_colour_scales(
         return _separable(solve_separable_scales(
             levels, weights, max_iterations=max_iterations, outlier_sigma=outlier_sigma,
             outlier_floor=outlier_floor, allow_disconnected=allow_disconnected))
-    levels, weights = _check_inputs(levels, weights, max_iterations)
-    valid = valid_entries(levels, weights)
-    empty_columns = np.flatnonzero(~valid.any(axis=0))
-    if empty_columns.size:
-        raise EmptyColumnError(empty_columns.tolist())
+    levels, weights, valid, log_levels = _prepare_levels(levels, weights, max_iterations)
 
-    log_levels = np.where(valid, np.log(np.where(valid, levels, 1.0)), 0.0)
-    rejecting = bool(np.isfinite(outlier_sigma) and outlier_sigma > 0)
-    n_valid_groups = _connected_groups(valid)[2]
-    used = valid
-    if rejecting:
-        g, e = _median_polish(log_levels, valid)
-        with np.errstate(invalid="ignore"):
-            distance = np.abs(log_levels - g[:, np.newaxis] - e[np.newaxis, :])
-        kept = _reject_distance(distance, valid, outlier_sigma, outlier_floor, keep_rows=True)
-        used = _keep_connected(kept, valid, n_valid_groups)
-    converged = not rejecting
-    iterations = 0
-    fit = None
-    while True:
-        iterations += 1
-        row_groups, column_groups, n_groups = _connected_groups(used)
-        if n_groups > 1 and not allow_disconnected:
-            raise DisconnectedDataError(*_group_members(row_groups, column_groups, n_groups))
-        weight_used = np.where(used, weights, 0.0)
-        fit = _fit(log_levels, weight_used, row_groups, column_groups, n_groups, n_terms, tolerance,
-                   max_sweeps, start=fit)
-        if not rejecting:
-            break
-        with np.errstate(invalid="ignore"):
-            distance = np.abs(log_levels - fit.log_model())
-        new_used = _keep_connected(_reject_distance(distance, valid, outlier_sigma, outlier_floor,
-                                                    keep_rows=True), used, n_valid_groups)
-        if np.array_equal(new_used, used):
-            converged = True
-            break
-        if iterations >= max_iterations:
-            break
-        used = new_used
-    return _package(log_levels, valid, used, weight_used, fit, row_groups, column_groups, n_groups,
-                    iterations, converged, n_terms)
+    def fit(weight_used, row_groups, column_groups, n_groups, previous):
+        return _fit(log_levels, weight_used, row_groups, column_groups, n_groups, n_terms, tolerance,
+                    max_sweeps, start=previous)
+
+    robust = _solve_robustly(
+        log_levels, valid, weights, fit, lambda fit: np.abs(log_levels - fit.log_model()),
+        max_iterations=max_iterations, outlier_sigma=outlier_sigma, outlier_floor=outlier_floor,
+        allow_disconnected=allow_disconnected,
+    )
+    return _package(log_levels, valid, robust, n_terms)
 
 
 def _separable(solution: ScaleSolution) -> ColourSolution:
@@ -559,38 +526,17 @@ def _unit_mean_gauge(g: np.ndarray, e: np.ndarray, w: np.ndarray) -> tuple[np.nd
     return g, e + shift
 
 
-def _package(
-    log_levels: np.ndarray,
-    valid: np.ndarray,
-    used: np.ndarray,
-    weights: np.ndarray,
-    fit: _Fit,
-    row_groups: np.ndarray,
-    column_groups: np.ndarray,
-    n_groups: int,
-    iterations: int,
-    converged: bool,
-    n_terms: int,
-) -> ColourSolution:
+def _package(log_levels: np.ndarray, valid: np.ndarray, robust: _RobustFit, n_terms: int) -> ColourSolution:
+    fit = robust.fit
     log_model = fit.log_model()
     with np.errstate(invalid="ignore"):  # rows without a solution have g = NaN
         log_residuals = np.where(valid, log_levels - log_model, np.nan)
-    flags = np.where(used, EntryFlag.USED, np.where(valid, EntryFlag.REJECTED, EntryFlag.INVALID))
-    total_weight = weights.sum()
-    weighted_square = np.where(used, weights * np.square(np.nan_to_num(log_residuals)), 0.0).sum()
     return ColourSolution(
         row_scales=np.exp(fit.g),
         column_scales=np.exp(fit.e),
         model=np.exp(log_model),
-        log_residuals=log_residuals,
-        flags=flags,
-        row_groups=row_groups,
-        column_groups=column_groups,
-        n_groups=n_groups,
-        iterations=iterations,
-        converged=converged,
-        rms=float(np.sqrt(weighted_square / total_weight)) if total_weight else 0.0,
-        sigma=_robust_sigma(log_residuals, used),
+        **_residual_fields(log_residuals, valid, robust),
+        **robust.solution_fields(),
         row_colours=fit.u,
         column_colours=fit.v,
         n_terms=n_terms,

@@ -211,42 +211,118 @@ def solve_separable_scales(
     DisconnectedDataError
         Raised if the data split into groups and ``allow_disconnected`` is `False`.
     """
+    levels, weights, valid, log_levels = _prepare_levels(levels, weights, max_iterations)
+
+    def fit(weight_used, row_groups, column_groups, n_groups, previous):
+        return _least_squares(log_levels, weight_used, column_groups, n_groups)
+
+    robust = _solve_robustly(
+        log_levels, valid, weights, fit, lambda ge: _separable_distance(log_levels, *ge),
+        max_iterations=max_iterations, outlier_sigma=outlier_sigma, outlier_floor=outlier_floor,
+        allow_disconnected=allow_disconnected,
+    )
+    g, e = _fix_gauge(*robust.fit, robust.weights, robust.row_groups, robust.column_groups, robust.n_groups)
+    return _package(log_levels, valid, robust, g, e)
+
+
+@dataclass
+class _RobustFit:
+    """What `_solve_robustly` returns: the last fit and the entries and groups it was made on."""
+
+    fit: object
+    """The fit callable's last result."""
+    used: np.ndarray
+    weights: np.ndarray
+    """The weights of the used entries, zero elsewhere."""
+    row_groups: np.ndarray
+    column_groups: np.ndarray
+    n_groups: int
+    iterations: int
+    converged: bool
+
+    def solution_fields(self) -> dict:
+        """The `ScaleSolution` fields about the groups and the rejection rounds."""
+        return dict(row_groups=self.row_groups, column_groups=self.column_groups, n_groups=self.n_groups,
+                    iterations=self.iterations, converged=self.converged)
+
+
+def _prepare_levels(
+    levels: np.ndarray, weights: np.ndarray | None, max_iterations: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Check the inputs and return ``(levels, weights, valid, log_levels)``, ``log_levels`` 0 where
+    not valid; raise `EmptyColumnError` if a column has no valid entry."""
     levels, weights = _check_inputs(levels, weights, max_iterations)
     valid = valid_entries(levels, weights)
     empty_columns = np.flatnonzero(~valid.any(axis=0))
     if empty_columns.size:
         raise EmptyColumnError(empty_columns.tolist())
-
     log_levels = np.where(valid, np.log(np.where(valid, levels, 1.0)), 0.0)
+    return levels, weights, valid, log_levels
+
+
+def _solve_robustly(
+    log_levels: np.ndarray,
+    valid: np.ndarray,
+    weights: np.ndarray,
+    fit,
+    distance,
+    *,
+    max_iterations: int,
+    outlier_sigma: float,
+    outlier_floor: float,
+    allow_disconnected: bool,
+) -> _RobustFit:
+    """Fit, reject outliers and fit again until the rejected set stops changing.
+
+    Parameters
+    ----------
+    log_levels, valid, weights : `numpy.ndarray`, (nRows, nColumns)
+        From `_prepare_levels`.
+    fit : callable
+        ``fit(weight_used, row_groups, column_groups, n_groups, previous)`` fits the model to the
+        entries of non-zero ``weight_used``; ``previous`` is its last result (`None` at first).
+    distance : callable
+        ``distance(result)``: absolute log residual of every entry from a ``fit`` result.
+    max_iterations, outlier_sigma, outlier_floor, allow_disconnected
+        As for `solve_separable_scales`.
+
+    Returns
+    -------
+    robust : `_RobustFit`
+    """
     rejecting = bool(np.isfinite(outlier_sigma) and outlier_sigma > 0)
     n_valid_groups = _connected_groups(valid)[2]
+
+    def kept(distance, fallback):
+        candidate = _reject_distance(distance, valid, outlier_sigma, outlier_floor, keep_rows=True)
+        return _keep_connected(candidate, fallback, n_valid_groups)
+
     used = valid
     if rejecting:
-        used = _keep_connected(_reject(log_levels, valid, *_median_polish(log_levels, valid),
-                                       outlier_sigma, outlier_floor), valid, n_valid_groups)
+        used = kept(_separable_distance(log_levels, *_median_polish(log_levels, valid)), valid)
     converged = not rejecting
     iterations = 0
+    result = None
     while True:
         iterations += 1
         row_groups, column_groups, n_groups = _connected_groups(used)
         if n_groups > 1 and not allow_disconnected:
             raise DisconnectedDataError(*_group_members(row_groups, column_groups, n_groups))
         weight_used = np.where(used, weights, 0.0)
-        g, e = _least_squares(log_levels, weight_used, column_groups, n_groups)
+        result = fit(weight_used, row_groups, column_groups, n_groups, result)
         if not rejecting:
             break
-        new_used = _keep_connected(_reject(log_levels, valid, g, e, outlier_sigma, outlier_floor),
-                                   used, n_valid_groups)
+        with np.errstate(invalid="ignore"):  # rows without a solution have g = NaN
+            new_used = kept(distance(result), used)
         if np.array_equal(new_used, used):
             converged = True
             break
         if iterations >= max_iterations:
             break
         used = new_used
-
-    g, e = _fix_gauge(g, e, weight_used, row_groups, column_groups, n_groups)
-    return _package(log_levels, valid, used, weight_used, g, e, row_groups, column_groups, n_groups,
-                    iterations, converged)
+    return _RobustFit(fit=result, used=used, weights=weight_used, row_groups=row_groups,
+                      column_groups=column_groups, n_groups=n_groups, iterations=iterations,
+                      converged=converged)
 
 
 def _check_inputs(
@@ -306,15 +382,10 @@ _POLISH_MAX_SWEEPS = 10
 """... or after this many sweeps past the first one and a half."""
 
 
-def _reject(
-    log_levels: np.ndarray, valid: np.ndarray, g: np.ndarray, e: np.ndarray, n_sigma: float, floor: float
-) -> np.ndarray:
-    """Return the valid entries whose residual from (g, e) is within the clipping threshold, never
-    all of a row's or a column's (a row emptied would have no scale, hence no residual to be
-    re-admitted by in a later round)."""
+def _separable_distance(log_levels: np.ndarray, g: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Absolute log residual of every entry from the separable model ``g[i] + e[j]``."""
     with np.errstate(invalid="ignore"):  # rows without a solution have g = NaN
-        distance = np.abs(log_levels - g[:, np.newaxis] - e[np.newaxis, :])
-    return _reject_distance(distance, valid, n_sigma, floor, keep_rows=True)
+        return np.abs(log_levels - g[:, np.newaxis] - e[np.newaxis, :])
 
 
 def _reject_distance(
@@ -434,39 +505,27 @@ def _fix_gauge(
 
 
 def _package(
-    log_levels: np.ndarray,
-    valid: np.ndarray,
-    used: np.ndarray,
-    weights: np.ndarray,
-    g: np.ndarray,
-    e: np.ndarray,
-    row_groups: np.ndarray,
-    column_groups: np.ndarray,
-    n_groups: int,
-    iterations: int,
-    converged: bool,
+    log_levels: np.ndarray, valid: np.ndarray, robust: _RobustFit, g: np.ndarray, e: np.ndarray
 ) -> ScaleSolution:
     row_scales = np.exp(g)
     column_scales = np.exp(e)
-    model = np.outer(row_scales, column_scales)
     with np.errstate(invalid="ignore"):  # rows without a solution have g = NaN
         log_residuals = np.where(valid, log_levels - g[:, np.newaxis] - e[np.newaxis, :], np.nan)
-    flags = np.where(used, EntryFlag.USED, np.where(valid, EntryFlag.REJECTED, EntryFlag.INVALID))
-    # weights are zero outside the used entries
-    total_weight = weights.sum()
-    weighted_square = np.where(used, weights * np.square(np.nan_to_num(log_residuals)), 0.0).sum()
-    rms = float(np.sqrt(weighted_square / total_weight)) if total_weight else 0.0
     return ScaleSolution(
         row_scales=row_scales,
         column_scales=column_scales,
-        model=model,
-        log_residuals=log_residuals,
-        flags=flags,
-        row_groups=row_groups,
-        column_groups=column_groups,
-        n_groups=n_groups,
-        iterations=iterations,
-        converged=converged,
-        rms=rms,
-        sigma=_robust_sigma(log_residuals, used),
+        model=np.outer(row_scales, column_scales),
+        **_residual_fields(log_residuals, valid, robust),
+        **robust.solution_fields(),
     )
+
+
+def _residual_fields(log_residuals: np.ndarray, valid: np.ndarray, robust: _RobustFit) -> dict:
+    """The `ScaleSolution` fields that describe the entries and their residuals: ``log_residuals``,
+    ``flags``, ``rms`` (weighted by ``robust.weights``, zero outside the used entries) and ``sigma``."""
+    used = robust.used
+    flags = np.where(used, EntryFlag.USED, np.where(valid, EntryFlag.REJECTED, EntryFlag.INVALID))
+    total_weight = robust.weights.sum()
+    weighted_square = np.where(used, robust.weights * np.square(np.nan_to_num(log_residuals)), 0.0).sum()
+    rms = float(np.sqrt(weighted_square / total_weight)) if total_weight else 0.0
+    return dict(log_residuals=log_residuals, flags=flags, rms=rms, sigma=_robust_sigma(log_residuals, used))
