@@ -61,11 +61,12 @@ from .calib_output import (
 from .clipped_stats import sigma_clipped_region_stats
 from .combine_stack import combine_stack
 from .flat_connections import (
+    CameraConfig,
+    CameraConnections,
     as_detector_model,
     camera_prerequisite,
-    camera_storage_class_field,
+    flat_output,
     post_isr_flat_input,
-    with_camera_storage_class,
 )
 from .scale_dictionary import check_exposure_scales, has_exposure_scales, usable_exposure_scale
 from .vignette_config import VignetteConfig, detector_vignetted_pixels
@@ -79,7 +80,7 @@ _RECORD_FIELDS = {"ExposureTime": "exposure_time", "DarkTime": "dark_time"}
 
 
 class CpFlatCombineConnections(
-    pipeBase.PipelineTaskConnections, dimensions=("instrument", "detector", "physical_filter")
+    CameraConnections, dimensions=("instrument", "detector", "physical_filter")
 ):
     inputExpHandles = post_isr_flat_input("Post-ISR flats of the detector; read in tiles.",
                                           multiple=True, deferLoad=True)
@@ -90,17 +91,10 @@ class CpFlatCombineConnections(
         dimensions=("instrument", "physical_filter"),
     )
     camera = camera_prerequisite("Camera geometry: the detector's box, amplifiers and focal-plane place.")
-    outputData = cT.Output(
-        name="flat",
-        doc="Combined flat, to be certified as a calibration.",
-        storageClass="MaskedImageV2",
-        dimensions=("instrument", "detector", "physical_filter"),
-        isCalibration=True,
-    )
+    outputData = flat_output("Combined flat, to be certified as a calibration.")
 
     def __init__(self, *, config: CpFlatCombineConfig) -> None:
         super().__init__(config=config)
-        with_camera_storage_class(self, config)
         if config.exposureScaling != "InputList":
             del self.inputScales
 
@@ -138,7 +132,9 @@ class CalibStatsConfig(pexConfig.Config):
     )
 
 
-class CpFlatCombineConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFlatCombineConnections):
+class CpFlatCombineConfig(
+    pipeBase.PipelineTaskConfig, CameraConfig, pipelineConnections=CpFlatCombineConnections
+):
     """Configuration of `CpFlatCombineTask`; the fields are cp_pipe's ``CalibCombineByFilterConfig``'s
     (see doc/lsst.cp.flatnorm/config-fields.rst), plus ``minInputsForClip``."""
 
@@ -264,7 +260,6 @@ class CpFlatCombineConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFla
             "SKY": "Night sky.",
         },
     )
-    cameraStorageClass = camera_storage_class_field()
 
     def validate(self) -> None:
         super().validate()

@@ -44,10 +44,11 @@ from .calib_output import (
 )
 from .combine_stack import weighted_mean
 from .flat_connections import (
+    CameraConfig,
+    CameraConnections,
     as_detector_model,
     camera_prerequisite,
-    camera_storage_class_field,
-    with_camera_storage_class,
+    flat_output,
 )
 
 
@@ -64,25 +65,15 @@ def _flat_input(name: str, doc: str) -> cT.Input:
 
 
 class CpFlatCombineTwoFlatsConnections(
-    pipeBase.PipelineTaskConnections, dimensions=("instrument", "detector", "physical_filter")
+    CameraConnections, dimensions=("instrument", "detector", "physical_filter")
 ):
     inputFlatOneHandle = _flat_input("flat_blue", "First flat; weighted by weightOne.")
     inputFlatTwoHandle = _flat_input("flat_red", "Second flat; weighted by 1 - weightOne.")
     camera = camera_prerequisite("Camera geometry: the detector's box and amplifiers.")
-    outputData = cT.Output(
-        name="flat",
-        doc="The weighted combination of the two flats.",
-        storageClass="MaskedImageV2",
-        dimensions=("instrument", "detector", "physical_filter"),
-        isCalibration=True,
-    )
-
-    def __init__(self, *, config: CpFlatCombineTwoFlatsConfig):
-        super().__init__(config=config)
-        with_camera_storage_class(self, config)
+    outputData = flat_output("The weighted combination of the two flats.")
 
 
-class CpFlatCombineTwoFlatsConfig(pipeBase.PipelineTaskConfig,
+class CpFlatCombineTwoFlatsConfig(pipeBase.PipelineTaskConfig, CameraConfig,
                                   pipelineConnections=CpFlatCombineTwoFlatsConnections):
     """Configuration of `CpFlatCombineTwoFlatsTask`; cp_pipe's ``CalibCombineTwoFlatsByFilterConfig``."""
 
@@ -103,7 +94,6 @@ class CpFlatCombineTwoFlatsConfig(pipeBase.PipelineTaskConfig,
     )
     subregionSize = subregion_size_field()
     distributionPercentiles = distribution_percentiles_field()
-    cameraStorageClass = camera_storage_class_field()
 
     def validate(self) -> None:
         super().validate()

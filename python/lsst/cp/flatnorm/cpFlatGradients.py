@@ -45,10 +45,11 @@ from lsst.images import Box, MaskedImage
 
 from .camera_model import DetectorModel
 from .flat_connections import (
+    CameraConfig,
+    CameraConnections,
     as_detector_model,
     camera_prerequisite,
-    camera_storage_class_field,
-    with_camera_storage_class,
+    flat_output,
 )
 from .focal_plane_binning import bin_detector, binned_table, defect_boxes, excluded_pixels
 from .gradient_fit import FlatGradientFitter, GradientFit, robust_sigma
@@ -83,7 +84,7 @@ def _read(handle: Any) -> Any:
     return handle
 
 
-class CpFlatFitGradientsConnections(pipeBase.PipelineTaskConnections,
+class CpFlatFitGradientsConnections(CameraConnections,
                                     dimensions=("instrument", "physical_filter")):
     camera = camera_prerequisite("Camera geometry: where each detector's pixels are on the focal plane, "
                                  "its type and its physical type (sensor family).")
@@ -126,7 +127,6 @@ class CpFlatFitGradientsConnections(pipeBase.PipelineTaskConnections,
 
     def __init__(self, *, config: CpFlatFitGradientsConfig):
         super().__init__(config=config)
-        with_camera_storage_class(self, config)
         self.input_defects = dataclasses.replace(self.input_defects, storageClass=config.defectsStorageClass)
         if config.do_reference_gradient:
             del self.output_gradient
@@ -138,7 +138,7 @@ def _increasing(values: Any) -> bool:
     return len(values) >= 2 and all(b > a for a, b in zip(values, values[1:]))
 
 
-class CpFlatFitGradientsConfig(pipeBase.PipelineTaskConfig,
+class CpFlatFitGradientsConfig(pipeBase.PipelineTaskConfig, CameraConfig,
                                pipelineConnections=CpFlatFitGradientsConnections):
     """Configuration of `CpFlatFitGradientsTask`: cp_pipe's ``CpFlatFitGradientsConfig`` fields and
     defaults, plus ``mask_planes``, ``outlier_sigma``, ``cameraStorageClass`` and
@@ -209,7 +209,6 @@ class CpFlatFitGradientsConfig(pipeBase.PipelineTaskConfig,
         default=5.0,
         check=lambda value: value >= 0,
     )
-    cameraStorageClass = camera_storage_class_field()
     defectsStorageClass = pexConfig.ChoiceField(
         dtype=str,
         doc="Storage class of the defects in the repository.",
@@ -487,7 +486,7 @@ class CpFlatFitGradientsTask(pipeBase.PipelineTask):
             return {"model_residual_plot": None, "radial_model_plot": None}
 
 
-class CpFlatApplyGradientsConnections(pipeBase.PipelineTaskConnections,
+class CpFlatApplyGradientsConnections(CameraConnections,
                                       dimensions=("instrument", "physical_filter", "detector")):
     camera = camera_prerequisite("Camera geometry: where the detector's pixels are on the focal plane.")
     input_flat = _flat_connection("flat_uncorrected", "Dome flat to correct.")
@@ -504,25 +503,13 @@ class CpFlatApplyGradientsConnections(pipeBase.PipelineTaskConnections,
         storageClass=GRADIENT_STORAGE_CLASS,
         dimensions=("instrument", "physical_filter"),
     )
-    output_flat = cT.Output(
-        name="flat",
-        doc="Gradient-corrected flat.",
-        storageClass="MaskedImageV2",
-        dimensions=("instrument", "detector", "physical_filter"),
-        isCalibration=True,
-    )
-
-    def __init__(self, *, config: CpFlatApplyGradientsConfig):
-        super().__init__(config=config)
-        with_camera_storage_class(self, config)
+    output_flat = flat_output("Gradient-corrected flat.")
 
 
-class CpFlatApplyGradientsConfig(pipeBase.PipelineTaskConfig,
+class CpFlatApplyGradientsConfig(pipeBase.PipelineTaskConfig, CameraConfig,
                                  pipelineConnections=CpFlatApplyGradientsConnections):
     """Configuration of `CpFlatApplyGradientsTask` (cp_pipe's has no field; ``cameraStorageClass`` is
     this package's)."""
-
-    cameraStorageClass = camera_storage_class_field()
 
 
 class CpFlatApplyGradientsTask(pipeBase.PipelineTask):

@@ -22,11 +22,11 @@ import lsst.pipe.base.connectionTypes as cT
 from lsst.images import MaskedImage
 
 from .flat_connections import (
+    CameraConfig,
+    CameraConnections,
     as_detector_model,
     camera_prerequisite,
-    camera_storage_class_field,
     post_isr_flat_input,
-    with_camera_storage_class,
 )
 from .clipped_stats import SigmaClippedStats, sigma_clipped_region_stats
 from .flat_statistics import pack_statistics
@@ -34,7 +34,7 @@ from .vignette_config import VignetteConfig, detector_vignetted_pixels
 
 
 class CpFlatMeasureConnections(
-    pipeBase.PipelineTaskConnections, dimensions=("instrument", "exposure", "detector")
+    CameraConnections, dimensions=("instrument", "exposure", "detector")
 ):
     inputExp = post_isr_flat_input("Post-ISR flat image of one exposure and detector.")
     camera = camera_prerequisite("Camera geometry: the amplifier regions of each detector.")
@@ -44,10 +44,6 @@ class CpFlatMeasureConnections(
         storageClass="TaskMetadata",
         dimensions=("instrument", "exposure", "detector"),
     )
-
-    def __init__(self, *, config: CpFlatMeasureConfig):
-        super().__init__(config=config)
-        with_camera_storage_class(self, config)
 
 
 class MeasureVignetteConfig(VignetteConfig):
@@ -65,7 +61,9 @@ class MeasureVignetteConfig(VignetteConfig):
     )
 
 
-class CpFlatMeasureConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFlatMeasureConnections):
+class CpFlatMeasureConfig(
+    pipeBase.PipelineTaskConfig, CameraConfig, pipelineConnections=CpFlatMeasureConnections
+):
     maskNameList = pexConfig.ListField(
         dtype=str,
         doc="Mask planes whose pixels are left out of the statistics; planes absent from an "
@@ -97,7 +95,6 @@ class CpFlatMeasureConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpFla
         default=3,
         min=0,
     )
-    cameraStorageClass = camera_storage_class_field()
 
 
 class CpFlatMeasureTask(pipeBase.PipelineTask):

@@ -36,10 +36,10 @@ from lsst.utils.logging import getLogger
 from .camera_model import CameraModel
 from .colour_terms import DEFAULT_MAX_SWEEPS, DEFAULT_TOLERANCE, ColourFit, ColourSolution, fit_colour_terms
 from .flat_connections import (
+    CameraConfig,
+    CameraConnections,
     as_camera_model,
     camera_prerequisite,
-    camera_storage_class_field,
-    with_camera_storage_class,
 )
 from .flat_statistics import StatisticsMatrix, gather_statistics
 from .scale_dictionary import build_scale_dictionary
@@ -76,7 +76,7 @@ def scale_table_name(scales_name: str) -> str:
 
 
 class CpFlatNormalizationConnections(
-    pipeBase.PipelineTaskConnections, dimensions=("instrument", "physical_filter")
+    CameraConnections, dimensions=("instrument", "physical_filter")
 ):
     inputMDs = cT.Input(
         name="cpFlatStatistics",
@@ -105,7 +105,6 @@ class CpFlatNormalizationConnections(
 
     def __init__(self, *, config: CpFlatNormalizationConfig):
         super().__init__(config=config)
-        with_camera_storage_class(self, config)
         if not config.connections.outputScaleTable:
             self.outputScaleTable = dataclasses.replace(
                 self.outputScaleTable, name=scale_table_name(self.outputScales.name)
@@ -174,7 +173,7 @@ def _no_match_message(
 
 
 class CpFlatNormalizationConfig(
-    pipeBase.PipelineTaskConfig, pipelineConnections=CpFlatNormalizationConnections
+    pipeBase.PipelineTaskConfig, CameraConfig, pipelineConnections=CpFlatNormalizationConnections
 ):
     level = pexConfig.ChoiceField(
         dtype=str,
@@ -284,7 +283,6 @@ class CpFlatNormalizationConfig(
         default=DEFAULT_MAX_SWEEPS,
         min=1,
     )
-    cameraStorageClass = camera_storage_class_field()
 
     def validate(self) -> None:
         super().validate()

@@ -8,17 +8,22 @@ repository made by the full stack, as an afw camera (`camera_storage_class_field
 `with_camera_storage_class` applies the choice to a task's connections); `as_camera_model` turns
 either into a ``CameraModel`` where a task receives it, and `as_detector_model` one detector of it
 (what the per-detector tasks need, without converting the whole camera for every quantum).
+`CameraConnections` and `CameraConfig` are the bases of a task's connections and config that do
+all this.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "CAMERA_STORAGE_CLASSES",
+    "CameraConfig",
+    "CameraConnections",
     "POST_ISR_FLAT_DATASET_TYPE",
     "as_camera_model",
     "as_detector_model",
     "camera_prerequisite",
     "camera_storage_class_field",
+    "flat_output",
     "post_isr_flat_input",
     "with_camera_storage_class",
 ]
@@ -167,3 +172,41 @@ def post_isr_flat_input(doc: str, *, multiple: bool = False, deferLoad: bool = F
         multiple=multiple,
         deferLoad=deferLoad,
     )
+
+
+def flat_output(doc: str) -> cT.Output:
+    """Return the ``flat`` output: a ``MaskedImageV2`` calibration per detector and physical filter.
+
+    Parameters
+    ----------
+    doc : `str`
+        What the task writes.
+    """
+    return cT.Output(
+        name="flat",
+        doc=doc,
+        storageClass="MaskedImageV2",
+        dimensions=("instrument", "detector", "physical_filter"),
+        isCalibration=True,
+    )
+
+
+class CameraConnections(pipeBase.PipelineTaskConnections, dimensions=()):
+    """Base of the connections of a task that reads the camera: the ``camera`` connection, with the
+    storage class its config's ``cameraStorageClass`` names (the config derives from `CameraConfig`).
+
+    A subclass gives its own dimensions, and may declare ``camera`` again with its own doc
+    (`camera_prerequisite`).
+    """
+
+    camera = camera_prerequisite("Camera geometry.")
+
+    def __init__(self, *, config: Any):
+        super().__init__(config=config)
+        with_camera_storage_class(self, config)
+
+
+class CameraConfig(pexConfig.Config):
+    """Base of the config of a task whose connections derive from `CameraConnections`."""
+
+    cameraStorageClass = camera_storage_class_field()
