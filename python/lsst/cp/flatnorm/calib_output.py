@@ -16,6 +16,8 @@ __all__ = [
     "ADDED_PLANES",
     "calibration_statistics",
     "calibration_type_field",
+    "clip_passes_field",
+    "clip_threshold_field",
     "combine_statistic_field",
     "distribution_percentiles_field",
     "empty_flat",
@@ -90,6 +92,28 @@ def combine_statistic_field(default: str, doc: str) -> pexConfig.ChoiceField:
             "Median of the unmasked inputs.",
         ), strict=True)),
     )
+
+
+def clip_threshold_field(doc: str) -> pexConfig.RangeField:
+    """Return a sigma-clipping threshold field: standard deviations, > 0, 3 by default.
+
+    Parameters
+    ----------
+    doc : `str`
+        What is clipped.
+    """
+    return pexConfig.RangeField(dtype=float, doc=doc, default=3.0, min=0.0, inclusiveMin=False)
+
+
+def clip_passes_field(doc: str) -> pexConfig.RangeField:
+    """Return a field for the most sigma-clipping passes: >= 0, 3 by default.
+
+    Parameters
+    ----------
+    doc : `str`
+        What the passes clip, and what 0 means.
+    """
+    return pexConfig.RangeField(dtype=int, doc=doc, default=3, min=0)
 
 
 def subregion_size_field() -> pexConfig.ListField:

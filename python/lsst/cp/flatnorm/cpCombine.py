@@ -46,6 +46,8 @@ from lsst.images import Box, Mask, MaskedImage
 from .calib_output import (
     calibration_statistics,
     calibration_type_field,
+    clip_passes_field,
+    clip_threshold_field,
     combine_statistic_field,
     distribution_percentiles_field,
     empty_flat,
@@ -112,19 +114,8 @@ class CalibStatsConfig(pexConfig.Config):
             "MEDIAN": "Median.",
         },
     )
-    clip = pexConfig.RangeField(
-        dtype=float,
-        doc="Clipping threshold of MEANCLIP, in standard deviations.",
-        default=3.0,
-        min=0.0,
-        inclusiveMin=False,
-    )
-    nIter = pexConfig.RangeField(
-        dtype=int,
-        doc="Maximum number of clipping passes of MEANCLIP.",
-        default=3,
-        min=0,
-    )
+    clip = clip_threshold_field("Clipping threshold of MEANCLIP, in standard deviations.")
+    nIter = clip_passes_field("Maximum number of clipping passes of MEANCLIP.")
     mask = pexConfig.ListField(
         dtype=str,
         doc="Mask planes whose pixels are left out; planes absent from an input's mask are skipped.",
@@ -214,19 +205,8 @@ class CpFlatCombineConfig(
         default=["SAT", "DETECTED", "INTRP"],
     )
     combine = combine_statistic_field("MEANCLIP", doc="Statistic combining the inputs at each pixel.")
-    clip = pexConfig.RangeField(
-        dtype=float,
-        doc="Clipping threshold, in standard deviations of the inputs at each pixel.",
-        default=3.0,
-        min=0.0,
-        inclusiveMin=False,
-    )
-    nIter = pexConfig.RangeField(
-        dtype=int,
-        doc="Maximum number of clipping passes (0: plain mean of the valid inputs).",
-        default=3,
-        min=0,
-    )
+    clip = clip_threshold_field("Clipping threshold, in standard deviations of the inputs at each pixel.")
+    nIter = clip_passes_field("Maximum number of clipping passes (0: plain mean of the valid inputs).")
     minInputsForClip = pexConfig.RangeField(
         dtype=int,
         doc="MEANCLIP: pixels with fewer valid inputs than this use their median instead.",

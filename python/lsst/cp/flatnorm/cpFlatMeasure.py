@@ -21,6 +21,7 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.images import MaskedImage
 
+from .calib_output import clip_passes_field, clip_threshold_field
 from .flat_connections import (
     CameraConfig,
     CameraConnections,
@@ -82,18 +83,11 @@ class CpFlatMeasureConfig(
         dtype=MeasureVignetteConfig,
         doc="The unvignetted focal-plane region (used if doVignette and its radius is set).",
     )
-    numSigmaClip = pexConfig.RangeField(
-        dtype=float,
-        doc="Clipping threshold of the iterative clipped mean, in units of sigma.",
-        default=3.0,
-        min=0.0,
-        inclusiveMin=False,
+    numSigmaClip = clip_threshold_field(
+        "Clipping threshold of the iterative clipped mean, in units of sigma."
     )
-    clipMaxIter = pexConfig.RangeField(
-        dtype=int,
-        doc="Maximum number of clipping passes (0: plain mean of the unmasked pixels).",
-        default=3,
-        min=0,
+    clipMaxIter = clip_passes_field(
+        "Maximum number of clipping passes (0: plain mean of the unmasked pixels)."
     )
 
 
