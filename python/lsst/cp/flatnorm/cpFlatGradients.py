@@ -77,6 +77,13 @@ def _flat_connection(name: str, doc: str, **kwargs: Any) -> cT.Input:
                     dimensions=("instrument", "detector", "physical_filter"), isCalibration=True, **kwargs)
 
 
+def _filter_connection(connection_type: type, name: str, doc: str, storageClass: str = GRADIENT_STORAGE_CLASS,
+                       **kwargs: Any) -> Any:
+    """A connection of ``connection_type`` to a dataset per physical filter (a gradient by default)."""
+    return connection_type(name=name, doc=doc, storageClass=storageClass,
+                           dimensions=("instrument", "physical_filter"), **kwargs)
+
+
 def _read(handle: Any) -> Any:
     """The dataset behind a deferred (or in-memory) handle, or ``handle`` itself."""
     if isinstance(handle, (DeferredDatasetHandle, pipeBase.InMemoryDatasetHandle)):
@@ -99,30 +106,19 @@ class CpFlatFitGradientsConnections(CameraConnections,
         multiple=True,
         deferLoad=True,
     )
-    output_reference_gradient = cT.Output(
-        name="flat_gradient_reference",
-        doc="Reference (sky) flat gradient, a calibration (do_reference_gradient).",
-        storageClass=GRADIENT_STORAGE_CLASS,
-        dimensions=("instrument", "physical_filter"),
-        isCalibration=True,
+    output_reference_gradient = _filter_connection(
+        cT.Output, "flat_gradient_reference",
+        "Reference (sky) flat gradient, a calibration (do_reference_gradient).", isCalibration=True,
     )
-    output_gradient = cT.Output(
-        name="flat_gradient",
-        doc="Gradient fitted to a dome flat.",
-        storageClass=GRADIENT_STORAGE_CLASS,
-        dimensions=("instrument", "physical_filter"),
+    output_gradient = _filter_connection(cT.Output, "flat_gradient", "Gradient fitted to a dome flat.")
+    model_residual_plot = _filter_connection(
+        cT.Output, "gradient_model_residual_plot",
+        "Binned flat, model and data / model over the focal plane (PNG).", storageClass="Plot",
     )
-    model_residual_plot = cT.Output(
-        name="gradient_model_residual_plot",
-        doc="Binned flat, model and data / model over the focal plane (PNG).",
+    radial_model_plot = _filter_connection(
+        cT.Output, "gradient_radial_model_plot",
+        "Binned flat without the plane and ITL ratio against radius, with the radial spline (PNG).",
         storageClass="Plot",
-        dimensions=("instrument", "physical_filter"),
-    )
-    radial_model_plot = cT.Output(
-        name="gradient_radial_model_plot",
-        doc="Binned flat without the plane and ITL ratio against radius, with the radial spline (PNG).",
-        storageClass="Plot",
-        dimensions=("instrument", "physical_filter"),
     )
 
     def __init__(self, *, config: CpFlatFitGradientsConfig):
@@ -490,18 +486,12 @@ class CpFlatApplyGradientsConnections(CameraConnections,
                                       dimensions=("instrument", "physical_filter", "detector")):
     camera = camera_prerequisite("Camera geometry: where the detector's pixels are on the focal plane.")
     input_flat = _flat_connection("flat_uncorrected", "Dome flat to correct.")
-    reference_gradient = cT.PrerequisiteInput(
-        name="flat_gradient_reference",
-        doc="Reference (sky) gradient: the radial function the corrected flat gets.",
-        storageClass=GRADIENT_STORAGE_CLASS,
-        dimensions=("instrument", "physical_filter"),
-        isCalibration=True,
+    reference_gradient = _filter_connection(
+        cT.PrerequisiteInput, "flat_gradient_reference",
+        "Reference (sky) gradient: the radial function the corrected flat gets.", isCalibration=True,
     )
-    gradient = cT.Input(
-        name="flat_gradient",
-        doc="Gradient fitted to the dome flats of the whole focal plane.",
-        storageClass=GRADIENT_STORAGE_CLASS,
-        dimensions=("instrument", "physical_filter"),
+    gradient = _filter_connection(
+        cT.Input, "flat_gradient", "Gradient fitted to the dome flats of the whole focal plane."
     )
     output_flat = flat_output("Gradient-corrected flat.")
 
