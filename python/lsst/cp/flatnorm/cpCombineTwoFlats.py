@@ -24,7 +24,6 @@ import numpy as np
 
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
-import lsst.pipe.base.connectionTypes as cT
 from lsst.images import Box, MaskedImage
 
 from .calib_output import (
@@ -48,27 +47,16 @@ from .flat_connections import (
     CameraConnections,
     as_detector_model,
     camera_prerequisite,
+    flat_input,
     flat_output,
 )
-
-
-def _flat_input(name: str, doc: str) -> cT.Input:
-    """A certified flat of the detector and filter, read in tiles."""
-    return cT.Input(
-        name=name,
-        doc=doc,
-        storageClass="MaskedImageV2",
-        dimensions=("instrument", "detector", "physical_filter"),
-        deferLoad=True,
-        isCalibration=True,
-    )
 
 
 class CpFlatCombineTwoFlatsConnections(
     CameraConnections, dimensions=("instrument", "detector", "physical_filter")
 ):
-    inputFlatOneHandle = _flat_input("flat_blue", "First flat; weighted by weightOne.")
-    inputFlatTwoHandle = _flat_input("flat_red", "Second flat; weighted by 1 - weightOne.")
+    inputFlatOneHandle = flat_input("flat_blue", "First flat; weighted by weightOne.", deferLoad=True)
+    inputFlatTwoHandle = flat_input("flat_red", "Second flat; weighted by 1 - weightOne.", deferLoad=True)
     camera = camera_prerequisite("Camera geometry: the detector's box and amplifiers.")
     outputData = flat_output("The weighted combination of the two flats.")
 

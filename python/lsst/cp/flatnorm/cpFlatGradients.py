@@ -49,6 +49,7 @@ from .flat_connections import (
     CameraConnections,
     as_detector_model,
     camera_prerequisite,
+    flat_input,
     flat_output,
 )
 from .focal_plane_binning import bin_detector, binned_table, defect_boxes, excluded_pixels
@@ -72,11 +73,6 @@ _BAND_ROWS = 512
 """Rows of the flat corrected at a time, which bounds the memory of the focal-plane coordinates."""
 
 
-def _flat_connection(name: str, doc: str, **kwargs: Any) -> cT.Input:
-    return cT.Input(name=name, doc=doc, storageClass="MaskedImageV2",
-                    dimensions=("instrument", "detector", "physical_filter"), isCalibration=True, **kwargs)
-
-
 def _filter_connection(connection_type: type, name: str, doc: str, storageClass: str = GRADIENT_STORAGE_CLASS,
                        **kwargs: Any) -> Any:
     """A connection of ``connection_type`` to a dataset per physical filter (a gradient by default)."""
@@ -95,8 +91,8 @@ class CpFlatFitGradientsConnections(CameraConnections,
                                     dimensions=("instrument", "physical_filter")):
     camera = camera_prerequisite("Camera geometry: where each detector's pixels are on the focal plane, "
                                  "its type and its physical type (sensor family).")
-    input_flats = _flat_connection("flat_uncorrected", "Flats of every detector to fit the gradient to.",
-                                   multiple=True, deferLoad=True)
+    input_flats = flat_input("flat_uncorrected", "Flats of every detector to fit the gradient to.",
+                             multiple=True, deferLoad=True)
     input_defects = cT.PrerequisiteInput(
         name="defects",
         doc="Defects of the detectors (optional); their pixels are left out of the bins.",
@@ -485,7 +481,7 @@ class CpFlatFitGradientsTask(pipeBase.PipelineTask):
 class CpFlatApplyGradientsConnections(CameraConnections,
                                       dimensions=("instrument", "physical_filter", "detector")):
     camera = camera_prerequisite("Camera geometry: where the detector's pixels are on the focal plane.")
-    input_flat = _flat_connection("flat_uncorrected", "Dome flat to correct.")
+    input_flat = flat_input("flat_uncorrected", "Dome flat to correct.")
     reference_gradient = _filter_connection(
         cT.PrerequisiteInput, "flat_gradient_reference",
         "Reference (sky) gradient: the radial function the corrected flat gets.", isCalibration=True,

@@ -23,6 +23,7 @@ __all__ = [
     "as_detector_model",
     "camera_prerequisite",
     "camera_storage_class_field",
+    "flat_input",
     "flat_output",
     "post_isr_flat_input",
     "with_camera_storage_class",
@@ -171,6 +172,32 @@ def post_isr_flat_input(doc: str, *, multiple: bool = False, deferLoad: bool = F
         dimensions=("instrument", "exposure", "detector"),
         multiple=multiple,
         deferLoad=deferLoad,
+    )
+
+
+def flat_input(name: str, doc: str, *, multiple: bool = False, deferLoad: bool = False) -> cT.Input:
+    """Return an input of certified flats (``MaskedImageV2`` calibrations per detector and physical
+    filter).
+
+    Parameters
+    ----------
+    name : `str`
+        Dataset type name.
+    doc : `str`
+        What the task reads them for.
+    multiple : `bool`, optional
+        Whether the task takes several (one per detector).
+    deferLoad : `bool`, optional
+        Whether the task reads them itself through deferred handles (e.g. in tiles).
+    """
+    return cT.Input(
+        name=name,
+        doc=doc,
+        storageClass="MaskedImageV2",
+        dimensions=("instrument", "detector", "physical_filter"),
+        multiple=multiple,
+        deferLoad=deferLoad,
+        isCalibration=True,
     )
 
 
