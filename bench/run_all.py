@@ -14,13 +14,16 @@ import numpy as np
 
 from lsst.utils.threads import disable_implicit_threading
 
-from . import colour, gather, measure, solver
+from . import clipstats, colour, combine, gather, measure, solver, storage
 
 PARTS = {
     "solver": solver.run,
     "gather": gather.run,
     "measure": measure.run,
     "colour": colour.run,
+    "combine": combine.run,
+    "clipstats": clipstats.run,
+    "storage": storage.run,
 }
 
 

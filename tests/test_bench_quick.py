@@ -95,6 +95,52 @@ class QuickRunTestCase(unittest.TestCase):
         self.assertGreater(separable_g, 5 * colour_g)
         self.assertLess(max(colour_e, colour_g), 3e-4)
 
+    def test_chain_line(self):
+        self.assertRegex(self.result.stdout, r"measure 512x256: chain per \(exposure, detector\): read \+ "
+                                             r"measure .*, the combine's share .* \(CpFlatCombineTask.run on "
+                                             r"the 2 images")
+
+    def test_clipstats_lines(self):
+        label = "clipstats 512x256"
+        self.assertRegex(self.result.stdout, rf"{label}: floor .* \(4 passes x 5 B/pixel; numpy copies at ")
+        ours = re.search(rf"{label}: ours .* = [\d.]+x the floor .*max \|mean difference\| / sigma (\S+), "
+                         r"counts differ in (\d+) of 17 sets", self.result.stdout)
+        self.assertIsNotNone(ours, self.result.stdout)
+        # Float64-exact: the same kept pixels, means equal to rounding.
+        self.assertLess(float(ours.group(1)), 1e-9)
+        self.assertEqual(ours.group(2), "0")
+        for peer in ("astropy SigmaClip", "astropy sigma_clipped_stats"):
+            self.assertRegex(self.result.stdout, rf"{label}: {peer} .* = [\d.]+x the floor")
+        self.assertRegex(self.result.stdout, rf"{label}: ours / floor [\d.]+x \(goal <= 5x: .*\); astropy "
+                                             r".* / ours [\d.]+x \(astropy's fastest; goal >= 2x: ")
+
+    def test_combine_lines(self):
+        label = "combine 512x64x12"
+        self.assertRegex(self.result.stdout, rf"{label}: ours .*, memory peak \d+ MiB")
+        self.assertRegex(self.result.stdout, rf"{label}: speed ratio astropy / ours [\d.]+x \(goal >= 2x: "
+                                             r".*\); memory ours / astropy ")
+        self.assertRegex(self.result.stdout, rf"{label}: (speed ratio ccdproc / ours|ccdproc skipped: )")
+        for n_inputs in (12, 20):
+            quality = re.search(rf"combine 512x64x{n_inputs}: quality ours: inputs kept per pixel ([\d.]+) "
+                                r"of ([\d.]+) valid, pull rms ([\d.]+), cosmic-ray pixels beyond 5 sigma "
+                                r"(\d+)", self.result.stdout)
+            self.assertIsNotNone(quality, self.result.stdout)
+            kept, valid, pull_rms, leaked = map(float, quality.groups())
+            # Few good inputs dropped, the Poisson scatter within a few per cent, no cosmic ray left.
+            self.assertGreater(kept / valid, 0.99)
+            self.assertLess(pull_rms, 1.05)
+            self.assertEqual(leaked, 0)
+
+    def test_storage_lines(self):
+        label = "storage 512x400"
+        for storage in ("FITS, GZIP_2, a tile per row", "FITS, uncompressed",
+                        "HDF5 \\(NDF\\), uncompressed"):
+            self.assertRegex(self.result.stdout, rf"{label}: {storage}.*: [\d.]+ MiB .* read .* bands of "
+                                                 r"200 rows")
+        # Every read is compared with what was written; the run stops if one differs.
+        self.assertRegex(self.result.stdout, rf"{label}: the package's storage reads a detector in .* "
+                                             r"losslessly")
+
 
 class SolverPartsTestCase(unittest.TestCase):
     """The simulation, baseline, oracle and error measure behave as documented."""
