@@ -31,8 +31,9 @@ kept 19.75 of 19.98 valid inputs per pixel, against 19.96 for astropy's ``sigma_
 flat's pixel scatter came out 3.6% above the Poisson expectation (issue 16; bench/README.md has the
 comparison on the benchmark's flats).  The floor
 keeps the robustness of the interquartile range to cosmic rays, which a width from the standard
-deviation of all inputs lacks with few inputs (one outlier among ``n`` is never beyond
-``sqrt(n - 1)`` standard deviations of the sample it inflates), and removes the too-narrow widths.
+deviation of all inputs lacks with few inputs (one outlier among ``n`` is never more than
+``n / sqrt(n - 1)`` of the standard deviations it inflates from the median: below 3 for fewer than
+8 inputs, however bright), and removes the too-narrow widths.
 If the variance planes are absent (zero) the rule is afw's.
 
 The result is the mean of the kept values, and its variance is the propagated variance of that mean,

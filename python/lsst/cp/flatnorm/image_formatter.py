@@ -5,9 +5,10 @@
 
 The measure and combine steps each read every post-ISR flat once, so their reading time is paid
 twice per (exposure, detector): with lsst.images' default storage, tile-compressed FITS with one
-GZIP tile per row, one LSSTCam detector (4072 x 4000) takes 4-5 s to read, more than all the
-computing of the chain.  Measured on the benchmark machine for one such detector (float32 image
-and variance, 5 mask planes; ``bench/README.md``, part 4 has the full table):
+GZIP tile per row, one LSSTCam detector (4072 x 4000) takes 2.3-4.4 s to read, more than all the
+computing of the chain.  Measured on the benchmark machine (2 shared cores, load 4-6) for one such
+detector (float32 image and variance, 5 mask planes; ``bench/README.md``, part 7, has a quieter
+run: 2.28 s, 1.46 s, 0.58 s and 0.05 s):
 
 ========================================  ========  ========  ======================
 storage                                   file      read      20 bands of 200 rows
