@@ -28,17 +28,14 @@ from __future__ import annotations
 __all__ = ["ClipStatsResult", "detector_flat", "run"]
 
 import statistics
-import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from lsst.cp.flatnorm.clipped_stats import sigma_clipped_region_stats
 
-from .timing import format_seconds
+from .timing import elapsed, format_seconds
 
 REPEATS = 5
 _SHAPE = (4000, 4072)
@@ -67,7 +64,7 @@ def copy_rate() -> float:
     """Bytes per second numpy copies a 64 MiB float32 array at (fastest of 10)."""
     source = np.ones(_COPY_BYTES // 4, dtype=np.float32)
     target = np.empty_like(source)
-    best = min(_elapsed(lambda: np.copyto(target, source))[0] for _ in range(10))
+    best = min(elapsed(lambda: np.copyto(target, source))[0] for _ in range(10))
     return _COPY_BYTES / best
 
 
@@ -161,12 +158,6 @@ def _verdict(met: bool, quick: bool) -> str:
     return "met" if met else "MISSED"
 
 
-def _elapsed(function: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = function()
-    return time.perf_counter() - start, result
-
-
 def _compare(results: list[tuple], expected: list[tuple]) -> tuple[float, int]:
     difference = max(abs(mean - ref_mean) / ref_sigma for (mean, _, _), (ref_mean, ref_sigma, _)
                      in zip(results, expected))
@@ -189,10 +180,10 @@ def run(quick: bool) -> list[ClipStatsResult]:
         warnings.simplefilter("ignore")
         for _ in range(repeats):
             for name, function in methods.items():
-                seconds, results[name] = _elapsed(lambda: function(image, good, regions))
+                seconds, results[name] = elapsed(lambda: function(image, good, regions))
                 times[name].append(seconds)
-        seconds, expected = _elapsed(lambda: [reference(image, good, region)
-                                              for region in [(slice(None), slice(None))] + regions])
+        seconds, expected = elapsed(lambda: [reference(image, good, region)
+                                             for region in [(slice(None), slice(None))] + regions])
         times["reference"].append(seconds)
     differences = {name: _compare(result, expected) for name, result in results.items()}
     return [ClipStatsResult(shape=shape, copy_rate=rate, times=times, differences=differences, quick=quick)]

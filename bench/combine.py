@@ -39,18 +39,15 @@ from __future__ import annotations
 __all__ = ["CombineData", "CombineResult", "QualityResult", "simulate_stack", "quality", "run"]
 
 import statistics
-import time
-import tracemalloc
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from lsst.cp.flatnorm.combine_stack import combine_stack
 
-from .timing import format_seconds
+from .timing import elapsed, format_seconds, traced_peak
 
 _BAND_ROWS = 200  # CpFlatCombineTask's default subregionSize height
 _GAIN = 1.5
@@ -252,21 +249,6 @@ def _verdict(met: bool, quick: bool = False) -> str:
     return "met" if met else "MISSED"
 
 
-def _elapsed(function: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = function()
-    return time.perf_counter() - start, result
-
-
-def _traced_peak(function: Callable[[], Any]) -> int:
-    tracemalloc.start()
-    try:
-        function()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def _methods() -> tuple[dict[str, Callable[[CombineData], tuple[np.ndarray, np.ndarray]]], str | None]:
     methods = {"ours": ours, "astropy": astropy_cube}
     try:
@@ -288,10 +270,10 @@ def run(quick: bool) -> list[CombineResult]:
         for name, function in functions.items():
             method = methods[name] = _Method(name)
             for _ in range(1 if name == "ccdproc" else repeats):
-                seconds, (flat, kept) = _elapsed(lambda: function(data))
+                seconds, (flat, kept) = elapsed(lambda: function(data))
                 method.seconds.append(seconds)
             method.quality = quality(data, flat, kept)
-            method.peak = _traced_peak(lambda: function(data))
+            method.peak = traced_peak(lambda: function(data))
         small = simulate_stack(small_inputs, (min(shape[0], _BAND_ROWS), shape[1]), seed=17)
         small_quality = {name: quality(small, *function(small)) for name, function in functions.items()}
     maxiters = ccdproc_maxiters_error() if skipped is None else None

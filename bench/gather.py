@@ -43,7 +43,6 @@ __all__ = [
 
 import tempfile
 import time
-import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -74,7 +73,7 @@ from lsst.pipe.base import (
 from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
-from .timing import format_seconds
+from .timing import elapsed, format_seconds, traced_peak
 
 STATISTICS_DATASET_TYPE = "cpFlatStatistics"
 _STATISTICS_RUN = "bench/cpFlatStatistics"
@@ -308,27 +307,12 @@ def _read_all(butler: Butler, refs: list[DatasetRef]) -> list[Any]:
     return [butler.get(ref) for ref in refs]
 
 
-def _elapsed(function: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = function()
-    return time.perf_counter() - start, result
-
-
-def _traced_peak(function: Callable[[], Any]) -> int:
-    tracemalloc.start()
-    try:
-        function()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def _time_reads_and_run(butler: Butler, repo: StatisticsRepo) -> tuple[float, float, Struct]:
     """Time a bare read loop over every input and (d) the task's ``run`` on what it read."""
-    reads, statistics = _elapsed(lambda: _read_all(butler, repo.refs))
+    reads, statistics = elapsed(lambda: _read_all(butler, repo.refs))
     task = CpFlatNormalizationTask(config=_config())
     dims = [dict(ref.dataId.required) for ref in repo.refs]
-    run, outputs = _elapsed(lambda: task.run(statistics, dims, repo.camera))
+    run, outputs = elapsed(lambda: task.run(statistics, dims, repo.camera))
     return reads, run, outputs
 
 
@@ -368,9 +352,9 @@ def _time_quanta(repo: StatisticsRepo, butler: Butler, first: SimplePipelineExec
             first = _executor(butler)
         pairs = [(first, quanta), (_executor(butler, ReadOnlyNormalizationTask), floor_quanta)]
         for executor, times in pairs[::1 if repeat % 2 == 0 else -1]:
-            read_loops.append(_elapsed(lambda: _read_all(butler, repo.refs))[0])
-            times.append(_elapsed(_run_quantum(executor))[0])
-    read_loops.append(_elapsed(lambda: _read_all(butler, repo.refs))[0])
+            read_loops.append(elapsed(lambda: _read_all(butler, repo.refs))[0])
+            times.append(elapsed(_run_quantum(executor))[0])
+    read_loops.append(elapsed(lambda: _read_all(butler, repo.refs))[0])
     return quanta, floor_quanta, read_loops
 
 
@@ -380,17 +364,17 @@ def measure_gather(root: str, n_detectors: int, n_exposures: int, repeats: int =
     (d) and (e) run first, so that no quantum pays the process's first imports of the table
     writers.
     """
-    write, repo = _elapsed(lambda: write_statistics_repo(root, n_detectors, n_exposures))
+    write, repo = elapsed(lambda: write_statistics_repo(root, n_detectors, n_exposures))
     butler = _prep_butler(repo, "bench/norm0")
-    graph, executor = _elapsed(lambda: _executor(butler))
+    graph, executor = elapsed(lambda: _executor(butler))
     # This first read loop feeds (d) and warms the butler; it is not one of the (c) loops.
     _, run, outputs = _time_reads_and_run(butler, repo)
     writes = _time_output_writes(executor, outputs)
     del outputs
     quanta, floor_quanta, read_loops = _time_quanta(repo, butler, executor, repeats)
-    qbb_quantum, _ = _elapsed(_qbb_quantum(repo, "bench/norm-qbb"))
-    reads_peak = _traced_peak(lambda: _read_all(butler, repo.refs))
-    quantum_peak = _traced_peak(_run_quantum(_executor(_prep_butler(repo, "bench/norm-traced"))))
+    qbb_quantum, _ = elapsed(_qbb_quantum(repo, "bench/norm-qbb"))
+    reads_peak = traced_peak(lambda: _read_all(butler, repo.refs))
+    quantum_peak = traced_peak(_run_quantum(_executor(_prep_butler(repo, "bench/norm-traced"))))
     return GatherResult(n_detectors=n_detectors, n_exposures=n_exposures, write=write, graph=graph,
                         quanta=quanta, read_loops=read_loops, run=run, writes=writes,
                         qbb_quantum=qbb_quantum, floor_quanta=floor_quanta,

@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
-__all__ = ["Timing", "time_call", "format_seconds"]
+__all__ = ["Timing", "elapsed", "format_seconds", "time_call", "traced_peak"]
 
 import statistics
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,23 @@ def time_call(function: Callable[[], Any], repeats: int) -> Timing:
         result = function()
         seconds.append(time.perf_counter() - start)
     return Timing(seconds=seconds, result=result)
+
+
+def elapsed(function: Callable[[], Any]) -> tuple[float, Any]:
+    """Call ``function`` once; return its wall-clock duration in seconds and its result."""
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def traced_peak(function: Callable[[], Any]) -> int:
+    """Call ``function`` once under `tracemalloc`; return the peak of Python memory in bytes."""
+    tracemalloc.start()
+    try:
+        function()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def format_seconds(seconds: float) -> str:
