@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +35,7 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from servers import debian
-from servers.processes import Daemon, free_port, wait_until
+from servers.processes import Daemon, free_port, start_service, wait_until
 
 PACKAGES = ("postgresql",)
 """Debian's server (PostgreSQL 15 on Debian 12); btree_gist, which daf_butler needs, is in it."""
@@ -108,15 +107,7 @@ class PostgresServer:
         if user is not None:
             shutil.chown(root, user)
         server = cls(root, bin_dir, user)
-        atexit.register(server.stop)  # if the tests die before they stop it
-        begin = time.monotonic()
-        try:
-            server._initdb()
-            server._run()
-        except BaseException:
-            server.stop()
-            raise
-        server.startup_seconds = time.monotonic() - begin
+        server.startup_seconds = start_service(server, server._initdb, server._run)
         return server
 
     def _as_user(self) -> dict:

@@ -6,8 +6,9 @@ their environment (how the tests find what a server or a batch job left behind).
 
 from __future__ import annotations
 
-__all__ = ["Daemon", "free_port", "tagged_processes", "wait_until"]
+__all__ = ["Daemon", "free_port", "start_service", "tagged_processes", "wait_until"]
 
+import atexit
 import os
 import signal
 import socket
@@ -33,6 +34,23 @@ def wait_until(condition: Callable[[], object], timeout: float, interval: float 
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def start_service(service, *steps: Callable[[], object]) -> float:
+    """Run a service's start-up ``steps`` in order and return how long they took.
+
+    ``service.stop`` is registered to run at interpreter exit, in case the tests die before they
+    stop the service, and runs at once if a step fails, so no process outlives a failed start.
+    """
+    atexit.register(service.stop)
+    begin = time.monotonic()
+    try:
+        for step in steps:
+            step()
+    except BaseException:
+        service.stop()
+        raise
+    return time.monotonic() - begin
 
 
 def tagged_processes(tag: str) -> list[tuple[int, str]]:

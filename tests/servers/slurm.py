@@ -33,7 +33,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script
@@ -42,7 +41,7 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from servers import debian
-from servers.processes import Daemon, free_port, tagged_processes, wait_until
+from servers.processes import Daemon, free_port, start_service, tagged_processes, wait_until
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 """Debian's Slurm (22.05 on Debian 12) and munge."""
@@ -108,15 +107,7 @@ class SlurmCluster:
         root = Path(tempfile.mkdtemp(prefix="cp_flatnorm_slurm_"))
         root.chmod(0o755)  # munged wants its socket's directory searchable by everyone
         cluster = cls(root, cpus or os.cpu_count() or 1)
-        atexit.register(cluster.stop)  # if the tests die before they stop it
-        begin = time.monotonic()
-        try:
-            cluster._configure()
-            cluster._run()
-        except BaseException:
-            cluster.stop()
-            raise
-        cluster.startup_seconds = time.monotonic() - begin
+        cluster.startup_seconds = start_service(cluster, cluster._configure, cluster._run)
         cluster.baseline = {pid for pid, _ in tagged_processes(cluster.tag)}
         return cluster
 
