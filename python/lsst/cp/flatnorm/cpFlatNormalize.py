@@ -17,6 +17,7 @@ __all__ = [
     "CpFlatNormalizationConfig",
     "CpFlatNormalizationConnections",
     "CpFlatNormalizationTask",
+    "amplifier_names",
     "scale_table_name",
 ]
 
@@ -33,17 +34,15 @@ import lsst.pipe.base.connectionTypes as cT
 from lsst.daf.butler import DataCoordinate, DatasetRef
 from lsst.utils.logging import getLogger
 
-from .camera_model import CameraModel
 from .colour_terms import DEFAULT_MAX_SWEEPS, DEFAULT_TOLERANCE, ColourFit, ColourSolution, fit_colour_terms
 from .flat_connections import (
     CameraConfig,
     CameraConnections,
-    as_camera_model,
     camera_prerequisite,
 )
 from .flat_statistics import StatisticsMatrix, gather_statistics
-from .scale_dictionary import build_scale_dictionary
-from .scale_solver import DisconnectedDataError, EmptyColumnError, EntryFlag
+from .scale_dictionary import NO_VALID_ENTRY, build_scale_dictionary
+from .scale_solver import DisconnectedDataError, EmptyColumnError, EntryFlag, valid_entries
 from .scale_uncertainty import ScaleUncertainties, scale_uncertainties
 
 
@@ -333,8 +332,8 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         inputDims : `~collections.abc.Sequence` [`~collections.abc.Mapping`]
             Data ID of each statistics dataset, with ``exposure`` and ``detector`` keys.
         camera : `lsst.cp.flatnorm.camera_model.CameraModel` or `lsst.afw.cameraGeom.Camera`
-            Camera geometry; an afw camera is converted with
-            `~lsst.cp.flatnorm.camera_model.CameraModel.from_afw`.
+            The camera; only its detectors' IDs and amplifier names are read (`amplifier_names`),
+            so any camera that gives these will do, as for cp_pipe's task.
 
         Returns
         -------
@@ -345,33 +344,62 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         Raises
         ------
         TypeError
-            Raised if ``camera`` is `None`, before anything is read.
+            Raised if ``camera`` is `None`, or its detectors give no ID or amplifier names (naming
+            the detector), before anything is read.
         KeyError
             Raised if a data ID lacks exposure or detector, a statistic is missing (the message
             names the key and the data ID), or a detector is not in the camera (naming the data
             ID), before the solve.
         ValueError
             Raised if a statistic is not a number, or an amplifier key does not match the camera
-            (naming the data ID and the key); if an exposure has no valid measurement, or the data
+            (naming the data ID and the key); if no exposure has a valid measurement, or the data
             split into unconnected groups and ``disconnectedPolicy`` is RAISE (the message names
-            exposures and detectors); or if an afw camera's detector cannot be converted (naming it).
+            exposures and detectors).  An exposure with no valid measurement while others have
+            some is excluded with a warning and flagged in ``exposureFlags``
+            (`lsst.cp.flatnorm.scale_dictionary`).
         """
         if camera is None:
             raise TypeError("CpFlatNormalizationTask.run: camera is None; pass the camera (a CameraModel, or "
                             "an afw Camera) whose detectors and amplifiers the statistics are of.")
-        camera = as_camera_model(camera)
-        _check_detectors_in_camera(inputDims, camera)
-        matrix = gather_statistics(inputMDs, inputDims, camera, self.config.level)
+        amplifiers = amplifier_names(camera)
+        _check_detectors_in_camera(inputDims, amplifiers, _camera_name(camera))
+        named = {detector: [_Amplifier(name) for name in names] for detector, names in amplifiers.items()}
+        matrix, excluded = self._exclude_empty_exposures(
+            gather_statistics(inputMDs, inputDims, named, self.config.level))
         self.log.info("Solving %d %s rows x %d exposures (%d entries measured).", len(matrix.detectors),
                       matrix.level, len(matrix.exposures), int(matrix.present.sum()))
+        if len(matrix.exposures) == 1:
+            self.log.warning("Only one exposure (%d) to normalize: no entry can be checked against another "
+                             "exposure or rejected, and each %s's scale is its level in that exposure.",
+                             matrix.exposures[0], matrix.level.lower())
         fit = self._solve(matrix)
         errors = scale_uncertainties(fit.solution, matrix.counts)
         self._report(matrix, fit.solution)
         self._report_colour_and_errors(matrix, fit, errors)
+        self.metadata["nExcludedExposures"] = len(excluded)
+        table = self._scale_table(matrix, fit, errors)
+        table.meta["EXCLUDED_EXPOSURES"] = list(excluded)
         return pipeBase.Struct(
-            outputScales=self._scale_dict(matrix, fit.solution, camera),
-            outputScaleTable=self._scale_table(matrix, fit, errors),
+            outputScales=self._scale_dict(matrix, fit.solution, amplifiers, excluded),
+            outputScaleTable=table,
         )
+
+    def _exclude_empty_exposures(self, matrix: StatisticsMatrix) -> tuple[StatisticsMatrix, list[int]]:
+        """Leave out, with a warning, the exposures none of whose entries is valid, unless all are
+        (`_solve` then says so); return the matrix of the others and the exposures left out."""
+        empty = ~valid_entries(matrix.levels, matrix.counts).any(axis=0)
+        if not empty.any() or empty.all():
+            return matrix, []
+        excluded = [matrix.exposures[j] for j in np.flatnonzero(empty)]
+        for exposure in excluded:
+            self.log.warning("Exposure %d has no valid flat level (finite, > 0, with pixels) on any %s: "
+                             "it is excluded from the normalization, flagged %s in exposureFlags, and the "
+                             "combine skips it.", exposure, matrix.level.lower(), NO_VALID_ENTRY)
+        keep = ~empty
+        return dataclasses.replace(
+            matrix, exposures=[e for e, kept in zip(matrix.exposures, keep) if kept],
+            levels=matrix.levels[:, keep], counts=matrix.counts[:, keep], present=matrix.present[:, keep],
+        ), excluded
 
     def measureScales(
         self, bgMatrix: np.ndarray, bgCounts: np.ndarray | None = None, iterations: int = 10
@@ -539,9 +567,11 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             self.log.warning("... and %d more entries flagged %s in the scale table.",
                              len(entries) - _MAX_ENTRY_WARNINGS, flag)
 
-    def _scale_dict(self, matrix: StatisticsMatrix, solution: ColourSolution, camera: CameraModel) -> dict:
+    def _scale_dict(self, matrix: StatisticsMatrix, solution: ColourSolution,
+                    amplifiers: Mapping[int, list[str]], excluded: Sequence[int]) -> dict:
         """Build cp_pipe's output layout; with ``omitUnusedScales``, without the unused entries; with
-        colour terms, each entry's exposure scale for its row's colour response."""
+        colour terms, each entry's exposure scale for its row's colour response; flagging the
+        ``excluded`` exposures."""
         detectors = sorted(set(matrix.detectors))
         return build_scale_dictionary(
             matrix.level,
@@ -550,9 +580,10 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
             row_amplifiers=matrix.amplifiers,
             e_values=solution.column_scales,
             g_values=solution.row_scales,
-            amp_names={detector: [amp.getName() for amp in camera[detector]] for detector in detectors},
+            amp_names={detector: amplifiers[detector] for detector in detectors},
             omit=~solution.used if self.config.omitUnusedScales else None,
             entry_factors=solution.entry_factors if solution.n_terms > 0 else None,
+            excluded_exposures=excluded,
         )
 
     def _scale_table(self, matrix: StatisticsMatrix, fit: ColourFit, errors: ScaleUncertainties) -> Table:
@@ -595,10 +626,61 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         return table
 
 
-def _check_detectors_in_camera(inputDims: Sequence[Mapping[str, Any]], camera: CameraModel) -> None:
+def amplifier_names(camera: Any) -> dict[int, list[str]]:
+    """Return the amplifier names of each detector of ``camera``, by detector ID: all the
+    normalization reads of a camera.
+
+    Parameters
+    ----------
+    camera : camera-like
+        Iterates detectors with ``getId()``, each iterating amplifiers with ``getName()`` (a
+        `~lsst.cp.flatnorm.camera_model.CameraModel`, an afw camera, or anything as small).
+
+    Raises
+    ------
+    TypeError
+        Raised, naming the detector and what it lacks, if the camera does not give these.
+    """
+    names: dict[int, list[str]] = {}
+    try:
+        detectors = list(camera)
+    except TypeError:
+        raise TypeError(f"The camera {camera!r} does not iterate over its detectors.") from None
+    for detector in detectors:
+        try:
+            detector_id = int(detector.getId())
+        except AttributeError:
+            raise TypeError(f"Camera detector {detector!r} has no getId(): the normalization needs each "
+                            "detector's ID and amplifier names.") from None
+        try:
+            names[detector_id] = [str(amp.getName()) for amp in detector]
+        except (AttributeError, TypeError):
+            raise TypeError(f"Camera detector {detector_id} does not iterate over amplifiers with getName(): "
+                            "the normalization needs each detector's amplifier names.") from None
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class _Amplifier:
+    """An amplifier as `amplifier_names` found it: its name, all the statistics are keyed by."""
+
+    name: str
+
+    def getName(self) -> str:
+        return self.name
+
+
+def _camera_name(camera: Any) -> str:
+    get_name = getattr(camera, "getName", None)
+    return str(get_name()) if callable(get_name) else "given"
+
+
+def _check_detectors_in_camera(
+    inputDims: Sequence[Mapping[str, Any]], amplifiers: Mapping[int, list[str]], camera_name: str
+) -> None:
     """Raise `KeyError` naming the first data ID whose detector the camera does not have, before
     anything is solved (the scale dictionary lists each detector's amplifiers from the camera)."""
-    known = {detector.getId() for detector in camera}
+    known = set(amplifiers)
     for dims in inputDims:
         detector = dims.get("detector")
         if isinstance(detector, bool) or not (isinstance(detector, int | np.integer)
@@ -607,7 +689,7 @@ def _check_detectors_in_camera(inputDims: Sequence[Mapping[str, Any]], camera: C
         if int(detector) not in known:
             described = "{" + ", ".join(f"{key}={value}" for key, value in dict(dims).items()) + "}"
             raise KeyError(f"Detector {detector} has flat statistics ({described}) but is not in the camera "
-                           f"{camera.getName()}.")
+                           f"{camera_name}.")
 
 
 def _median_max(values: np.ndarray) -> tuple[float, float]:

@@ -10,6 +10,7 @@ The layout is::
      "detScale": {detector: {amplifier: G}}}       # AMP level
      "flags": {detector: "NO_VALID_ENTRY"}         # only if some row has no valid entry; DETECTOR
      "flags": {detector: {amplifier: "NO_VALID_ENTRY"}}   # ... AMP level
+     "exposureFlags": {exposure: "NO_VALID_ENTRY"} # only if some exposure has no valid entry
 
 ``expScale`` repeats the exposure scale E of an exposure under every amplifier of every detector,
 because cp_pipe's combine looks it up per amplifier; when entries are omitted, some exposures are
@@ -26,6 +27,12 @@ entries are flagged INVALID in the scale table).  The entry is written only when
 a reason, so a clean solution's dictionary has cp_pipe's two keys and nothing else; cp_pipe's
 readers index ``expScale`` and ``detScale`` by key and never see it.  Read it with `row_flags`.
 
+``exposureFlags`` lists the exposures none of whose entries was valid (an image with no finite or
+no positive pixel, say): they are left out of the solve and out of ``expScale`` altogether, so that
+the combine skips them as it skips any exposure without a usable scale, and the other exposures'
+scales and flats are made.  It too is written only when some exposure has a reason.  Read it with
+`exposure_flags`.
+
 The butler's YAML storage keeps integer keys, but scales that went through JSON arrive with
 string keys, so the readers accept both.
 """
@@ -37,6 +44,7 @@ __all__ = [
     "ScaleDictionaryError",
     "build_scale_dictionary",
     "check_exposure_scales",
+    "exposure_flags",
     "exposure_scales",
     "has_exposure_scales",
     "row_flags",
@@ -54,6 +62,7 @@ import numpy as np
 _EXP_SCALE = "expScale"
 _DET_SCALE = "detScale"
 _FLAGS = "flags"
+_EXPOSURE_FLAGS = "exposureFlags"
 _LEVELS = ("DETECTOR", "AMP")
 
 NO_VALID_ENTRY = "NO_VALID_ENTRY"
@@ -75,6 +84,7 @@ def build_scale_dictionary(
     amp_names: Mapping[int, Sequence[str]],
     omit: np.ndarray | None = None,
     entry_factors: np.ndarray | None = None,
+    excluded_exposures: Sequence[int] = (),
 ) -> dict[str, dict]:
     """Write exposure and row scales in cp_pipe's layout.
 
@@ -102,6 +112,9 @@ def build_scale_dictionary(
     entry_factors : `numpy.ndarray`, (nRows, nExposures), optional
         Factors multiplying ``E`` per entry (colour terms: ``exp(sum_k u_k[row] v_k[exposure])``),
         placed as ``omit`` is; `None` writes ``E`` alone, the same under every amplifier.
+    excluded_exposures : `~collections.abc.Sequence` [`int`], optional
+        Exposures left out of the solve because none of their entries was valid (not among
+        ``exposures``); listed in ``exposureFlags`` with `NO_VALID_ENTRY`.
 
     Returns
     -------
@@ -109,7 +122,7 @@ def build_scale_dictionary(
         ``{"expScale": ..., "detScale": ...}`` with `int` detector and exposure keys, `str`
         amplifier keys and `float` scales; and ``"flags"`` (same keys as ``detScale``, value
         `NO_VALID_ENTRY`) if some row's G is not finite, which the solvers give only to a row with
-        no valid entry.
+        no valid entry; ``"exposureFlags"`` if ``excluded_exposures`` is not empty.
 
     Raises
     ------
@@ -135,6 +148,8 @@ def build_scale_dictionary(
     flags = _row_flags(level, row_detectors, row_amplifiers, g_values)
     if flags:
         scales[_FLAGS] = flags
+    if excluded_exposures:
+        scales[_EXPOSURE_FLAGS] = {int(exposure): NO_VALID_ENTRY for exposure in excluded_exposures}
     return scales
 
 
@@ -399,3 +414,15 @@ def row_flags(scales: Mapping[str, Any]) -> dict[int, str] | dict[tuple[int, str
         else:
             found[int(detector)] = str(value)
     return found
+
+
+def exposure_flags(scales: Mapping[str, Any]) -> dict[int, str]:
+    """Return why each exposure left out of the solve has no scale (`NO_VALID_ENTRY`), by exposure
+    ID; empty if none was (and for cp_pipe's own dictionaries).
+
+    Parameters
+    ----------
+    scales : `~collections.abc.Mapping`
+        A scale dictionary; integer or string keys.
+    """
+    return {int(exposure): str(reason) for exposure, reason in (scales.get(_EXPOSURE_FLAGS) or {}).items()}
