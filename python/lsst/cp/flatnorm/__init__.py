@@ -8,9 +8,29 @@ the separate compatibility package ``lsst.cp.pipe`` that the wheel installs from
 package never imports it, so it works beside a real cp_pipe.
 """
 
-from .cpCombine import *  # noqa: F401,F403
-from .cpCombineTwoFlats import *  # noqa: F401,F403
-from .cpFlatGradients import *  # noqa: F401,F403
-from .cpFlatMeasure import *  # noqa: F401,F403
-from .cpFlatNormalize import *  # noqa: F401,F403
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
 from .version import __version__  # noqa: F401
+
+# The tasks are imported when first asked for (``lsst.cp.flatnorm.CpFlatCombineTask``), not with the
+# package: they import the middleware, which takes seconds, and ``cp-flatnorm --help`` must not wait.
+_TASK_MODULES = ("cpCombine", "cpCombineTwoFlats", "cpFlatGradients", "cpFlatMeasure", "cpFlatNormalize")
+
+
+def _task_modules() -> list[ModuleType]:
+    return [importlib.import_module(f"{__name__}.{name}") for name in _TASK_MODULES]
+
+
+def __getattr__(name: str) -> Any:
+    for module in _task_modules():
+        if name in module.__all__:
+            return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *(name for module in _task_modules() for name in module.__all__)})

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
-__all__ = ["SEED_CONFIG_PATH", "seed_config", "make_repo"]
+__all__ = ["SEED_CONFIG_PATH", "seed_config", "make_repo", "no_new_empty_directories"]
 
+import contextlib
 import os
+from collections.abc import Iterator
 from importlib import resources
 
 from lsst.daf.butler import Butler, Config
@@ -37,3 +39,26 @@ def make_repo(root: str | os.PathLike[str], *, overwrite: bool = False) -> Butle
     """
     config = Butler.makeRepo(str(root), config=seed_config(), overwrite=overwrite)
     return Butler.from_config(config, writeable=True)
+
+
+@contextlib.contextmanager
+def no_new_empty_directories(butler: Butler) -> Iterator[None]:
+    """Remove, if the block raises, the empty directories it left in the butler's local datastores.
+
+    A rolled-back transaction removes the files it wrote, but not the directories made for them.
+    """
+    roots = [root.ospath for root in butler.get_datastore_roots().values()
+             if root is not None and root.isLocal]
+    before = {path for root in roots for path in _directories(root)}
+    try:
+        yield
+    except BaseException:
+        for root in roots:
+            for path in sorted(set(_directories(root)) - before, reverse=True):  # children first
+                with contextlib.suppress(OSError):  # not empty: something was written there
+                    os.rmdir(path)
+        raise
+
+
+def _directories(root: str) -> list[str]:
+    return [directory for directory, _, _ in os.walk(root)]

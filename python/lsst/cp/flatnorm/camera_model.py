@@ -130,7 +130,8 @@ class DetectorModel(pydantic.BaseModel):
     pixel_size : `float`
         Pixel size in mm (square pixels).
     amplifiers : `list` [`AmplifierModel`]
-        Amplifiers in readout order; their boxes must tile the detector without overlap.
+        Amplifiers in readout order; their boxes must tile the detector: no overlap, no pixel
+        left out.
     """
 
     model_config = _NAMES_ARE_STRINGS
@@ -159,7 +160,23 @@ class DetectorModel(pydantic.BaseModel):
             for other in self.amplifiers[i + 1:]:
                 if amp.bbox.overlaps(other.bbox):
                     raise ValueError(f"Detector {self.id}: amplifiers {amp.name} and {other.name} overlap.")
+        self._check_covered()
         return self
+
+    def _check_covered(self) -> None:
+        """Raise if the amplifiers (inside the detector, not overlapping) leave pixels uncovered: no
+        amplifier would calibrate them."""
+        box = self.bbox
+        if sum(amp.bbox.width * amp.bbox.height for amp in self.amplifiers) == box.width * box.height:
+            return
+        covered = np.zeros((box.height, box.width), dtype=bool)
+        for amp in self.amplifiers:
+            covered[amp.bbox.y0 - box.y0:amp.bbox.getMaxY() + 1 - box.y0,
+                    amp.bbox.x0 - box.x0:amp.bbox.getMaxX() + 1 - box.x0] = True
+        y, x = np.nonzero(~covered)
+        raise ValueError(f"Detector {self.id} ({self.name}): its amplifiers leave {y.size} of its pixels "
+                         f"uncovered, within x {x.min() + box.x0}..{x.max() + box.x0}, "
+                         f"y {y.min() + box.y0}..{y.max() + box.y0}.")
 
     def getId(self) -> int:
         return self.id
@@ -230,10 +247,11 @@ class CameraModel(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _check_unique(self) -> CameraModel:
-        ids = [det.id for det in self.detectors]
-        names = [det.name for det in self.detectors]
-        if len(set(ids)) != len(ids) or len(set(names)) != len(names):
-            raise ValueError(f"Camera {self.name}: detector IDs and names must be unique.")
+        for what, values in (("IDs", [det.id for det in self.detectors]),
+                             ("names", [det.name for det in self.detectors])):
+            if repeated := sorted({str(v) for v in values if values.count(v) > 1}):
+                raise ValueError(f"Camera {self.name}: detector IDs and names must be unique; repeated "
+                                 f"{what}: {', '.join(repeated)}.")
         return self
 
     @classmethod

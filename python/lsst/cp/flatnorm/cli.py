@@ -24,21 +24,21 @@ from __future__ import annotations
 __all__ = ["build_parser", "main"]
 
 import argparse
+import contextlib
+import logging
 import os
+import shutil
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-import pydantic
-import yaml
+# Only the standard library at the top: `cp-flatnorm --help` must answer at once, so the middleware,
+# astropy and pydantic are imported by the handlers that need them.
+if TYPE_CHECKING:
+    from lsst.daf.butler import Butler
 
-from lsst.daf.butler import Butler
-
-from .butler_setup import make_repo
-from .camera_source import load_camera
-from .flat_fits import FlatIngestError, HeaderKeywords
-from .flat_ingest import IngestResult, ingest_flats
-from .instrument import FlatInstrument
+    from .header_keywords import HeaderKeywords
+    from .flat_ingest import IngestResult
 
 _PROG = "cp-flatnorm"
 
@@ -63,17 +63,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    _show_progress_and_warnings()
     try:
         return args.handler(args)
-    except (FlatIngestError, CommandError, ValueError, LookupError, OSError, ImportError) as error:
+    except (CommandError, ValueError, LookupError, OSError, ImportError) as error:
         print(f"{_PROG} {args.command}: error: {error}", file=sys.stderr)
         return 1
+
+
+def _show_progress_and_warnings() -> None:
+    """Send the package's INFO log lines (progress) and warnings to standard error, once."""
+    log = logging.getLogger("lsst.cp.flatnorm")
+    if not any(getattr(handler, "_cp_flatnorm_cli", False) for handler in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(f"{_PROG}: %(levelname)s: %(message)s"))
+        handler._cp_flatnorm_cli = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of ``cp-flatnorm`` and its subcommands."""
     parser = argparse.ArgumentParser(prog=_PROG, description="Flat-field normalization tools.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                       parser_class=_EpilogOnDemandParser)
     for add in _SUBCOMMANDS:
         add(subparsers)
     return parser
@@ -99,6 +112,8 @@ def _add_camera(subparsers: Any) -> None:
 
 
 def _run_camera_import(args: argparse.Namespace) -> int:
+    from .camera_source import load_camera
+
     try:
         camera = load_camera(args.source)
     except TypeError as error:  # a python: or instrument: source that gave no camera
@@ -130,10 +145,13 @@ def _add_register(subparsers: Any) -> None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
+    from .instrument import FlatInstrument
+
     instrument = FlatInstrument.from_config(args.instrument_config)
-    butler, created = _open_or_create(args.repo)
-    camera_changed = instrument.register_with_camera(butler, update=args.update)
-    camera = instrument.getCamera()
+    camera = instrument.getCamera()  # its problems before anything is created
+    with _removed_if_failed(args.repo):
+        butler, created = _open_or_create(args.repo)
+        camera_changed = instrument.register_with_camera(butler, update=args.update)
     print(f"{'Created' if created else 'Opened'} repository {args.repo}; registered {instrument.getName()} "
           f"({_count(len(camera), 'detector')}, filters {', '.join(instrument.config.filters)}); camera "
           f"{'certified' if camera_changed else 'already certified, unchanged'} in "
@@ -141,12 +159,40 @@ def _run_register(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _removed_if_failed(directory: str) -> Iterator[None]:
+    """Remove, if the block raises, what it created in ``directory``: the directory itself if it did
+    not exist, else the entries it did not have (a repository that could not be registered)."""
+    before = set(os.listdir(directory)) if os.path.isdir(directory) else None
+    try:
+        yield
+    except BaseException:
+        if before is None:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            for entry in set(os.listdir(directory)) - before:
+                path = os.path.join(directory, entry)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.remove(path)
+        raise
+
+
 def _open_or_create(repo: str) -> tuple[Butler, bool]:
     """A writeable butler of ``repo``, created with the seed config if it has no butler.yaml."""
     if not os.path.exists(os.path.join(repo, "butler.yaml")):
+        from .butler_setup import make_repo
+
         return make_repo(repo), True
+    return _open(repo), False
+
+
+def _open(repo: str) -> Butler:
+    from lsst.daf.butler import Butler
+
     try:
-        return Butler.from_config(repo, writeable=True), False
+        return Butler.from_config(repo, writeable=True)
     except OSError as error:
         raise CommandError(f"cannot open the repository {repo}: {error}") from None
 
@@ -158,8 +204,8 @@ def _add_ingest(subparsers: Any) -> None:
         description="Ingest post-ISR flat FITS files (one detector per file, or several in a "
                     "multi-extension file) as cpFlatIsrExp datasets with their exposure records, all or "
                     "nothing, and put the run first in <instrument>/defaults.",
-        epilog=_keyword_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog_of=_keyword_help,
     )
     parser.add_argument("repo", help="butler repository")
     parser.add_argument("--instrument", required=True, help="registered instrument name")
@@ -170,11 +216,30 @@ def _add_ingest(subparsers: Any) -> None:
                         help="set one field (see below), after --keyword-config; repeatable")
     parser.add_argument("--gain", type=float, help="default gain, electrons per ADU (default_gain)")
     parser.add_argument("--read-noise", type=float, help="default read noise, electrons (default_read_noise)")
+    parser.add_argument("--refuse-empty", action="store_true",
+                        help="refuse images with no finite or no positive pixel (default: ingest them with "
+                             "a warning; the normalization excludes their exposures)")
     parser.add_argument("files", nargs="+", help="FITS files")
     parser.set_defaults(handler=_run_ingest)
 
 
+class _EpilogOnDemandParser(argparse.ArgumentParser):
+    """A parser whose epilog, if ``epilog_of`` is given, is ``epilog_of()`` made only when help is
+    shown (it may import modules that the other commands do not need)."""
+
+    def __init__(self, *args: Any, epilog_of: Callable[[], str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.epilog_of = epilog_of
+
+    def format_help(self) -> str:
+        if self.epilog_of is not None:
+            self.epilog = self.epilog_of()
+        return super().format_help()
+
+
 def _keyword_help() -> str:
+    from .header_keywords import HeaderKeywords
+
     lines = ["header keyword fields (-k FIELD=KEY1,KEY2 or the --keyword-config file; the first key "
              "present wins):"]
     for name, field in HeaderKeywords.model_fields.items():
@@ -186,6 +251,11 @@ def _keyword_help() -> str:
 
 def _keywords(args: argparse.Namespace) -> HeaderKeywords:
     """The header keywords of the file, then ``--keyword``, then ``--gain`` and ``--read-noise``."""
+    import pydantic
+    import yaml
+
+    from .header_keywords import HeaderKeywords
+
     overrides: dict[str, Any] = {}
     for setting in args.keyword:
         field, equals, value = setting.partition("=")
@@ -205,12 +275,12 @@ def _keywords(args: argparse.Namespace) -> HeaderKeywords:
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
+    from .flat_ingest import ingest_flats
+
     keywords = _keywords(args)
-    try:
-        butler = Butler.from_config(args.repo, writeable=True)
-    except OSError as error:
-        raise CommandError(f"cannot open the repository {args.repo}: {error}") from None
-    result = ingest_flats(butler, args.instrument, args.files, keywords=keywords, run=args.run)
+    butler = _open(args.repo)
+    result = ingest_flats(butler, args.instrument, args.files, keywords=keywords, run=args.run,
+                          refuse_empty=args.refuse_empty)
     print(_report(result))
     return 0
 
@@ -231,6 +301,9 @@ def _report(result: IngestResult) -> str:
                      f"{exposure.physical_filter} {exposure.observation_type} "
                      f"{'new' if exposure_id in new else 'existing'}: detectors "
                      f"{', '.join(map(str, detectors))}")
+    if empty := [source for source in result.sources if source.emptiness is not None]:
+        lines.append(f"{_count(len(empty), 'image')} without a flat level (the normalization excludes their "
+                     f"exposures): " + ", ".join(f"{source.where} ({source.emptiness})" for source in empty))
     return "\n".join(lines)
 
 

@@ -3,9 +3,10 @@
 
 """Post-ISR flats in FITS files: where each detector's image is, what its header says, its pixels.
 
-`scan_flats` reads the headers of a set of files and checks everything that can be checked without
-a butler repository; it returns one `FlatSource` per (exposure, detector) image, whose `~FlatSource.read`
-returns the `lsst.images.MaskedImage` the flat tasks take (``cpFlatIsrExp``).  Nothing here writes.
+`scan_flats` reads a set of files and checks everything that can be checked without a butler
+repository (headers; pixels that can be read, and that give a flat level); it returns one
+`FlatSource` per (exposure, detector) image, whose `~FlatSource.read` returns the
+`lsst.images.MaskedImage` the flat tasks take (``cpFlatIsrExp``).  Nothing here writes.
 
 Layouts
 -------
@@ -33,9 +34,21 @@ in the image's units squared, with ``gain`` in electrons per ADU and ``read_nois
 from the header (``GAIN``, ``RDNOISE``) or `HeaderKeywords`' defaults.  An image in electrons
 (``BUNIT = 'electron'``) has ``gain = 1``; an image without ``BUNIT`` is in ADU.
 
+Detector names
+--------------
+A detector name (in ``EXTNAME`` or a ``DETECTOR`` card) matches the camera's exactly, else ignoring
+case when only one detector matches so (astropy writes ``EXTNAME`` in upper case).
+
+Start time
+----------
+``DATE-OBS`` (ISO 8601) else ``MJD-OBS``; a ``DATE-OBS`` that is a date alone is completed by
+``TIME-OBS``, as older instruments write them.
+
 Validation
 ----------
-Every problem of every file is collected, and `FlatIngestError` reports them all at once, one line
+An image with no finite or no positive pixel gives no flat level: it is ingested with a warning
+(the normalization excludes its exposure), or refused with ``refuse_empty``.  Every problem of
+every file is collected, and `FlatIngestError` reports them all at once, one line
 each, naming the file, the HDU (index and ``EXTNAME``) and the keyword and value at fault.
 """
 
@@ -52,29 +65,38 @@ __all__ = [
 
 import dataclasses
 import datetime
+import logging
 import math
 import os
+import re
+import urllib.parse
+import warnings
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import astropy.io.fits
 import astropy.time
 import astropy.units as u
+from astropy.utils.exceptions import AstropyUserWarning
 import numpy as np
-import pydantic
-import yaml
 
 from lsst.images import Image, MaskedImage, MaskPlane
 
 from .exposure_records import ExposureInfo, day_obs_timespan
 from .flat_mask import ingested_mask, legacy_planes
+from .header_keywords import HeaderKeywords
+
+_LOG = logging.getLogger(__name__)
+_TRUNCATED = "truncated"  # astropy's warning of a file that ends inside an HDU's header or data
 
 _SEQ_NUM_RANGE = 100_000  # exposure ID = day_obs * 100000 + seq_num, as the simulator's
 _SAME_START_SECONDS = 1e-3  # start times closer than this are the same (MJDs are rounded floats)
 _COMPANION_ROLES = ("MASK", "VARIANCE")
 _ADU_UNITS = {"adu", "count", "counts", "dn"}
 _ELECTRON_UNITS = {"electron", "electrons", "e-"}
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_TIME_OF_DAY = re.compile(r"\d{2}:\d{2}:\d{2}(\.\d*)?")
 
 
 class FlatIngestError(ValueError):
@@ -91,86 +113,6 @@ class FlatIngestError(ValueError):
         count = f"{len(self.problems)} problem{'' if len(self.problems) == 1 else 's'}"
         super().__init__(f"Cannot ingest the flats ({count}; nothing was ingested):\n"
                          + "\n".join(f"  {problem}" for problem in self.problems))
-
-
-def _keyword_list(value: Any) -> Any:
-    """Take ``"A"`` or ``"A,B"`` for ``("A", "B")``; FITS keywords are upper case."""
-    if isinstance(value, str):
-        value = value.split(",")
-    if isinstance(value, (list, tuple)):
-        return tuple(str(keyword).strip().upper() for keyword in value if str(keyword).strip())
-    return value
-
-
-Keywords = Annotated[tuple[str, ...], pydantic.BeforeValidator(_keyword_list)]
-"""Header keywords tried in order; the first one present wins."""
-
-
-class HeaderKeywords(pydantic.BaseModel):
-    """Where a flat's header gives each value, and what to assume where it says nothing.
-
-    Every ``Keywords`` field is a list of keywords tried in order (a string ``"A,B"`` is
-    accepted), looked up in the image HDU's header, then in the primary header.
-    """
-
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
-
-    start_time: Keywords = pydantic.Field(("DATE-OBS",), description="Start of the exposure, ISO 8601, UTC.")
-    start_mjd: Keywords = pydantic.Field(
-        ("MJD-OBS",), description="Start of the exposure as a UTC MJD, if no start_time keyword is present."
-    )
-    exposure_time: Keywords = pydantic.Field(("EXPTIME",), description="Exposure time in seconds, > 0.")
-    physical_filter: Keywords = pydantic.Field(
-        ("FILTER",), description="Physical filter; it must be registered for the instrument."
-    )
-    detector: Keywords = pydantic.Field(
-        ("DETECTOR", "CCDNUM", "EXTNAME"),
-        description="Detector: an integer is a detector ID of the camera, text a detector name.",
-    )
-    exposure_id: Keywords = pydantic.Field(
-        ("EXPID", "EXPNUM"),
-        description="Exposure ID, an integer >= 0; without one, day_obs * 100000 + seq_num.",
-    )
-    seq_num: Keywords = pydantic.Field(
-        ("SEQNUM",), description="Sequence number in the day, an integer >= 0; without one, the exposure ID."
-    )
-    obs_id: Keywords = pydantic.Field(
-        ("OBSID",), description="Observation ID; without one, the exposure ID as text."
-    )
-    observation_type: Keywords = pydantic.Field(
-        ("IMGTYPE", "OBSTYPE"), description="Observation type (lower-cased, as in Rubin's records)."
-    )
-    observation_reason: Keywords = pydantic.Field(("REASON",), description="Observation reason.")
-    unit: Keywords = pydantic.Field(
-        ("BUNIT",), description="Pixel unit: adu (or count, DN) or electron; adu without it."
-    )
-    gain: Keywords = pydantic.Field(
-        ("GAIN",), description="Gain in electrons per ADU, to estimate a missing variance plane."
-    )
-    read_noise: Keywords = pydantic.Field(
-        ("RDNOISE", "READNOIS"), description="Read noise in electrons, to estimate a missing variance plane."
-    )
-    default_observation_type: str = pydantic.Field("flat", min_length=1)
-    default_observation_reason: str = pydantic.Field("flat", min_length=1)
-    default_gain: float | None = pydantic.Field(
-        None, gt=0, description="Gain (electrons per ADU) of images in ADU whose header has none."
-    )
-    default_read_noise: float = pydantic.Field(
-        0.0, ge=0, description="Read noise (electrons) of images whose header has none."
-    )
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> HeaderKeywords:
-        """Read the fields from a YAML (or JSON) mapping; ``overrides`` win over the file's values.
-
-        Raises
-        ------
-        OSError, yaml.YAMLError, pydantic.ValidationError
-            Raised if the file cannot be read, is not YAML, or has unknown fields or bad values.
-        """
-        with open(path) as stream:
-            values = yaml.safe_load(stream) or {}
-        return cls.model_validate({**values, **overrides})
 
 
 class _HeaderProblem(Exception):
@@ -247,13 +189,25 @@ def _start_time(header: _Header, keywords: HeaderKeywords) -> astropy.time.Time:
     if (found := header.find(keywords.start_time)) is not None:
         keyword, value = found
         if isinstance(value, str):
+            text = _with_time_of_day(value.strip(), header, keywords)
             try:
-                return astropy.time.Time(value.strip(), scale="utc")
+                return astropy.time.Time(text, scale="utc")
             except ValueError:
                 pass
         raise _bad_value(keyword, value, "an ISO 8601 time", "start time")
     found = header.require(keywords.start_time + keywords.start_mjd, "start time")
     return astropy.time.Time(_positive(found, "start time, MJD"), format="mjd", scale="utc")
+
+
+def _with_time_of_day(date: str, header: _Header, keywords: HeaderKeywords) -> str:
+    """``date`` completed by the time-of-day keyword (``TIME-OBS``) if it is a date alone
+    (``YYYY-MM-DD``), as older instruments write them; else ``date`` as it is."""
+    if not _DATE_ONLY.fullmatch(date) or (found := header.find(keywords.start_time_of_day)) is None:
+        return date
+    keyword, value = found
+    if not isinstance(value, str) or not _TIME_OF_DAY.fullmatch(value.strip()):
+        raise _bad_value(keyword, value, "a time of day hh:mm:ss[.sss]", "start time of day")
+    return f"{date}T{value.strip()}"
 
 
 def day_obs_of(time: astropy.time.Time) -> int:
@@ -271,12 +225,19 @@ def day_obs_of(time: astropy.time.Time) -> int:
 class _Camera:
     """The detectors of a camera by ID and by name (any camera iterating detectors with
     ``getId()``, ``getName()`` and ``getBBox()``: `~lsst.cp.flatnorm.camera_model.CameraModel`,
-    an afw camera)."""
+    an afw camera).
+
+    A name matches ignoring case when only one detector has it so: astropy upper-cases ``EXTNAME``
+    (``ImageHDU(name="chip1")`` writes ``'CHIP1'``), and many headers are upper case throughout.
+    """
 
     def __init__(self, camera: Any):
         self.name = camera.getName()
         self.by_id = {detector.getId(): detector for detector in camera}
         self.by_name = {detector.getName(): detector for detector in camera}
+        self.by_folded_name: dict[str, list[Any]] = {}
+        for detector in camera:
+            self.by_folded_name.setdefault(detector.getName().casefold(), []).append(detector)
 
     def detector(self, found: tuple[str, Any], what: str) -> Any:
         keyword, value = found
@@ -285,9 +246,17 @@ class _Camera:
                 raise _HeaderProblem(f"{keyword}={value!r} is not a detector ID of camera {self.name}")
             return self.by_id[value]
         name = _text(found, what)
-        if name not in self.by_name:
-            raise _HeaderProblem(f"{keyword}={value!r} is not a detector name of camera {self.name}")
-        return self.by_name[name]
+        if name in self.by_name:
+            return self.by_name[name]
+        matches = self.by_folded_name.get(name.casefold(), [])
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise _HeaderProblem(
+                f"{keyword}={value!r} matches detectors {', '.join(repr(d.getName()) for d in matches)} of "
+                f"camera {self.name} ignoring case, so it names none of them (names are matched exactly, "
+                "else ignoring case when that is unambiguous)")
+        raise _HeaderProblem(f"{keyword}={value!r} is not a detector name of camera {self.name}")
 
 
 class _Fields:
@@ -530,6 +499,8 @@ class FlatSource:
     _unit: u.UnitBase | None
     _noise: _Noise | None
     """How to estimate the variance; `None` if the file has a variance plane."""
+    emptiness: str | None = None
+    """Why the image cannot give a flat level (no finite or no positive pixel), or `None`."""
 
     @property
     def hdu(self) -> int:
@@ -558,7 +529,7 @@ class FlatSource:
         mask = ingested_mask(planes, image.shape, yx0, self.where)
         mask.set("NO_DATA", ~np.isfinite(image))
         metadata = {
-            "INGEST_FILE": str(self.path),
+            "INGEST_FILE": ascii_path(self.path),
             "INGEST_HDU": self.hdu,
             "VARIANCE_SOURCE": "file" if self._noise is None else self._noise.describe(),
         }
@@ -566,6 +537,12 @@ class FlatSource:
             Image(image, yx0=yx0, unit=self._unit), mask=mask,
             variance=Image(np.asarray(variance, dtype=np.float32), yx0=yx0), metadata=metadata,
         )
+
+
+def ascii_path(path: Path) -> str:
+    """``path`` in ASCII, as FITS headers need: other characters percent-encoded, as in a file URI
+    (``flats ö`` gives ``flats %C3%B6``)."""
+    return urllib.parse.quote(str(path), safe="/\\:~ ")
 
 
 type _Pixels = tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]
@@ -592,7 +569,7 @@ def _read_afw(path: Path, planes: _Planes, where: str) -> _Pixels:
 
 def _scan_hdu(
     path: Path, hdus: astropy.io.fits.HDUList, planes: _Planes, camera: _Camera,
-    physical_filters: Collection[str], keywords: HeaderKeywords,
+    physical_filters: Collection[str], keywords: HeaderKeywords, refuse_empty: bool,
 ) -> FlatSource:
     """Check one detector's image and header; raise `FlatIngestError` with every problem found."""
     where = _where(path, hdus, planes.image)
@@ -605,28 +582,59 @@ def _scan_hdu(
     fields.read("unit", _unit, header, keywords)
     if planes.variance is None and fields.have("unit"):
         fields.read("noise", _noise, header, keywords, fields.values["unit"])
+    fields.read("emptiness", _emptiness, hdus[planes.image])
+    if (emptiness := fields.values.get("emptiness")) is not None:
+        if refuse_empty:
+            fields.problems.append(f"{emptiness} (refused: images without a flat level are not ingested)")
+        else:
+            _LOG.warning("%s: %s; it is ingested, and the normalization will exclude it.", where, emptiness)
     if fields.problems:
         raise FlatIngestError([f"{where}: {problem}" for problem in fields.problems])
     values = fields.values
     return FlatSource(path, where, _exposure_info(values, keywords), values["detector"], planes,
-                      values["unit"], values.get("noise"))
+                      values["unit"], values.get("noise"), emptiness)
+
+
+def _emptiness(hdu: Any) -> str | None:
+    """Read the image's pixels: what makes it useless as a flat (no finite pixel, no positive one),
+    or `None`; raise `_HeaderProblem` if they cannot be read (a truncated file)."""
+    try:
+        pixels = np.asarray(hdu.data)
+    except (TypeError, ValueError, OSError, EOFError) as error:
+        raise _HeaderProblem(f"the pixels cannot be read (is the file truncated?): {error}") from None
+    finite = pixels[np.isfinite(pixels)]
+    if finite.size == 0:
+        return "the image has no finite pixel"
+    if not (finite > 0).any():
+        return "the image has no positive pixel"
+    return None
 
 
 def _scan_file(
-    path: Path, camera: _Camera, physical_filters: Collection[str], keywords: HeaderKeywords
+    path: Path, camera: _Camera, physical_filters: Collection[str], keywords: HeaderKeywords,
+    refuse_empty: bool,
 ) -> tuple[list[FlatSource], list[str]]:
-    try:
-        hdus = astropy.io.fits.open(path)
-    except OSError as error:
-        return [], [f"{path}: not a readable FITS file ({error})"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AstropyUserWarning)
+        try:
+            hdus = astropy.io.fits.open(path)
+            hdus.readall()  # every header, so that a file cut short says so here
+        except OSError as error:
+            return [], [f"{path}: not a readable FITS file ({error})"]
     with hdus:
         groups, problems = _group_planes(path, hdus)
+        problems += [f"{path}: {warning.message} (after HDU {len(hdus) - 1}): nothing of it is ingested"
+                     for warning in caught if _TRUNCATED in str(warning.message)]
         sources = []
         for planes in groups:
             try:
-                sources.append(_scan_hdu(path, hdus, planes, camera, physical_filters, keywords))
+                sources.append(_scan_hdu(path, hdus, planes, camera, physical_filters, keywords,
+                                         refuse_empty))
             except FlatIngestError as error:
                 problems.extend(error.problems)
+    for warning in caught:
+        if _TRUNCATED not in str(warning.message):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return sources, problems
 
 
@@ -674,8 +682,12 @@ def scan_flats(
     camera: Any,
     physical_filters: Collection[str],
     keywords: HeaderKeywords = HeaderKeywords(),
+    *,
+    refuse_empty: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> list[FlatSource]:
-    """Find every detector's flat in the files and check it, reading headers only.
+    """Find every detector's flat in the files and check it: headers, and whether the pixels can be
+    read and give a flat level.
 
     Parameters
     ----------
@@ -687,6 +699,11 @@ def scan_flats(
         The instrument's registered physical filters.
     keywords : `HeaderKeywords`, optional
         Where the headers give each value.
+    refuse_empty : `bool`, optional
+        Refuse an image with no finite or no positive pixel (by default it is ingested with a
+        warning, and its `FlatSource.emptiness` says why it is empty).
+    progress : `~collections.abc.Callable` [[`int`], `None`], optional
+        Called with the number of files checked so far after each file.
 
     Returns
     -------
@@ -696,19 +713,22 @@ def scan_flats(
     Raises
     ------
     FlatIngestError
-        Raised with every problem found: an unreadable file or one without an image; a missing
-        keyword or unusable value; a detector the camera does not have; an image whose shape is not
-        its detector's, or whose mask or variance plane does not match it; a physical filter the
-        instrument does not have; no variance plane and no gain; an (exposure, detector) in two
-        places; one exposure described differently by two images.
+        Raised with every problem found: an unreadable or truncated file or one without an image; a
+        missing keyword or unusable value; a detector the camera does not have; an image whose
+        shape is not its detector's, or whose mask or variance plane does not match it; a physical
+        filter the instrument does not have; no variance plane and no gain; an empty image with
+        ``refuse_empty``; an (exposure, detector) in two places; one exposure described differently
+        by two images.
     """
     camera_index = _Camera(camera)
     sources: list[FlatSource] = []
     problems: list[str] = []
-    for path in paths:
-        found, file_problems = _scan_file(Path(path), camera_index, physical_filters, keywords)
+    for checked, path in enumerate(paths, start=1):
+        found, file_problems = _scan_file(Path(path), camera_index, physical_filters, keywords, refuse_empty)
         sources.extend(found)
         problems.extend(file_problems)
+        if progress is not None:
+            progress(checked)
     problems.extend(_check_inputs(sources))
     if not sources and not problems:
         problems.append("no files to ingest")

@@ -22,6 +22,7 @@ from __future__ import annotations
 __all__ = ["INGEST_DATASET_TYPE", "IngestResult", "default_run", "ingest_flats"]
 
 import dataclasses
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -31,9 +32,13 @@ from lsst.daf.butler import (
 )
 from lsst.pipe.base import Instrument
 
+from .butler_setup import no_new_empty_directories
 from .exposure_records import ExposureInfo, insert_exposure_records
 from .flat_connections import post_isr_flat_input
 from .flat_fits import FlatIngestError, FlatSource, HeaderKeywords, exposure_differences, scan_flats
+from .progress import Progress
+
+_LOG = logging.getLogger(__name__)
 
 _POST_ISR_FLATS = post_isr_flat_input("Post-ISR flats, as ingested.")
 INGEST_DATASET_TYPE = _POST_ISR_FLATS.name
@@ -68,6 +73,7 @@ def ingest_flats(
     *,
     keywords: HeaderKeywords = HeaderKeywords(),
     run: str | None = None,
+    refuse_empty: bool = False,
 ) -> IngestResult:
     """Ingest post-ISR flat FITS files as ``cpFlatIsrExp`` datasets, with their exposure records.
 
@@ -84,6 +90,8 @@ def ingest_flats(
         Where the headers give each value, and the defaults.
     run : `str`, optional
         RUN collection of the images; `default_run` if `None`.
+    refuse_empty : `bool`, optional
+        Refuse images with no finite or no positive pixel instead of ingesting them with a warning.
 
     Returns
     -------
@@ -94,13 +102,16 @@ def ingest_flats(
     lsst.cp.flatnorm.flat_fits.FlatIngestError
         Raised, with nothing written, if the instrument or its camera is not in the repository, or
         with every problem of the files and of the repository (see `scan_flats`; also an
-        (exposure, detector) already ingested, in any collection, or an exposure whose record in the
-        repository disagrees with the headers).
+        (exposure, detector) already ingested, in any collection, an exposure ID above the
+        instrument's ``exposure_max``, or an exposure whose record in the repository disagrees with
+        the headers).
     """
     instrument, camera = _instrument_and_camera(butler, instrument_name)
     filters = {record.name for record in butler.query_dimension_records(
         "physical_filter", instrument=instrument_name, explain=False)}
-    sources = scan_flats(paths, camera, filters, keywords)
+    paths = list(paths)
+    sources = scan_flats(paths, camera, filters, keywords, refuse_empty=refuse_empty,
+                         progress=Progress(len(paths), "files checked", _LOG))
     run = run if run is not None else default_run(instrument)
     new_exposures = _check_repository(butler, instrument_name, run, sources)
     dataset_type = DatasetType(INGEST_DATASET_TYPE, _POST_ISR_FLATS.dimensions, _POST_ISR_FLATS.storageClass,
@@ -108,7 +119,8 @@ def ingest_flats(
     # A dataset type may create tables, which cannot happen inside a transaction.
     registered = butler.registry.registerDatasetType(dataset_type)
     try:
-        umbrella = _write(butler, instrument, run, dataset_type, sources, new_exposures)
+        with no_new_empty_directories(butler):
+            umbrella = _write(butler, instrument, run, dataset_type, sources, new_exposures)
     except BaseException:
         if registered:  # the rolled-back transaction left it without datasets
             butler.registry.removeDatasetType(INGEST_DATASET_TYPE)
@@ -123,12 +135,14 @@ def _write(
     """Insert the records, put the images and lead the umbrella collection with ``run``, in one
     transaction; return the umbrella collection's name."""
     name = instrument.getName()
+    progress = Progress(len(sources), "images written", _LOG)
     with butler.transaction():
         insert_exposure_records(butler, name, new_exposures)
         butler.collections.register(run)
-        for source in sources:
+        for written, source in enumerate(sources, start=1):
             butler.put(source.read(), dataset_type, instrument=name, exposure=source.exposure.id,
                        detector=source.detector_id, run=run)
+            progress(written)
         return _lead_umbrella(butler, instrument, run)
 
 
@@ -154,7 +168,7 @@ def _check_repository(
     exposures = {source.exposure.id: source.exposure for source in sources}
     existing = _existing_exposures(butler, instrument, exposures)
     ingested = _ingested_runs(butler, instrument, exposures)
-    problems = _run_problems(butler, run)
+    problems = _run_problems(butler, run) + _exposure_id_problems(butler, instrument, sources)
     for source in sources:
         entry = (source.exposure.id, source.detector_id)
         if entry in ingested:
@@ -167,6 +181,14 @@ def _check_repository(
     if problems:
         raise FlatIngestError(problems)
     return [exposure for exposure_id, exposure in exposures.items() if exposure_id not in existing]
+
+
+def _exposure_id_problems(butler: Butler, instrument: str, sources: Sequence[FlatSource]) -> list[str]:
+    """An exposure ID above the largest the instrument's record allows (``exposure_max``)."""
+    (record,) = butler.query_dimension_records("instrument", instrument=instrument, explain=False)
+    return [f"{source.where}: exposure ID {source.exposure.id} is above the largest that instrument "
+            f"{instrument} allows (exposure_max = {record.exposure_max})"
+            for source in sources if source.exposure.id > record.exposure_max]
 
 
 def _run_problems(butler: Butler, run: str) -> list[str]:

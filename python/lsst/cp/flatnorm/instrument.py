@@ -412,7 +412,11 @@ class FlatInstrument(Instrument):
         """
         # A dataset type's tables cannot be created inside a transaction: register it first, and
         # remove it again if nothing else goes in.
-        new_type = butler.registry.registerDatasetType(self._camera_dataset_type(butler))
+        try:
+            dataset_type = self._camera_dataset_type(butler)
+            new_type = butler.registry.registerDatasetType(dataset_type)
+        except KeyError:  # a repository not made with the seed config, in a process that never saw one
+            raise _unknown_storage_class() from None
         try:
             with butler.transaction():
                 self.register(butler.registry, update=update)
@@ -460,11 +464,7 @@ class FlatInstrument(Instrument):
         except DatasetTypeNotSupportedError:
             # The storage class is known process-wide once any seeded repository was opened, so only
             # the datastore of this repository can tell whether it has the formatter.
-            raise ValueError(
-                f"The repository does not know the {_CAMERA_STORAGE_CLASS} storage class: create it with "
-                "cp-flatnorm register (or lsst.cp.flatnorm.butler_setup.make_repo), or give "
-                f"`butler create` the seed config {SEED_CONFIG_PATH}."
-            ) from None
+            raise _unknown_storage_class() from None
         return True
 
     @staticmethod
@@ -483,6 +483,14 @@ class FlatInstrument(Instrument):
             return None
         return butler.find_dataset(CAMERA_DATASET_TYPE, instrument=self.getName(),
                                    collections=calib_collection, timespan=Timespan(None, None))
+
+
+def _unknown_storage_class() -> ValueError:
+    return ValueError(
+        f"The repository does not know the {_CAMERA_STORAGE_CLASS} storage class: create it with "
+        "cp-flatnorm register (or lsst.cp.flatnorm.butler_setup.make_repo), or give "
+        f"`butler create` the seed config {SEED_CONFIG_PATH}."
+    )
 
 
 @functools.cache

@@ -23,7 +23,9 @@ and that ``lsst.obs.base.yamlCamera.makeCamera`` turns into an afw camera.  Only
   ``pitch`` and ``roll`` (zero for all obs_lsst cameras) are not kept: a warning names the
   detectors that have them.
 
-The file is parsed with `ObsCameraLoader`, which keeps names as text (see there).
+The file is parsed with `ObsCameraLoader`, which keeps names as text and refuses a key written twice
+in one mapping (two detectors or amplifiers of one name; see there).  The detectors' amplifiers
+must tile them (`~lsst.cp.flatnorm.camera_model.DetectorModel`).
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ class ObsCameraLoader(_BaseLoader):  # type: ignore[misc, valid-type]
     }
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)  # resolves "<<" merge keys into plain entries
+        _refuse_duplicate_keys(node)
+        self.flatten_mapping(node)  # resolves "<<" merge keys into plain entries, which own keys override
         mapping: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
@@ -102,6 +105,20 @@ class ObsCameraLoader(_BaseLoader):  # type: ignore[misc, valid-type]
     def construct_decimal_int(self, node: yaml.ScalarNode) -> int:
         # SafeConstructor would read a leading 0 as octal.
         return int(self.construct_scalar(node), 10)
+
+
+def _refuse_duplicate_keys(node: yaml.MappingNode) -> None:
+    """Raise if a key is written twice in one mapping: YAML readers keep the last one, which would
+    silently drop a detector or an amplifier given the same name twice."""
+    first: dict[str, yaml.Node] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        if (earlier := first.setdefault(key_node.value, key_node)) is not key_node:
+            raise yaml.constructor.ConstructorError(
+                "in a mapping", node.start_mark,
+                f"the key {key_node.value!r} appears twice (first on line {earlier.start_mark.line + 1}); "
+                "names of detectors and amplifiers, and keys, must be unique", key_node.start_mark)
 
 
 def _is_number(node: yaml.Node) -> bool:
