@@ -63,7 +63,7 @@ SCALES_FILTERS = {
     "sc_bad_scale": "exposure scales that are NaN, negative, zero or missing",
 }
 FILTERS = {**STATISTICS_FILTERS, **IMAGE_FILTERS, **SCALES_FILTERS}
-FAILING = {"img_dark", "img_shape", "st_missing_key", "st_text", "st_extra_amp", "st_unknown_amp",
+FAILING = {"img_shape", "st_missing_key", "st_text", "st_extra_amp", "st_unknown_amp",
            "st_twice_amp", "st_disconnected", "st_no_match", "sc_no_expscale"}
 """Filters that get no scales, no scale table and no flat."""
 
@@ -316,9 +316,6 @@ def _expected_errors(rel):
                                          "detector": SCIENCE},
                        ValueError("Detector 0: image shape (ny, nx) = (4, 32) does not match the camera's "
                                   "detector shape (8, 32)."))],
-        "img_dark": [("cpFlatNormalize", normalize["img_dark"], ValueError(
-            f"Exposures [{e('img_dark')[1]}] have no valid flat level (finite, > 0, with pixels) on any amp: "
-            "they cannot be scaled. Remove them from the input collection or fix their statistics."))],
         "st_missing_key": [("cpFlatNormalize", normalize["st_missing_key"], KeyError(
             f"{_statistics_error(rel, 'st_missing_key', 1, WAVEFRONT)} have no 'AMP_N_3' entry."))],
         "st_text": [("cpFlatNormalize", normalize["st_text"], ValueError(
@@ -450,6 +447,20 @@ def test_invalid_statistics_are_logged_and_flagged(rel):
     zero_count = f" with 0 pixels for {{exposure={e[3]}, detector=1, amp=C13}} is invalid; excluded."
     assert any(line.startswith("Flat level ") and line.endswith(zero_count) for line in warnings)
     assert not any("np.float64" in line for line in warnings)
+
+
+def test_a_dark_exposure_is_excluded_flagged_and_not_combined(rel):
+    dark = rel.exposures("img_dark")[1]
+    scales = _one(rel, "cpFlatNormalizeScales", "img_dark")
+    assert scales["exposureFlags"] == {dark: "NO_VALID_ENTRY"}
+    assert all(dark not in per_amp for per_det in scales["expScale"].values() for per_amp in per_det.values())
+    assert (f"Exposure {dark} has no valid flat level (finite, > 0, with pixels) on any amp: it is excluded "
+            "from the normalization, flagged NO_VALID_ENTRY in exposureFlags, and the combine skips it."
+            in _messages(rel, "cpFlatNormalize", "img_dark"))
+    for detector in (SCIENCE, WAVEFRONT):
+        flat = _one(rel, "flat", "img_dark", detector=detector)
+        assert flat.metadata["CP_COMBINE_SKIPPED_EXPOSURES"] == str(dark)
+        assert flat.metadata["CP_COMBINE_N_INPUTS"] == 3
 
 
 def test_unusable_exposure_scales_are_logged_and_skipped(rel):

@@ -23,6 +23,7 @@ from pathlib import Path
 import astropy.time
 import numpy as np
 import pytest
+import yaml
 
 import lsst.utils.tests
 from check_methods import run_check_methods
@@ -56,7 +57,7 @@ class TutorialTestCase(lsst.utils.tests.TestCase):
     def setUpClass(cls):
         cls.work = Path(tempfile.mkdtemp())
         cls.blocks = page_blocks(PAGE.read_text())
-        cls.outputs = []
+        cls.outputs, cls.errors = [], []
         env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
         for language, caption, code in cls.blocks:
             if caption is not None:
@@ -67,6 +68,7 @@ class TutorialTestCase(lsst.utils.tests.TestCase):
                 if process.returncode != 0:
                     raise RuntimeError(f"Tutorial step failed:\n{code}\n{process.stdout}\n{process.stderr}")
                 cls.outputs.append(process.stdout)
+                cls.errors.append(process.stderr)
         cls.truth = json.loads((cls.work / "truth.json").read_text())
         cls.butler = Butler.from_config(str(cls.work / "repo"))
 
@@ -80,6 +82,27 @@ class TutorialTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(commands, ["cp-flatnorm", "cp-flatnorm", "python", "pipetask", "butler", "python"])
         self.assertEqual([caption for _, caption, _ in self.blocks if caption],
                          ["camera.yaml", "MyCam.yaml", "make_flats.py", "check_flat.py"])
+
+    def check_flat_script_prints_no_warning(self):
+        commands = [code for language, caption, code in self.blocks if language == "bash" and caption is None]
+        (errors,) = [error for code, error in zip(commands, self.errors) if "python make_flats.py" in code]
+        self.assertNotIn("Warning", errors)
+
+    def check_camera_file_has_every_key_obs_base_reads(self):
+        """The keys lsst.obs.base.yamlCamera.makeCamera reads without a default (obs_base, 2026)."""
+        camera = yaml.safe_load((self.work / "camera.yaml").read_text())
+        self.assertLessEqual({"name", "plateScale", "transforms", "CCDs"}, set(camera))
+        self.assertEqual(camera["transforms"]["nativeSys"], "FocalPlane")
+        for ccd in camera["CCDs"].values():
+            self.assertLessEqual({"id", "serial", "detectorType", "bbox", "pixelSize", "transformDict",
+                                  "refpos", "offset", "transposeDetector", "pitch", "yaw", "roll",
+                                  "amplifiers"}, set(ccd))
+            for amp in ccd["amplifiers"].values():
+                self.assertLessEqual({"hdu", "ixy", "perAmpData", "rawBBox", "rawDataBBox",
+                                      "rawSerialOverscanBBox", "rawParallelOverscanBBox",
+                                      "rawSerialPrescanBBox", "readCorner", "gain", "readNoise", "saturation",
+                                      "flipXY", "linearityCoeffs", "linearityType", "linearityThreshold",
+                                      "linearityMax"}, set(amp))
 
     def check_exposure_scales_follow_the_lamp(self):
         scales = self.butler.get(SCALES_DATASET, instrument="MyCam", physical_filter="my_r",

@@ -71,14 +71,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+class _StandardErrorHandler(logging.StreamHandler):
+    """Log lines to whatever ``sys.stderr`` is when they are written (a caller may replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter(f"{_PROG}: %(levelname)s: %(message)s"))
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def _show_progress_and_warnings() -> None:
     """Send the package's INFO log lines (progress) and warnings to standard error, once."""
     log = logging.getLogger("lsst.cp.flatnorm")
-    if not any(getattr(handler, "_cp_flatnorm_cli", False) for handler in log.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(f"{_PROG}: %(levelname)s: %(message)s"))
-        handler._cp_flatnorm_cli = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
+    if not any(isinstance(handler, _StandardErrorHandler) for handler in log.handlers):
+        log.addHandler(_StandardErrorHandler())
     log.setLevel(logging.INFO)
 
 

@@ -88,7 +88,9 @@ from .flat_mask import ingested_mask, legacy_planes
 from .header_keywords import HeaderKeywords
 
 _LOG = logging.getLogger(__name__)
-_TRUNCATED = "truncated"  # astropy's warning of a file that ends inside an HDU's header or data
+_CUT_SHORT = ("File may have been truncated", "extra bytes after the last HDU")
+"""What astropy's warnings say of a file that ends inside an HDU's data, or inside a header (which it
+takes for bytes after the last HDU)."""
 
 _SEQ_NUM_RANGE = 100_000  # exposure ID = day_obs * 100000 + seq_num, as the simulator's
 _SAME_START_SECONDS = 1e-3  # start times closer than this are the same (MJDs are rounded floats)
@@ -623,8 +625,10 @@ def _scan_file(
             return [], [f"{path}: not a readable FITS file ({error})"]
     with hdus:
         groups, problems = _group_planes(path, hdus)
-        problems += [f"{path}: {warning.message} (after HDU {len(hdus) - 1}): nothing of it is ingested"
-                     for warning in caught if _TRUNCATED in str(warning.message)]
+        if cut_short := [warning for warning in caught if _is_cut_short(warning)]:
+            said = str(cut_short[0].message).splitlines()[0]
+            problems.append(f"{path}: the file ends inside an HDU after HDU {len(hdus) - 1} (truncated or "
+                            f"corrupted; astropy: {said}); nothing of it is ingested")
         sources = []
         for planes in groups:
             try:
@@ -633,9 +637,14 @@ def _scan_file(
             except FlatIngestError as error:
                 problems.extend(error.problems)
     for warning in caught:
-        if _TRUNCATED not in str(warning.message):
+        if not _is_cut_short(warning):
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return sources, problems
+
+
+def _is_cut_short(warning: warnings.WarningMessage) -> bool:
+    """Whether astropy warned of a file that ends inside an HDU's data or header."""
+    return any(sign in str(warning.message) for sign in _CUT_SHORT)
 
 
 _COMPARED_FIELDS = ("obs_id", "seq_num", "day_obs", "physical_filter", "begin", "exposure_time",

@@ -27,6 +27,7 @@ __all__ = [
     "pack_statistics",
 ]
 
+import contextlib
 import functools
 import numbers
 import re
@@ -35,12 +36,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pydantic
 
 from lsst.pipe.base import TaskMetadata
 
 LEVELS = ("DETECTOR", "AMP")
 _AMP_KEY = re.compile(r"^AMP_(?:NAME|MEDIAN|SIGMA|N)_(\d+)$")
 _MAX_KEYS_SHOWN = 5
+_FLOAT_AS_STORED = pydantic.TypeAdapter(float)
+"""How the butler's TaskMetadata reads a scalar from JSON (text that reads as a number becomes one)."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,8 @@ def gather_statistics(
         Raised if the inputs are inconsistent: different lengths, the same (exposure, detector)
         twice, an amplifier name the camera's detector does not have (or has twice), or (AMP level)
         amplifier keys numbered beyond the camera's amplifiers of the detector; or if a level or
-        count read is not a number (text, or a boolean, which is never read as 1 or 0).  Each
+        count read is not a number (text that does not read as one, or a boolean, which is never
+        read as 1 or 0).  Each
         message names the data ID and the key.  At DETECTOR level the amplifier keys are not read.
     """
     if level not in LEVELS:
@@ -295,13 +300,18 @@ def _require(md: Any, key: str, dims: Mapping[str, Any]) -> Any:
 def _number(md: Any, key: str, dims: Mapping[str, Any]) -> float:
     """Return a statistic as a `float`; refuse (naming key and data ID) anything but a real number.
 
-    A boolean is refused rather than read as 1 or 0, and text rather than parsed: neither is what the
-    measurement writes, so either means the dataset is not flat statistics.
+    A boolean is refused rather than read as 1 or 0: the measurement never writes one, so it means the
+    dataset is not flat statistics.  Text is read as the butler reads a `TaskMetadata` from its JSON
+    (pydantic's float: ``'1043.3'`` is 1043.3, ``'abc'`` is refused), so that ``run`` and
+    ``pipetask`` take the same datasets.
     """
     value = _require(md, key, dims)
     if isinstance(value, bool | np.bool_):
         raise ValueError(f"Flat statistics for {_describe(dims)} have {key!r} = {bool(value)}, a boolean, "
                          "not a number.")
+    if isinstance(value, str):
+        with contextlib.suppress(pydantic.ValidationError):
+            return _FLOAT_AS_STORED.validate_python(value)
     if not isinstance(value, numbers.Real):
         raise ValueError(f"Flat statistics for {_describe(dims)} have {key!r} = {value!r}, which is not a "
                          "number.")
