@@ -158,13 +158,15 @@ def _add_register(subparsers: Any) -> None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
+    from .butler_setup import no_new_empty_directories
     from .instrument import FlatInstrument
 
     instrument = FlatInstrument.from_config(args.instrument_config)
     camera = instrument.getCamera()  # its problems before anything is created
     with _removed_if_failed(args.repo):
         butler, created = _open_or_create(args.repo)
-        camera_changed = instrument.register_with_camera(butler, update=args.update)
+        with no_new_empty_directories(butler):
+            camera_changed = instrument.register_with_camera(butler, update=args.update)
     print(f"{'Created' if created else 'Opened'} repository {args.repo}; registered {instrument.getName()} "
           f"({_count(len(camera), 'detector')}, filters {', '.join(instrument.config.filters)}); camera "
           f"{'certified' if camera_changed else 'already certified, unchanged'} in "

@@ -10,8 +10,10 @@ with every problem.  Then one butler transaction inserts the new exposures' reco
 images into a RUN collection and puts that run first in the instrument's umbrella collection
 (``<instrument>/defaults``, with its calibration collection), so that
 ``pipetask run -i <instrument>/defaults`` finds the flats and the camera.  If anything fails in
-the transaction, the registry and the datastore are rolled back, and a ``cpFlatIsrExp`` dataset type
-that the call registered is removed again: the repository is left as it was.
+the transaction, the registry and the datastore are rolled back, a ``cpFlatIsrExp`` dataset type
+that the call registered is removed again, and so are the directories the datastore made: the
+repository is left as it was.  Both phases report their progress on long file lists
+(`lsst.cp.flatnorm.progress`).
 
 An exposure whose record exists already (its other detectors were ingested before) keeps it, if the
 headers agree with it.  Ingesting an (exposure, detector) twice is refused.
