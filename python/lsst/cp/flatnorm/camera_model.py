@@ -22,6 +22,7 @@ __all__ = ["PixelBox", "AmplifierModel", "DetectorModel", "CameraModel", "Detect
            "summarize_validation_error"]
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -247,9 +248,9 @@ class CameraModel(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _check_unique(self) -> CameraModel:
-        for what, values in (("IDs", [det.id for det in self.detectors]),
-                             ("names", [det.name for det in self.detectors])):
-            if repeated := sorted({str(v) for v in values if values.count(v) > 1}):
+        for what, counts in (("IDs", Counter(str(det.id) for det in self.detectors)),
+                             ("names", Counter(det.name for det in self.detectors))):
+            if repeated := sorted(value for value, count in counts.items() if count > 1):
                 raise ValueError(f"Camera {self.name}: detector IDs and names must be unique; repeated "
                                  f"{what}: {', '.join(repeated)}.")
         return self
