@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lsst.daf.butler import Butler
 
-    from .header_keywords import HeaderKeywords
     from .flat_ingest import IngestResult
+    from .header_keywords import HeaderKeywords
 
 _PROG = "cp-flatnorm"
 
@@ -176,15 +176,16 @@ def _run_register(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _removed_if_failed(directory: str) -> Iterator[None]:
-    """Remove, if the block raises, what it created in ``directory``: the directory itself if it did
-    not exist, else the entries it did not have (a repository that could not be registered)."""
+    """Remove, if the block raises, the repository it created in ``directory``: the directory itself
+    if it did not exist, else the entries it did not have.  An existing repository is left to the
+    butler's rollback (its database may still be open)."""
     before = set(os.listdir(directory)) if os.path.isdir(directory) else None
     try:
         yield
     except BaseException:
         if before is None:
             shutil.rmtree(directory, ignore_errors=True)
-        else:
+        elif "butler.yaml" not in before:
             for entry in set(os.listdir(directory)) - before:
                 path = os.path.join(directory, entry)
                 if os.path.isdir(path):
