@@ -34,7 +34,8 @@ def repo(tmp_path):
 
 
 def repository_state(root, butler):
-    """Everything an ingest could change: records, collections, datasets and the datastore's files."""
+    """Everything an ingest could change: records, collections, datasets and the datastore's files and
+    directories."""
     try:
         refs = butler.query_datasets(INGEST_DATASET_TYPE, collections="*", find_first=False, explain=False)
     except MissingDatasetTypeError:
@@ -46,6 +47,7 @@ def repository_state(root, butler):
         "datasets": refs,
         "files": sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
                         if not f.startswith("gen3.sqlite3")),
+        "directories": sorted(d for d, _, _ in os.walk(root)),
     }
 
 

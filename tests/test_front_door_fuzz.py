@@ -142,7 +142,7 @@ def flats(draw):
     return changes, culprits or repository_culprits, names, fill, truncate
 
 
-@settings(BOUNDED, max_examples=6)  # each example ingests: a second or so
+@settings(BOUNDED, max_examples=4)  # each example ingests: a second or so
 @given(flat=flats())
 def test_ingest(repo, capsys, flat):
     changes, culprits, names, fill, truncate = flat
