@@ -1,7 +1,7 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Every bad-input kind of the reliability page (doc/lsst.cp.flatnorm/reliability.rst) through ``pipetask run``
+"""Every bad-input kind of the reliability page (doc/lsst.cp.flatnorm/reliability.rst) through pipetask.
 
 One small on-disk repository holds one physical filter per kind (or per group of kinds that do not
 stop the chain), so that a few ``pipetask run`` calls cover them all: the images' kinds through the
