@@ -28,7 +28,7 @@ what the variance planes predict.  afw's first width, from the interquartile ran
 scatters by about 25% with 20 inputs; when it comes out low the first pass drops good inputs and
 the narrower widths of the kept sets do not recover them within three passes: with 20 inputs it
 kept 19.75 of 19.98 valid inputs per pixel, against 19.96 for astropy's ``sigma_clip``, and the
-flat's pixel scatter came out 3.6% above the Poisson expectation (issue 16; bench/README.md has the
+flat's pixel scatter came out 3.6% above the Poisson expectation (bench/README.md has the
 comparison on the benchmark's flats).  The floor
 keeps the robustness of the interquartile range to cosmic rays, which a width from the standard
 deviation of all inputs lacks with few inputs (one outlier among ``n`` is never more than

@@ -175,7 +175,7 @@ def print_colour_section(repo: SimRepo, section: ColourSection) -> None:
         print(f"   {label:{width}}   {zero:>18}   {one:>18}")
     table = section.tables[1]
     print(f"   detector {COLOUR_DETECTOR}'s flat error vs truth: {section.improvement:.0f}x smaller with "
-          f"colourTerms=1 (the issue asks >= 10x)")
+          f"colourTerms=1 (goal: >= 10x)")
     print(f"   rejected entries = the simulator's corrupted ones (truth), both runs: "
           f"{'yes' if section.flagged_ok else 'NO'}; colour fit converged: {table.meta['COLOUR_CONVERGED']} "
           f"in {table.meta['COLOUR_SWEEPS']} sweep(s)")
