@@ -3,7 +3,7 @@
 
 """The focal-plane gradient model of a flat: a typed, versioned product stored through the butler.
 
-The model describes the large-scale illumination of a whole focal plane (x, y in millimetres) as
+The model describes the large-scale illumination of a whole focal plane (x, y in millimetres) as::
 
     model(x, y) = S(|(x, y) - (c + d)|) / P(x, y) * (f if the detector is of the ITL family else 1)
     P(x, y) = 1 + g_x (x - c_x) + g_y (y - c_y)
