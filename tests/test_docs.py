@@ -20,6 +20,8 @@ import tempfile
 import unittest
 from pathlib import Path
 
+from docutils import nodes
+
 import lsst.utils.tests
 
 DOC = Path(__file__).parents[1] / "doc"
@@ -74,7 +76,7 @@ class DocsBuildTestCase(lsst.utils.tests.TestCase):
         """The text and target IDs of a built page's doctree."""
         with open(self.doctrees / f"{page}.doctree", "rb") as stream:
             document = pickle.load(stream)
-        ids = " ".join(f"id={node_id}" for node in document.findall() for node_id in node.get("ids", ()))
+        ids = " ".join(f"id={node_id}" for node in document.findall(nodes.Element) for node_id in node["ids"])
         return document.astext() + "\n" + ids
 
     def test_builds_without_warnings(self) -> None:
