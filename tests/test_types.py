@@ -12,8 +12,6 @@ import sys
 import unittest
 from pathlib import Path
 
-import lsst.utils.tests
-
 ROOT = Path(__file__).parents[1]
 
 
@@ -27,14 +25,5 @@ class TypesTestCase(unittest.TestCase):
         self.assertIn("Success: no issues found", process.stdout)
 
 
-class MemoryTester(lsst.utils.tests.MemoryTestCase):
-    pass
-
-
-def setup_module(module: object) -> None:
-    lsst.utils.tests.init()
-
-
 if __name__ == "__main__":
-    lsst.utils.tests.init()
     unittest.main()
