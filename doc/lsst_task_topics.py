@@ -68,19 +68,23 @@ class TaskConfigFieldsDirective(Directive):
         items = nodes.definition_list()
         for name in sorted(fields):
             field = fields[name]
-            dtype = getattr(field, "dtype", None)
-            kind = type(field).__name__ + (f" of {dtype.__name__}" if isinstance(dtype, type) else "")
-            term = nodes.term("", "", nodes.literal(text=name), nodes.Text(f" ({kind}, default "),
-                              nodes.literal(text=repr(_default(field))), nodes.Text(")"))
+            term = nodes.term("", "", nodes.literal(text=name), nodes.Text(f" ({_kind(field)}, default "),
+                              nodes.literal(text=_default(field)), nodes.Text(")"))
             definition = nodes.definition("", nodes.paragraph(text=" ".join(str(field.doc).split())))
             items += nodes.definition_list_item("", term, definition)
         return [items]
 
 
-def _default(field: object) -> object:
-    """The field's default; a sub-config's is its class, shown by name."""
+def _kind(field: object) -> str:
+    """The field's class and the type of its values (of its items, for a list field)."""
+    value_type = getattr(field, "itemtype", None) or getattr(field, "dtype", None)
+    return type(field).__name__ + (f" of {value_type.__name__}" if isinstance(value_type, type) else "")
+
+
+def _default(field: object) -> str:
+    """The field's default as Python would write it; a sub-config's is its class, shown by name."""
     default = getattr(field, "default", None)
-    return getattr(default, "__name__", default)
+    return default.__name__ if isinstance(default, type) else repr(default)
 
 
 def setup(app: Sphinx) -> dict[str, bool]:
