@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint demo bench bench-quick clean
+.PHONY: venv test lint docs demo bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,11 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
+
+# The site goes to doc/_build/html (git ignores it); warnings are errors, as in tests/test_docs.py.
+docs: $(STAMP)
+	$(PY) -m sphinx -b html -W --keep-going -q doc doc/_build/html
+	@echo "The documentation is in doc/_build/html/index.html"
 
 demo: $(STAMP)
 	$(PY) -m lsst.cp.flatnorm.sim.demo --output $(DEMO_DIR)
@@ -37,4 +42,4 @@ bench-quick: $(STAMP)
 	$(PY) -m bench.run_all --quick
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) bench/output
+	rm -rf $(VENV) $(DEMO_DIR) bench/output doc/_build doc/py-api doc/lsst.cp.flatnorm/api.rst

@@ -30,7 +30,7 @@ each method's flat against the truth:
   expectation);
 - the pixels with a cosmic ray in a valid input whose pull is beyond 5.
 
-A second, smaller crop with 20 inputs (the number in the issue's quality figures) repeats the
+A second, smaller crop with 20 inputs (the number of the package's quality goals) repeats the
 quality comparison.
 """
 

@@ -283,7 +283,7 @@ class ExistingRepositoryTestCase(lsst.utils.tests.TestCase):
             expected = [amp.getName() for amp in make_sim_camera(n_side=1, amp_width=4, amp_height=4,
                                                                  n_wavefront=0)[0]]
             self.assertEqual(result["amplifiers"], expected)
-            # The README's one-line migration lets this process, which knows the new definition, open it.
+            # The install page's migration lets this process, which knows the new definition, open it.
             config = repo / "butler.yaml"
             config.write_text(config.read_text().replace(OLD_CAMERA_TYPE, get_full_type_name(CameraModel)))
             camera = Butler.from_config(str(repo), collections="old").get("camera", instrument="SimFlatCam")

@@ -10,6 +10,7 @@ import numpy as np
 import lsst.utils.tests
 from lsst.cp.flatnorm.flat_statistics import (
     DETECTOR_KEYS,
+    AmpKeys,
     RegionKeys,
     amp_keys,
     gather_statistics,
@@ -26,8 +27,8 @@ class KeysTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(DETECTOR_KEYS, RegionKeys(median="DETECTOR_MEDIAN", sigma="DETECTOR_SIGMA",
                                                    n="DETECTOR_N"))
         self.assertIsNone(DETECTOR_KEYS.name)
-        self.assertEqual(amp_keys(12), RegionKeys(median="AMP_MEDIAN_12", sigma="AMP_SIGMA_12",
-                                                  n="AMP_N_12", name="AMP_NAME_12"))
+        self.assertEqual(amp_keys(12), AmpKeys(median="AMP_MEDIAN_12", sigma="AMP_SIGMA_12",
+                                               n="AMP_N_12", name="AMP_NAME_12"))
 
     def test_pack_writes_every_key_as_a_plain_value(self):
         md = pack_statistics(median=np.float64(1000.5), sigma=np.float32(3.25), n=np.int64(4000),

@@ -1,7 +1,7 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Every bad-input kind of the README's "Reliability: bad input" section through ``pipetask run``.
+"""Every bad-input kind of the reliability page (doc/lsst.cp.flatnorm/reliability.rst) through pipetask.
 
 One small on-disk repository holds one physical filter per kind (or per group of kinds that do not
 stop the chain), so that a few ``pipetask run`` calls cover them all: the images' kinds through the
@@ -476,7 +476,7 @@ def test_unusable_exposure_scales_are_logged_and_skipped(rel):
 
 
 def test_a_boolean_statistic_cannot_reach_a_pipetask_run(rel):
-    """The README's note: a TaskMetadata dataset stores True as 1.0 (pipe_base reads JSON true as a
+    """The reliability page's note: a TaskMetadata dataset stores True as 1.0 (pipe_base reads JSON true as a
     float), so through the butler a boolean arrives as a number; run() refuses it where it arrives
     as one (tests/test_flat_statistics.py)."""
     exposure = rel.exposures("st_flagged")[0]

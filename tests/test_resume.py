@@ -1,7 +1,7 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Resuming an interrupted ``pipetask run`` of the flat chain, as the README's "Resuming" section says.
+"""Resuming an interrupted ``pipetask run`` of the flat chain, as the reliability page says.
 
 Runs killed by SIGTERM (a test hook, `flat_repo.KILL_HOOK`) just before the normalization's first
 write and between its two writes (the scales and the scale table, written in no fixed order) are

@@ -99,7 +99,7 @@ def patch_zipfile_seek() -> bool:
     return True
 
 
-def _console_script(name: str) -> Callable[[], Any]:
+def _console_script(name: str) -> Callable[[], int | str | None]:
     """Load the entry point of the console script ``name`` installed in this environment."""
     matches = entry_points(group="console_scripts", name=name)
     if not matches:
@@ -107,7 +107,7 @@ def _console_script(name: str) -> Callable[[], Any]:
     return next(iter(matches)).load()
 
 
-def main(argv: Sequence[str] | None = None) -> Any:
+def main(argv: Sequence[str] | None = None) -> int | str | None:
     """Fix the zipfile bug if needed, then run a console script in this process.
 
     Parameters
@@ -118,8 +118,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
 
     Returns
     -------
-    result : `object`
-        What the console script returns (click scripts exit instead).
+    result : `int`, `str` or `None`
+        What the console script returns, an exit status (click scripts exit instead).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:

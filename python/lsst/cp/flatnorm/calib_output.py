@@ -184,7 +184,7 @@ def empty_flat(schema: MaskSchema, box: Box, planes: Sequence[str]) -> MaskedIma
     lacks (appended, so the inputs' planes keep their bits)."""
     missing = [MaskPlane(name, ADDED_PLANES.get(name, name)) for name in dict.fromkeys(planes)
                if name not in schema]
-    schema = MaskSchema(list(schema) + missing, dtype=schema.dtype)
+    schema = MaskSchema([*schema, *missing], dtype=schema.dtype)
     return MaskedImage(Image(np.nan, bbox=box, dtype=np.float32), mask_schema=schema,
                        variance=Image(np.nan, bbox=box, dtype=np.float32))
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 __all__ = ["CAMERA_FILE_SUFFIXES", "check_camera_source", "load_camera"]
 
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import pydantic
 
@@ -95,9 +96,10 @@ def load_camera(source: str) -> CameraModel:
     """
     source = check_camera_source(source)
     if source.startswith(_PYTHON_PREFIX):
-        return _as_camera_model(doImport(source.removeprefix(_PYTHON_PREFIX))(), source)
+        make_camera = cast(Callable[[], Any], doImport(source.removeprefix(_PYTHON_PREFIX)))
+        return _as_camera_model(make_camera(), source)
     if source.startswith(_INSTRUMENT_PREFIX):
-        instrument = doImport(source.removeprefix(_INSTRUMENT_PREFIX))()
+        instrument = cast(Callable[[], Any], doImport(source.removeprefix(_INSTRUMENT_PREFIX)))()
         return _as_camera_model(instrument.getCamera(), source)
     path = Path(source)
     try:

@@ -256,8 +256,9 @@ def _sum_cells(image: np.ndarray, usable: np.ndarray, cells: list[_Cell], sets: 
         if any(core is None for core in cores):
             low, high = math.inf, -math.inf
         else:
-            low = max(core[0] for core in cores) - cell.shift
-            high = min(core[1] for core in cores) - cell.shift
+            # No core is None here (the test above), which mypy cannot see through any().
+            low = max(core[0] for core in cores) - cell.shift  # type: ignore[index]
+            high = min(core[1] for core in cores) - cell.shift  # type: ignore[index]
         y0, y1, x0, x1 = cell.box
         width = x1 - x0
         if width == 0:
@@ -350,7 +351,7 @@ def _core_ends(cells: list[_Cell], target: _Set) -> tuple[float, float] | None:
     have no core pixel."""
     if not any(cell.n for cell in cells):
         return None
-    low, high = target.core
+    low, high = target.core  # type: ignore[misc]  # cells with pixels (above): the target has a core
     # A pixel is in its cell's core when its rounded x - shift lies in [low - shift, high - shift]:
     # allow for that rounding.
     slack = 4 * np.finfo(np.float64).eps * max(abs(low), abs(high), *(abs(c.shift) for c in cells))

@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -215,7 +216,8 @@ def solve_colour_scales(
             outlier_floor=outlier_floor, allow_disconnected=allow_disconnected))
     levels, weights, valid, log_levels = _prepare_levels(levels, weights, max_iterations)
 
-    def fit(weight_used, row_groups, column_groups, n_groups, previous):
+    def fit(weight_used: np.ndarray, row_groups: np.ndarray, column_groups: np.ndarray, n_groups: int,
+            previous: _Fit | None) -> _Fit:
         return _fit(log_levels, weight_used, row_groups, column_groups, n_groups, n_terms, tolerance,
                     max_sweeps, start=previous)
 
@@ -360,7 +362,8 @@ def _alternate(
         step = _newton_step(y, w, g, u, v, model) if sweeps > _PLAIN_SWEEPS else None
         trial = None
         for length in _STEP_LENGTHS if step is not None else ():
-            trial = _orthonormal_colours(v + length * step, column_weight)
+            # The loop runs only with a step, which mypy cannot see through the conditional iterable.
+            trial = _orthonormal_colours(v + length * step, column_weight)  # type: ignore[operator]
             g_t, u_t, e_t = _solve_given_colours(y, w, trial)
             model_t = g_t[:, np.newaxis] + e_t[np.newaxis, :] + u_t @ trial.T
             cost_t = _cost(y, w, model_t)
@@ -526,7 +529,9 @@ def _unit_mean_gauge(g: np.ndarray, e: np.ndarray, w: np.ndarray) -> tuple[np.nd
     return g, e + shift
 
 
-def _package(log_levels: np.ndarray, valid: np.ndarray, robust: _RobustFit, n_terms: int) -> ColourSolution:
+def _package(
+    log_levels: np.ndarray, valid: np.ndarray, robust: _RobustFit[_Fit], n_terms: int
+) -> ColourSolution:
     fit = robust.fit
     log_model = fit.log_model()
     with np.errstate(invalid="ignore"):  # rows without a solution have g = NaN
@@ -550,7 +555,7 @@ def _package(log_levels: np.ndarray, valid: np.ndarray, robust: _RobustFit, n_te
 
 @dataclass
 class HeldOutScores:
-    """How well models with ``k = 0 .. K`` colour terms predict entries they were not fitted to.
+    """How well models with 0 to ``K`` colour terms predict entries they were not fitted to.
 
     Attributes
     ----------
@@ -594,7 +599,7 @@ def fit_colour_terms(
     max_terms: int,
     *,
     choose: bool = False,
-    **solver_options,
+    **solver_options: Any,
 ) -> ColourFit:
     """Solve with ``max_terms`` colour terms, or with the number `choose_colour_terms` picks.
 
@@ -629,9 +634,10 @@ def fit_colour_terms(
 
 
 def colour_residual_rms(
-    levels: np.ndarray, weights: np.ndarray | None, max_terms: int, solution: ColourSolution, **fit_options
+    levels: np.ndarray, weights: np.ndarray | None, max_terms: int, solution: ColourSolution,
+    **fit_options: Any,
 ) -> list[float]:
-    """Count-weighted rms log residual of a solution's used entries fitted with ``k = 0 .. max_terms``
+    """Count-weighted rms log residual of a solution's used entries fitted with 0 to ``max_terms``
     colour terms (no rejection; the solution's own ``k`` gives its ``rms``)."""
     rms = []
     for k in range(max_terms + 1):

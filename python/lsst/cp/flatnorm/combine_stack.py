@@ -28,7 +28,7 @@ what the variance planes predict.  afw's first width, from the interquartile ran
 scatters by about 25% with 20 inputs; when it comes out low the first pass drops good inputs and
 the narrower widths of the kept sets do not recover them within three passes: with 20 inputs it
 kept 19.75 of 19.98 valid inputs per pixel, against 19.96 for astropy's ``sigma_clip``, and the
-flat's pixel scatter came out 3.6% above the Poisson expectation (issue 16; bench/README.md has the
+flat's pixel scatter came out 3.6% above the Poisson expectation (bench/README.md has the
 comparison on the benchmark's flats).  The floor
 keeps the robustness of the interquartile range to cosmic rays, which a width from the standard
 deviation of all inputs lacks with few inputs (one outlier among ``n`` is never more than
@@ -220,7 +220,8 @@ def combine_stack(
         step = max(_CHUNK_VALUES // n_inputs, 2)
         for start in range(0, n_pixels, step):
             columns = slice(start, min(start + step, n_pixels))
-            _combine_chunk(*(array[:, columns] for array in flat), options, result, columns)
+            chunk_values, chunk_variances, chunk_valid = (array[:, columns] for array in flat)
+            _combine_chunk(chunk_values, chunk_variances, chunk_valid, options, result, columns)
     return CombinedStack(image=result.image.reshape(height, width),
                          variance=result.variance.reshape(height, width),
                          n_used=result.n_used.reshape(height, width),
@@ -283,7 +284,7 @@ def _keys(values: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarra
     """
     itype = np.int32 if values.dtype == np.float32 else np.int64
     bits = values.view(itype)
-    keys = bits >> (8 * bits.itemsize - 1)
+    keys = np.right_shift(bits, 8 * bits.itemsize - 1)
     keys &= np.iinfo(itype).max
     keys ^= bits
     if candidates is not None:
@@ -394,7 +395,7 @@ def _combine_chunk(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
             n_used[clip.index] = clip.n_kept
             sum1[clip.index] = clip.sum1
             if spread:
-                sum2[clip.index] = clip.sum2
+                sum2[clip.index] = clip.sum2  # type: ignore[index]  # spread: sum2 is an array
             variance_sum[clip.index] = _column_sums(np.take(variances, clip.index, axis=1), np.float64,
                                                     where=clip.kept)
     with np.errstate(invalid="ignore", divide="ignore"):

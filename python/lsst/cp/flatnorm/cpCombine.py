@@ -41,6 +41,7 @@ import numpy as np
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
+from lsst.daf.butler import DeferredDatasetHandle
 from lsst.images import Box, Mask, MaskedImage
 
 from .calib_output import (
@@ -104,7 +105,7 @@ class CpFlatCombineConnections(
 class CalibStatsConfig(pexConfig.Config):
     """How exposureScaling = MeanStats measures the level of each input (cp_pipe's ``stats``)."""
 
-    stat = pexConfig.ChoiceField(
+    stat = pexConfig.ChoiceField[str](
         dtype=str,
         doc="Statistic of the unmasked pixels each input is divided by.",
         default="MEANCLIP",
@@ -116,7 +117,7 @@ class CalibStatsConfig(pexConfig.Config):
     )
     clip = clip_threshold_field("Clipping threshold of MEANCLIP, in standard deviations.")
     nIter = clip_passes_field("Maximum number of clipping passes of MEANCLIP.")
-    mask = pexConfig.ListField(
+    mask = pexConfig.ListField[str](
         dtype=str,
         doc="Mask planes whose pixels are left out; planes absent from an input's mask are skipped.",
         default=["DETECTED", "BAD", "NO_DATA"],
@@ -130,7 +131,7 @@ class CpFlatCombineConfig(
     (see doc/lsst.cp.flatnorm/config-fields.rst), plus ``minInputsForClip``."""
 
     calibrationType = calibration_type_field("calibration")
-    exposureScaling = pexConfig.ChoiceField(
+    exposureScaling = pexConfig.ChoiceField[str](
         dtype=str,
         doc="What each input is divided by before combining. An input whose divisor is not finite and "
             "positive is logged and skipped.",
@@ -143,7 +144,7 @@ class CpFlatCombineConfig(
             "MeanStats": "The level of the input measured as configured in ``stats``.",
         },
     )
-    scalingLevel = pexConfig.ChoiceField(
+    scalingLevel = pexConfig.ChoiceField[str](
         dtype=str,
         doc="Region each scale applies to (InputList only).",
         default="DETECTOR",
@@ -170,34 +171,34 @@ class CpFlatCombineConfig(
         min=1,
         deprecated="bandRows is subregionSize's height, cp_pipe's name; it will be removed after v0.3.",
     )
-    doVignette = pexConfig.Field(
+    doVignette = pexConfig.Field[bool](
         dtype=bool,
         doc="Mark the pixels outside the ``vignette`` region NO_DATA and set them to zero (cp_pipe: for "
             "non-LSST flats, with the valid polygon of the first input; here with ``vignette``).",
         default=False,
     )
-    doVignetteMask = pexConfig.Field(
+    doVignetteMask = pexConfig.Field[bool](
         dtype=bool,
         doc="Mark the pixels outside the ``vignette`` region NO_DATA and VIGNETTED and set them to zero "
             "(cp_pipe: for LSST flats). Needs calibrationType 'flat'; excludes doVignette.",
         default=False,
     )
-    vignette = pexConfig.ConfigField(
+    vignette = pexConfig.ConfigField[VignetteConfig](
         dtype=VignetteConfig,
         doc="The unvignetted focal-plane region (doVignette, doVignetteMask).",
     )
-    doPartialVignetteMask = pexConfig.Field(
+    doPartialVignetteMask = pexConfig.Field[bool](
         dtype=bool,
         doc="Mark the pixels outside the ``partialVignette`` region PARTLY_VIGNETTED, values kept. The "
             "PARTLY_VIGNETTED plane is in the output mask either way. Needs calibrationType 'flat'.",
         default=False,
     )
-    partialVignette = pexConfig.ConfigField(
+    partialVignette = pexConfig.ConfigField[VignetteConfig](
         dtype=VignetteConfig,
         doc="The fully illuminated focal-plane region (doPartialVignetteMask).",
     )
     distributionPercentiles = distribution_percentiles_field()
-    mask = pexConfig.ListField(
+    mask = pexConfig.ListField[str](
         dtype=str,
         doc="Mask planes whose input pixels are ignored; names absent from an input's mask are skipped. "
             "cp_pipe's default keeps BAD and NO_DATA pixels: a defect's response belongs in the flat, and "
@@ -214,22 +215,22 @@ class CpFlatCombineConfig(
         min=1,
     )
     noGoodPixelsMask = no_good_pixels_mask_field()
-    checkNoData = pexConfig.Field(
+    checkNoData = pexConfig.Field[bool](
         dtype=bool,
         doc="Raise if the combined flat has NO_DATA set, which it carries from input pixels that "
             "``mask`` does not ignore (checked before the vignetting marks NO_DATA).",
         default=True,
     )
-    censorMaskPlanes = pexConfig.Field(
+    censorMaskPlanes = pexConfig.Field[bool](
         dtype=bool,
         doc="Clear every mask plane but noGoodPixelsMask that the inputs carried into the flat.",
         default=True,
     )
-    stats = pexConfig.ConfigField(
+    stats = pexConfig.ConfigField[CalibStatsConfig](
         dtype=CalibStatsConfig,
         doc="How exposureScaling = MeanStats measures each input's level.",
     )
-    flatSource = pexConfig.ChoiceField(
+    flatSource = pexConfig.ChoiceField[str](
         dtype=str,
         doc="Light source of the flat, written as FLATSRC if calibrationType is 'flat'.",
         default="DOME",
@@ -272,7 +273,7 @@ class _ScaledInput:
     """One input exposure and the regions it contributes; pixels outside every region are unused."""
 
     exposure: int
-    handle: Any
+    handle: DeferredDatasetHandle
     regions: tuple[_Region, ...]
 
 
@@ -326,7 +327,7 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
 
     def run(
         self,
-        inputExpHandles: Sequence[Any],
+        inputExpHandles: Sequence[DeferredDatasetHandle],
         camera: Any,
         detectorId: int,
         inputScales: Mapping[str, Any] | None = None,
@@ -379,7 +380,8 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
     # Scaling.
 
     def _scaled_inputs(
-        self, handles: Sequence[Any], detector: Any, detectorId: int, inputScales: Mapping[str, Any] | None
+        self, handles: Sequence[DeferredDatasetHandle], detector: Any, detectorId: int,
+        inputScales: Mapping[str, Any] | None,
     ) -> list[_ScaledInput]:
         """Pair each input with its scales, skipping (with a warning) exposures without one."""
         if self.config.exposureScaling == "InputList":
@@ -403,12 +405,14 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
             )
         return inputs
 
-    def _regions(self, handle: Any, detector: Any, detectorId: int, exposure: int,
+    def _regions(self, handle: DeferredDatasetHandle, detector: Any, detectorId: int, exposure: int,
                  inputScales: Mapping[str, Any] | None) -> tuple[_Region, ...]:
         """Return the scaled regions of one input; empty if it has no usable scale."""
         if self.config.exposureScaling == "InputList":
             amp_scales = {
-                amp.getName(): usable_exposure_scale(inputScales, detectorId, amp.getName(), exposure)
+                # InputList scaling always has scales: runQuantum reads them, run() refuses None.
+                amp.getName(): usable_exposure_scale(inputScales,  # type: ignore[arg-type]
+                                                     detectorId, amp.getName(), exposure)
                 for amp in detector
             }
             return self._listed_regions(detector, detectorId, exposure, amp_scales)
@@ -453,15 +457,16 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
             if missing:
                 self.log.info("Exposure %d, detector %d: amplifiers %s have no usable scale; their pixels "
                               "are not combined from this exposure.", exposure, detectorId, missing)
-            return tuple(_Region(amp.getName(), amp.getBBox(), amp_scales[amp.getName()]) for amp in detector
-                         if amp_scales[amp.getName()] is not None)
+            return tuple(_Region(amp.getName(), amp.getBBox(), scale) for amp in detector
+                         if (scale := amp_scales[amp.getName()]) is not None)
         scales = set(amp_scales.values())
         if len(scales) != 1:
             raise ValueError(
                 f"scalingLevel is DETECTOR but the amplifier scales of exposure {exposure} on detector "
                 f"{detectorId} differ or are partly missing ({dict(amp_scales)}); use scalingLevel='AMP'."
             )
-        return (_Region(None, detector.getBBox(), scales.pop()),)
+        # One scale, and not every amplifier's is missing (above): it is a number.
+        return (_Region(None, detector.getBBox(), scales.pop()),)  # type: ignore[arg-type]
 
     @staticmethod
     def _check_coverage(inputs: list[_ScaledInput], detector_box: Box, detectorId: int) -> None:
@@ -495,6 +500,7 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
             output.mask.set(config.noGoodPixelsMask, combined.no_data)
             counts.median += int((~combined.clipped & ~combined.no_data).sum())
             counts.no_good += int(combined.no_data.sum())
+        assert flat is not None  # the detector has at least one tile
         return flat, counts
 
     def _read_tile(self, inputs: list[_ScaledInput], tile_box: Box) -> _Tile:
@@ -588,7 +594,8 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
     # Metadata.
 
     def _provenance(
-        self, inputs: list[_ScaledInput], handles: Sequence[Any], detectorId: int, counts: _Counts,
+        self, inputs: list[_ScaledInput], handles: Sequence[DeferredDatasetHandle], detectorId: int,
+        counts: _Counts,
         vignetting: Mapping[str, int],
     ) -> dict[str, Any]:
         """Metadata describing how the flat was made (scalar values only)."""

@@ -24,6 +24,7 @@ import numpy as np
 
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
+from lsst.daf.butler import DeferredDatasetHandle
 from lsst.images import Box, MaskedImage
 
 from .calib_output import (
@@ -116,8 +117,8 @@ class CpFlatCombineTwoFlatsTask(pipeBase.PipelineTask):
         inputs["detectorId"] = int(outputRefs.outputData.dataId["detector"])
         butlerQC.put(self.run(**inputs), outputRefs)
 
-    def run(self, *, inputFlatOneHandle: Any, inputFlatTwoHandle: Any, camera: Any,
-            detectorId: int) -> pipeBase.Struct:
+    def run(self, *, inputFlatOneHandle: DeferredDatasetHandle, inputFlatTwoHandle: DeferredDatasetHandle,
+            camera: Any, detectorId: int) -> pipeBase.Struct:
         """Combine two flats of one detector.
 
         Parameters
@@ -164,10 +165,12 @@ class CpFlatCombineTwoFlatsTask(pipeBase.PipelineTask):
     def _weights(self) -> np.ndarray:
         return np.array([self.config.weightOne, 1.0 - self.config.weightOne])
 
-    def _combine_in_tiles(self, handles: tuple[Any, Any], detector_box: Box
-                          ) -> tuple[MaskedImage, list[Mapping[str, Any]]]:
+    def _combine_in_tiles(
+        self, handles: tuple[DeferredDatasetHandle, DeferredDatasetHandle], detector_box: Box
+    ) -> tuple[MaskedImage, list[Mapping[str, Any]]]:
         """Read and combine the two flats tile by tile; return the flat and the flats' metadata."""
-        flat, input_metadata = None, []
+        flat: MaskedImage | None = None
+        input_metadata: list[Mapping[str, Any]] = []
         for tile_box in iter_tiles(detector_box, self.config.subregionSize):
             tiles = [handle.get(parameters={"bbox": tile_box}) for handle in handles]
             if flat is None:
@@ -185,6 +188,7 @@ class CpFlatCombineTwoFlatsTask(pipeBase.PipelineTask):
             for tile, tile_used in zip(tiles, used):
                 merge_masks(output.mask, tile.mask, tile_used)
             output.mask.set(self.config.noGoodPixelsMask, combined.no_data)
+        assert flat is not None  # the detector has at least one tile
         return flat, input_metadata
 
     def _metadata(self, input_metadata: list[Mapping[str, Any]], flat: MaskedImage,

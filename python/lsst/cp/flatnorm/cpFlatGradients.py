@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,72 +136,76 @@ class CpFlatFitGradientsConfig(pipeBase.PipelineTaskConfig, CameraConfig,
     defaults, plus ``mask_planes``, ``outlier_sigma``, ``cameraStorageClass`` and
     ``defectsStorageClass``."""
 
-    do_reference_gradient = pexConfig.Field(
+    do_reference_gradient = pexConfig.Field[bool](
         dtype=bool,
         doc="Write a reference gradient (from a sky flat), flat_gradient_reference, instead of "
             "flat_gradient.",
         default=False,
     )
-    bin_factor = pexConfig.Field(dtype=int, doc="Pixels per side of a bin.", default=128,
-                                 check=lambda value: value >= 1)
-    do_constrain_zero = pexConfig.Field(dtype=bool, doc="Fix the outermost radial spline value to zero.",
-                                        default=False)
-    do_fit_centroid = pexConfig.Field(dtype=bool, doc="Fit an offset of the radial function's centre "
-                                      "from the focal-plane centroid.", default=False)
-    do_fit_gradient = pexConfig.Field(dtype=bool, doc="Fit a planar gradient over the focal plane.",
-                                      default=False)
-    do_normalize_center = pexConfig.Field(
+    bin_factor = pexConfig.Field[int](dtype=int, doc="Pixels per side of a bin.", default=128,
+                                      check=lambda value: value >= 1)
+    do_constrain_zero = pexConfig.Field[bool](dtype=bool,
+                                              doc="Fix the outermost radial spline value to zero.",
+                                              default=False)
+    do_fit_centroid = pexConfig.Field[bool](dtype=bool, doc="Fit an offset of the radial function's centre "
+                                            "from the focal-plane centroid.", default=False)
+    do_fit_gradient = pexConfig.Field[bool](dtype=bool, doc="Fit a planar gradient over the focal plane.",
+                                            default=False)
+    do_normalize_center = pexConfig.Field[bool](
         dtype=bool,
         doc="Divide the flat by its median within normalize_center_radius of the centroid before the fit "
             "(the model's normalization_factor); otherwise the factor is 1 and min/max_flat_value are "
             "relative to that median.",
         default=True,
     )
-    normalize_center_radius = pexConfig.Field(dtype=float, doc="Radius (mm) of the central normalization.",
-                                              default=25.0, check=lambda value: value > 0)
-    fp_centroid_x = pexConfig.Field(dtype=float, doc="Focal-plane centroid x (mm): the plane's pivot and "
-                                    "the nominal radial centre.", default=0.0)
-    fp_centroid_y = pexConfig.Field(dtype=float, doc="Focal-plane centroid y (mm).", default=0.0)
-    radial_spline_nodes_initial = pexConfig.ListField(
+    normalize_center_radius = pexConfig.Field[float](dtype=float,
+                                                     doc="Radius (mm) of the central normalization.",
+                                                     default=25.0, check=lambda value: value > 0)
+    fp_centroid_x = pexConfig.Field[float](dtype=float,
+                                           doc="Focal-plane centroid x (mm): the plane's pivot and "
+                                           "the nominal radial centre.", default=0.0)
+    fp_centroid_y = pexConfig.Field[float](dtype=float, doc="Focal-plane centroid y (mm).", default=0.0)
+    radial_spline_nodes_initial = pexConfig.ListField[float](
         dtype=float,
         doc="Radial spline nodes (mm) of the first fit, made only inside the largest of them, which "
             "measures the ITL ratio that the second fit keeps.",
         default=[0.0, 100.0, 200.0, 250.0, 275.0, 317.0],
     )
-    radial_spline_nodes = pexConfig.ListField(
+    radial_spline_nodes = pexConfig.ListField[float](
         dtype=float,
         doc="Radial spline nodes (mm) of the full fit; points beyond the last are not used.",
         default=[0.0, 100.0, 200.0, 250.0, 275.0, 290.0, 300.0, 310.0, 315.0, 317.0, 320.0, 325.0, 333.0,
                  340.0, 350.0],
     )
-    min_flat_value = pexConfig.Field(dtype=float, doc="Smallest (relative) binned value fitted.",
-                                     default=0.05)
-    max_flat_value = pexConfig.Field(dtype=float, doc="Largest (relative) binned value fitted.",
-                                     default=1.5)
-    detector_boundary = pexConfig.Field(dtype=int, doc="Pixels along each detector edge left out of bins.",
-                                        default=10, check=lambda value: value >= 0)
-    fit_eps = pexConfig.Field(dtype=float, doc="Relative step of the finite-difference Jacobian.",
-                              default=1e-8, check=lambda value: value > 0)
-    fit_gtol = pexConfig.Field(dtype=float, doc="Gradient tolerance of the minimizer.", default=1e-10,
-                               check=lambda value: value > 0)
-    do_use_non_science_detectors = pexConfig.Field(
+    min_flat_value = pexConfig.Field[float](dtype=float, doc="Smallest (relative) binned value fitted.",
+                                            default=0.05)
+    max_flat_value = pexConfig.Field[float](dtype=float, doc="Largest (relative) binned value fitted.",
+                                            default=1.5)
+    detector_boundary = pexConfig.Field[int](dtype=int,
+                                             doc="Pixels along each detector edge left out of bins.",
+                                             default=10, check=lambda value: value >= 0)
+    fit_eps = pexConfig.Field[float](dtype=float, doc="Relative step of the finite-difference Jacobian.",
+                                     default=1e-8, check=lambda value: value > 0)
+    fit_gtol = pexConfig.Field[float](dtype=float, doc="Gradient tolerance of the minimizer.", default=1e-10,
+                                      check=lambda value: value > 0)
+    do_use_non_science_detectors = pexConfig.Field[bool](
         dtype=bool, doc="Fit the non-science (wavefront, guider, focus) detectors too.", default=False)
-    fixed_model_residual_plot_scale = pexConfig.Field(
+    fixed_model_residual_plot_scale = pexConfig.Field[float](
         dtype=float, doc="Half-width around 1 of the data / model colour scale; percentiles if None.",
         default=None, optional=True)
-    mask_planes = pexConfig.ListField(
+    mask_planes = pexConfig.ListField[str](
         dtype=str,
         doc="Mask planes whose pixels are left out of the bins (planes a flat lacks are skipped). cp_pipe "
             "leaves out NO_DATA only; BAD also marks the pixels the combine filled with the median.",
         default=["NO_DATA", "BAD"],
     )
-    outlier_sigma = pexConfig.Field(
+    outlier_sigma = pexConfig.Field[float](
         dtype=float,
         doc="Bins whose residual is beyond this many robust sigmas are left out of the fit (0: none).",
         default=5.0,
         check=lambda value: value >= 0,
     )
-    defectsStorageClass = pexConfig.ChoiceField(
+    defectsStorageClass = pexConfig.ChoiceField[str](
         dtype=str,
         doc="Storage class of the defects in the repository.",
         default="ArrowAstropy",
@@ -260,7 +264,9 @@ class CpFlatFitGradientsTask(pipeBase.PipelineTask):
         self,
         *,
         camera: Any,
-        input_flat_handle_dict: Mapping[int, Any],
+        input_flat_handle_dict: Mapping[
+            int, DeferredDatasetHandle | pipeBase.InMemoryDatasetHandle | MaskedImage
+        ],
         input_defect_handle_dict: Mapping[int, Any] | None = None,
         binned_image: Table | None = None,
         instrument: str = "",
@@ -272,7 +278,7 @@ class CpFlatFitGradientsTask(pipeBase.PipelineTask):
         ----------
         camera : `~lsst.cp.flatnorm.camera_model.CameraModel` or `lsst.afw.cameraGeom.Camera`
             Camera: each detector's focal-plane placement, type and physical type.
-        input_flat_handle_dict : `dict` [`int`, `typing.Any`]
+        input_flat_handle_dict : `dict` [`int`, `lsst.daf.butler.DeferredDatasetHandle`]
             Flats by detector ID: deferred or in-memory dataset handles, or
             `lsst.images.MaskedImage` objects.
         input_defect_handle_dict : `dict` [`int`, `typing.Any`], optional
@@ -370,7 +376,7 @@ class CpFlatFitGradientsTask(pipeBase.PipelineTask):
 
     # Fitting.
 
-    def _fitter(self, nodes: list[float], binned: Table, selection: np.ndarray) -> FlatGradientFitter:
+    def _fitter(self, nodes: Sequence[float], binned: Table, selection: np.ndarray) -> FlatGradientFitter:
         config = self.config
         n_pixels = np.asarray(binned["n_pixels"], dtype=float)[selection]
         return FlatGradientFitter(
@@ -385,8 +391,8 @@ class CpFlatFitGradientsTask(pipeBase.PipelineTask):
              radius: np.ndarray) -> tuple[GradientFit | None, GradientFit, FlatGradientFitter]:
         """The two passes: inner (ITL ratio), then full with that ratio fixed."""
         config = self.config
-        fit_options = {"outlier_sigma": config.outlier_sigma, "diff_step": config.fit_eps,
-                       "gtol": config.fit_gtol}
+        fit_options: dict[str, Any] = {"outlier_sigma": config.outlier_sigma, "diff_step": config.fit_eps,
+                                       "gtol": config.fit_gtol}
         inner = radius < max(config.radial_spline_nodes_initial)
         self.log.info("First fit: %d bins inside %.2f mm.", inner.sum(),
                       max(config.radial_spline_nodes_initial))
@@ -456,6 +462,7 @@ class CpFlatFitGradientsTask(pipeBase.PipelineTask):
 
     def _log_result(self, gradient: FlatGradientModel) -> None:
         fit = gradient.fit
+        assert fit is not None  # a fitted model always has its summary
         self.log.info(
             "Gradient fit: normalization %.6g, ITL ratio %.6f, centre offset (%.4g, %.4g) mm, gradient "
             "(%.4g, %.4g) per mm; %d bins of %d detectors (%d rejected), residual sigma %.3g.",

@@ -65,13 +65,13 @@ class MeasureVignetteConfig(VignetteConfig):
 class CpFlatMeasureConfig(
     pipeBase.PipelineTaskConfig, CameraConfig, pipelineConnections=CpFlatMeasureConnections
 ):
-    maskNameList = pexConfig.ListField(
+    maskNameList = pexConfig.ListField[str](
         dtype=str,
         doc="Mask planes whose pixels are left out of the statistics; planes absent from an "
             "image's mask schema are ignored.",
         default=["DETECTED", "BAD", "NO_DATA"],
     )
-    doVignette = pexConfig.Field(
+    doVignette = pexConfig.Field[bool](
         dtype=bool,
         doc="Leave the vignetted pixels (outside the focal-plane region of ``vignette``) out of the "
             "statistics, whatever maskNameList says. cp_pipe takes the region from the valid polygon ISR "
@@ -79,7 +79,7 @@ class CpFlatMeasureConfig(
             "here the region is ``vignette``, and nothing is vignetted while its radius is None.",
         default=True,
     )
-    vignette = pexConfig.ConfigField(
+    vignette = pexConfig.ConfigField[MeasureVignetteConfig](
         dtype=MeasureVignetteConfig,
         doc="The unvignetted focal-plane region (used if doVignette and its radius is set).",
     )
@@ -100,6 +100,7 @@ class CpFlatMeasureTask(pipeBase.PipelineTask):
     """
 
     ConfigClass = CpFlatMeasureConfig
+    config: CpFlatMeasureConfig
     _DefaultName = "cpFlatMeasure"
 
     def runQuantum(
@@ -109,7 +110,9 @@ class CpFlatMeasureTask(pipeBase.PipelineTask):
         outputRefs: pipeBase.OutputQuantizedConnection,
     ) -> None:
         inputs: dict[str, Any] = butlerQC.get(inputRefs)
-        inputs["detectorId"] = butlerQC.quantum.dataId["detector"]
+        data_id = butlerQC.quantum.dataId
+        assert data_id is not None  # a quantum of this task always has its (exposure, detector)
+        inputs["detectorId"] = data_id["detector"]
         outputs = self.run(**inputs)
         butlerQC.put(outputs, outputRefs)
 

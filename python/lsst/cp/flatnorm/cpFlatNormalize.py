@@ -77,6 +77,8 @@ def scale_table_name(scales_name: str) -> str:
 class CpFlatNormalizationConnections(
     CameraConnections, dimensions=("instrument", "physical_filter")
 ):
+    config: "CpFlatNormalizationConfig"
+
     inputMDs = cT.Input(
         name="cpFlatStatistics",
         doc="Flat statistics (DETECTOR_MEDIAN, DETECTOR_N, AMP_*_i) of each exposure and detector.",
@@ -174,7 +176,7 @@ def _no_match_message(
 class CpFlatNormalizationConfig(
     pipeBase.PipelineTaskConfig, CameraConfig, pipelineConnections=CpFlatNormalizationConnections
 ):
-    level = pexConfig.ChoiceField(
+    level = pexConfig.ChoiceField[str](
         dtype=str,
         doc="Which statistics make the rows of the background matrix.",
         default="DETECTOR",
@@ -200,12 +202,12 @@ class CpFlatNormalizationConfig(
     )
     outlierFloor = pexConfig.RangeField(
         dtype=float,
-        doc="Never reject an entry whose |log residual| is at or below this (0.005 = 0.5%), so that "
+        doc="Never reject an entry whose absolute log residual is at or below this (0.005 = 0.5%), so that "
             "nearly separable data keep every entry however small the noise is.",
         default=0.005,
         min=0.0,
     )
-    disconnectedPolicy = pexConfig.ChoiceField(
+    disconnectedPolicy = pexConfig.ChoiceField[str](
         dtype=str,
         doc="What to do when the detector-exposure data split into groups that share no detector "
             "and no exposure, so that their relative scale cannot be measured.",
@@ -216,7 +218,7 @@ class CpFlatNormalizationConfig(
                         "group of every entry in the table.",
         },
     )
-    omitUnusedScales = pexConfig.Field(
+    omitUnusedScales = pexConfig.Field[bool](
         dtype=bool,
         doc="Leave out of expScale[det][amp] the exposures whose entry covering that detector or "
             "amplifier was rejected as an outlier or invalid, so that the combine step (which skips "
@@ -224,14 +226,14 @@ class CpFlatNormalizationConfig(
             "flat. False keeps cp_pipe's layout: every exposure for every amplifier.",
         default=False,
     )
-    doDownSelection = pexConfig.Field(
+    doDownSelection = pexConfig.Field[bool](
         dtype=bool,
         doc="Use only the exposures whose exposure record field downSelectionField matches "
             "downSelectionValue, ignoring case.  A data ID where none matches gets no scales, and a "
             "warning naming it when the quantum graph is built.",
         default=False,
     )
-    downSelectionField = pexConfig.ChoiceField(
+    downSelectionField = pexConfig.ChoiceField[str](
         dtype=str,
         doc="Exposure record field to select on; used only if doDownSelection is True.",
         default="observation_reason",
@@ -243,7 +245,7 @@ class CpFlatNormalizationConfig(
             "group": "The exposure record's group.",
         },
     )
-    downSelectionValue = pexConfig.Field(
+    downSelectionValue = pexConfig.Field[str](
         dtype=str,
         doc="Value of downSelectionField to keep, compared ignoring case; must be set if "
             "doDownSelection is True.",
@@ -260,7 +262,7 @@ class CpFlatNormalizationConfig(
         default=0,
         min=0,
     )
-    chooseColourTerms = pexConfig.Field(
+    chooseColourTerms = pexConfig.Field[bool](
         dtype=bool,
         doc="Choose the number of colour terms in 0..colourTerms from the data, by held-out entries: "
             "5-fold cross-validation of the used entries; more terms are chosen only if they predict the "
@@ -500,8 +502,10 @@ class CpFlatNormalizationTask(pipeBase.PipelineTask):
         if not solution.converged:
             self.log.warning("Outlier rejection did not settle within scaleMaxIter=%d rounds; the scales are "
                              "the exact solution for the last rejected set.", self.config.scaleMaxIter)
-        counts = {"nUsed": int(solution.used.sum()),
-                  "nRejected": int(solution.rejected.sum()), "nInvalid": int(invalid.sum())}
+        counts: dict[str, int | bool | float] = {
+            "nUsed": int(solution.used.sum()), "nRejected": int(solution.rejected.sum()),
+            "nInvalid": int(invalid.sum()),
+        }
         self.log.info("Solved in %d round(s): %d entries used, %d rejected, %d invalid; log-residual rms "
                       "%.3g, sigma %.3g.", solution.iterations, counts["nUsed"], counts["nRejected"],
                       counts["nInvalid"], solution.rms, solution.sigma)

@@ -103,7 +103,9 @@ def with_camera_storage_class(connections: pipeBase.PipelineTaskConnections, con
     config : `lsst.pipe.base.PipelineTaskConfig`
         The task's config, with a ``cameraStorageClass`` field (`camera_storage_class_field`).
     """
-    connections.camera = dataclasses.replace(connections.camera, storageClass=config.cameraStorageClass)
+    # Every caller's connections declare a camera connection, which the base class does not.
+    camera = connections.camera  # type: ignore[attr-defined]
+    connections.camera = dataclasses.replace(camera, storageClass=config.cameraStorageClass)
 
 
 def as_camera_model(camera: Any) -> CameraModel:

@@ -437,7 +437,8 @@ def _group_planes(path: Path, hdus: astropy.io.fits.HDUList) -> tuple[list[_Plan
             problems.append(f"{_where(path, hdus, index)}: a second {role} HDU for image HDU "
                             f"{groups[-1].image}")
         else:
-            groups[-1] = dataclasses.replace(groups[-1], **{role.lower(): index})
+            groups[-1] = (dataclasses.replace(groups[-1], mask=index) if role == "MASK"
+                          else dataclasses.replace(groups[-1], variance=index))
     if not groups and not problems:
         problems.append(f"{path}: no image HDU")
     if _written_by_afw(hdus) and groups[0] == _Planes(1, 2, 3):
@@ -525,12 +526,14 @@ class FlatSource:
         reader = _read_afw if self._planes.afw else _read_hdus
         image, variance, planes = reader(self.path, self._planes, self.where)
         image = np.asarray(image, dtype=np.float32)
-        variance = self._noise.variance(image) if variance is None else variance
+        if variance is None:
+            assert self._noise is not None  # scanning gave a noise model to every flat without variance
+            variance = self._noise.variance(image)
         bbox = self.detector.getBBox()
         yx0 = (bbox.getMinY(), bbox.getMinX())
         mask = ingested_mask(planes, image.shape, yx0, self.where)
         mask.set("NO_DATA", ~np.isfinite(image))
-        metadata = {
+        metadata: dict[str, int | float | str | bool | None] = {
             "INGEST_FILE": ascii_path(self.path),
             "INGEST_HDU": self.hdu,
             "VARIANCE_SOURCE": "file" if self._noise is None else self._noise.describe(),

@@ -229,7 +229,7 @@ def _ingested_runs(butler: Butler, instrument: str, exposures: Iterable[int]) ->
         )
     except MissingDatasetTypeError:
         return {}
-    return {(ref.dataId["exposure"], ref.dataId["detector"]): ref.run for ref in refs}
+    return {(int(ref.dataId["exposure"]), int(ref.dataId["detector"])): ref.run for ref in refs}
 
 
 def _lead_umbrella(butler: Butler, instrument: Instrument, run: str) -> str:

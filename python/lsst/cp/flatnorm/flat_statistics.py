@@ -20,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "DETECTOR_KEYS",
+    "AmpKeys",
     "RegionKeys",
     "StatisticsMatrix",
     "amp_keys",
@@ -61,11 +62,19 @@ class RegionKeys:
     """Amplifier name; `None` for the detector, which has no name key."""
 
 
+@dataclass(frozen=True)
+class AmpKeys(RegionKeys):
+    """The keys of one amplifier's statistics, which include its name key."""
+
+    name: str
+    """Amplifier name key."""
+
+
 DETECTOR_KEYS = RegionKeys(median="DETECTOR_MEDIAN", sigma="DETECTOR_SIGMA", n="DETECTOR_N")
 """The keys of the whole detector's statistics."""
 
 
-def amp_keys(index: int) -> RegionKeys:
+def amp_keys(index: int) -> AmpKeys:
     """Return the keys of the ``index``-th amplifier's statistics in a dataset.
 
     Parameters
@@ -76,10 +85,10 @@ def amp_keys(index: int) -> RegionKeys:
 
     Returns
     -------
-    keys : `RegionKeys`
+    keys : `AmpKeys`
     """
-    return RegionKeys(median=f"AMP_MEDIAN_{index}", sigma=f"AMP_SIGMA_{index}", n=f"AMP_N_{index}",
-                      name=f"AMP_NAME_{index}")
+    return AmpKeys(median=f"AMP_MEDIAN_{index}", sigma=f"AMP_SIGMA_{index}", n=f"AMP_N_{index}",
+                   name=f"AMP_NAME_{index}")
 
 
 def pack_statistics(
@@ -88,9 +97,9 @@ def pack_statistics(
     sigma: float,
     n: int,
     amp_names: Sequence[str],
-    amp_medians: Sequence[float],
-    amp_sigmas: Sequence[float],
-    amp_ns: Sequence[int],
+    amp_medians: Sequence[float] | np.ndarray,
+    amp_sigmas: Sequence[float] | np.ndarray,
+    amp_ns: Sequence[int] | np.ndarray,
 ) -> TaskMetadata:
     """Write one detector's flat statistics under cp_pipe's keys.
 
@@ -354,7 +363,7 @@ def _check_no_extra_amplifiers(md: Any, dims: Mapping[str, Any], detector: int, 
     known = _known_keys(n_amps)
     unknown = [str(key) for key in names if key not in known]  # usually none: the regex is for these
     extra = sorted((key for key in unknown if (match := _AMP_KEY.match(key)) and int(match[1]) >= n_amps),
-                   key=lambda key: (int(_AMP_KEY.match(key)[1]), key))
+                   key=_amp_key_order)
     if extra:
         shown = ", ".join(f"{key!r} = {md.get(key)!r}" for key in extra[:_MAX_KEYS_SHOWN])
         if len(extra) > _MAX_KEYS_SHOWN:
@@ -362,6 +371,12 @@ def _check_no_extra_amplifiers(md: Any, dims: Mapping[str, Any], detector: int, 
         raise ValueError(f"Flat statistics for {_describe(dims)} have amplifier keys beyond the {n_amps} "
                          f"amplifiers of detector {detector} in the camera (indices 0 to {n_amps - 1}): "
                          f"{shown}. Were they measured with another camera?")
+
+
+def _amp_key_order(key: str) -> tuple[int, str]:
+    """Sort amplifier keys by their index, then by name."""
+    match = _AMP_KEY.match(key)
+    return (int(match[1]) if match else -1, key)
 
 
 def _entries(

@@ -3,7 +3,7 @@
 
 """Fit the focal-plane gradient model to binned flat values (pure numpy/scipy).
 
-The model is `lsst.cp.flatnorm.gradient_model.FlatGradientModel`'s,
+The model is `lsst.cp.flatnorm.gradient_model.FlatGradientModel`'s::
 
     value(x, y) = S(|(x, y) - (c + d)|) / (1 + g . ((x, y) - c)) * (f if ITL else 1),
 
@@ -257,7 +257,9 @@ class FlatGradientFitter:
     def compute_jacobian(self, parameters: np.ndarray,
                          points: np.ndarray | slice = slice(None)) -> np.ndarray:
         """Derivatives of the model at the points by every parameter, (points, parameters)."""
-        return self._evaluate(parameters, points, with_jacobian=True)[1]
+        jacobian = self._evaluate(parameters, points, with_jacobian=True)[1]
+        assert jacobian is not None  # asked for with with_jacobian=True
+        return jacobian
 
     # The start.
 

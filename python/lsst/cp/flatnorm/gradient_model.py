@@ -3,7 +3,7 @@
 
 """The focal-plane gradient model of a flat: a typed, versioned product stored through the butler.
 
-The model describes the large-scale illumination of a whole focal plane (x, y in millimetres) as
+The model describes the large-scale illumination of a whole focal plane (x, y in millimetres) as::
 
     model(x, y) = S(|(x, y) - (c + d)|) / P(x, y) * (f if the detector is of the ITL family else 1)
     P(x, y) = 1 + g_x (x - c_x) + g_y (y - c_y)
@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 import pydantic
 from scipy.interpolate import Akima1DInterpolator
 
@@ -211,25 +212,25 @@ class FlatGradientModel(pydantic.BaseModel):
         """Centre of the radial function, ``centroid + centroid_delta`` (mm)."""
         return self.centroid_x + self.centroid_delta_x, self.centroid_y + self.centroid_delta_y
 
-    def radial_model(self, radius: Any) -> np.ndarray:
+    def radial_model(self, radius: ArrayLike) -> np.ndarray:
         """The radial spline at ``radius`` (mm), the radius clipped to the first and last node."""
         nodes = np.asarray(self.radial_spline_nodes, dtype=float)
         spline = Akima1DInterpolator(nodes, np.asarray(self.radial_spline_values, dtype=float))
         return spline(np.clip(np.asarray(radius, dtype=float), nodes[0], nodes[-1]))
 
-    def radial_model_xy(self, x: Any, y: Any) -> np.ndarray:
+    def radial_model_xy(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
         """The radial spline at focal-plane positions (mm), about `centre`."""
         centre_x, centre_y = self.centre
         return self.radial_model(np.hypot(np.asarray(x, dtype=float) - centre_x,
                                           np.asarray(y, dtype=float) - centre_y))
 
-    def gradient_model(self, x: Any, y: Any) -> np.ndarray:
+    def gradient_model(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
         """The plane ``P(x, y) = 1 + g_x (x - c_x) + g_y (y - c_y)``; 1 at the centroid, which stays
         the pivot whatever the centre offset."""
         return (1.0 + self.gradient_x * (np.asarray(x, dtype=float) - self.centroid_x)
                 + self.gradient_y * (np.asarray(y, dtype=float) - self.centroid_y))
 
-    def full_model(self, x: Any, y: Any, is_itl: Any) -> np.ndarray:
+    def full_model(self, x: ArrayLike, y: ArrayLike, is_itl: ArrayLike) -> np.ndarray:
         """The whole model, ``S / P`` times `itl_ratio` where ``is_itl``: the flat divided by
         `normalization_factor`, as fitted."""
         model = self.radial_model_xy(x, y) / self.gradient_model(x, y)
@@ -237,16 +238,16 @@ class FlatGradientModel(pydantic.BaseModel):
 
     # ip_isr's FlatGradient names.
 
-    def computeRadialSplineModel(self, radius: Any) -> np.ndarray:
+    def computeRadialSplineModel(self, radius: ArrayLike) -> np.ndarray:
         return self.radial_model(radius)
 
-    def computeRadialSplineModelXY(self, x: Any, y: Any) -> np.ndarray:
+    def computeRadialSplineModelXY(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
         return self.radial_model_xy(x, y)
 
-    def computeGradientModel(self, x: Any, y: Any) -> np.ndarray:
+    def computeGradientModel(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
         return self.gradient_model(x, y)
 
-    def computeFullModel(self, x: Any, y: Any, is_itl: Any) -> np.ndarray:
+    def computeFullModel(self, x: ArrayLike, y: ArrayLike, is_itl: ArrayLike) -> np.ndarray:
         return self.full_model(x, y, is_itl)
 
     @property

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 __all__ = ["model_residual_figure", "radial_model_figure"]
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .gradient_model import FlatGradientModel
 
+if TYPE_CHECKING:  # imported when a figure is drawn, not with the module
+    from matplotlib.figure import Figure
 
-def _figure(width: float, height: float) -> Any:
+
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
@@ -30,7 +33,7 @@ def _figure(width: float, height: float) -> Any:
 
 def model_residual_figure(
     binned: Any, gradient: FlatGradientModel, title: str, residual_scale: float | None = None
-) -> Any:
+) -> Figure:
     """Three panels over the focal plane: data, model, and data / model.
 
     Parameters
@@ -75,7 +78,7 @@ def model_residual_figure(
     return figure
 
 
-def radial_model_figure(binned: Any, gradient: FlatGradientModel, title: str) -> Any:
+def radial_model_figure(binned: Any, gradient: FlatGradientModel, title: str) -> Figure:
     """The binned values with the plane and the ITL ratio taken out, against the radius from the
     fitted centre, over the radial spline.
 

@@ -58,8 +58,10 @@ class PostIsrFlatFormatter(GenericFormatter):
         parameters = self._coerce_legacy_bboxes(self.file_descriptor.parameters or {})
         if component is not None or not parameters:
             return super()._read_from_resource_path(uri, component)
-        with serialization.open_archive(uri, cls=self.file_descriptor.storageClass.pytype,
-                                        partial=True) as reader:
+        # The storage class's pytype is a plain type, so the reader's type is unknown to mypy.
+        with serialization.open_archive(  # type: ignore[var-annotated]
+            uri, cls=self.file_descriptor.storageClass.pytype, partial=True
+        ) as reader:
             self._cache_tree(reader.get_tree())
             archive = getattr(reader, "_archive", None)
             if archive is not None and hasattr(archive, "get_array"):

@@ -66,7 +66,7 @@ _BOOL_TAG = "tag:yaml.org,2002:bool"
 _BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class ObsCameraLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+class ObsCameraLoader(_BaseLoader):
     """A safe YAML loader that keeps names as text.
 
     PyYAML follows YAML 1.1, where a detector name ``1_53`` (HSC's style) is the integer 153, an
@@ -84,7 +84,8 @@ class ObsCameraLoader(_BaseLoader):  # type: ignore[misc, valid-type]
 
     yaml_implicit_resolvers = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT_TAG, _FLOAT_TAG, _BOOL_TAG)]
-        for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
+        # Both loaders resolve with PyYAML's Resolver's table.
+        for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()
     }
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -278,7 +279,7 @@ def _detector_type(value: Any, where: str) -> DetectorType:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(_DETECTOR_TYPES):
         return _DETECTOR_TYPES[value]
     if isinstance(value, str) and value.upper() in _DETECTOR_TYPES:
-        return _DETECTOR_TYPES[_DETECTOR_TYPES.index(value.upper())]  # type: ignore[arg-type]
+        return _DETECTOR_TYPES[_DETECTOR_TYPES.index(value.upper())]
     raise ValueError(f"{where}: key 'detectorType': expected 0-3 or one of {', '.join(_DETECTOR_TYPES)}, "
                      f"got {value!r}.")
 

@@ -79,8 +79,8 @@ def build_scale_dictionary(
     exposures: Sequence[int],
     row_detectors: Sequence[int],
     row_amplifiers: Sequence[str],
-    e_values: Sequence[float],
-    g_values: Sequence[float],
+    e_values: Sequence[float] | np.ndarray,
+    g_values: Sequence[float] | np.ndarray,
     amp_names: Mapping[int, Sequence[str]],
     omit: np.ndarray | None = None,
     entry_factors: np.ndarray | None = None,
@@ -156,10 +156,10 @@ def build_scale_dictionary(
 def _check_shapes(
     level: str,
     exposures: Sequence[int],
-    e_values: Sequence[float],
+    e_values: Sequence[float] | np.ndarray,
     row_detectors: Sequence[int],
     row_amplifiers: Sequence[str],
-    g_values: Sequence[float],
+    g_values: Sequence[float] | np.ndarray,
     omit: np.ndarray | None,
 ) -> None:
     if level not in _LEVELS:
@@ -180,7 +180,7 @@ def _scale_entries(
     exposures: Sequence[int],
     row_detectors: Sequence[int],
     row_amplifiers: Sequence[str],
-    e_values: Sequence[float],
+    e_values: Sequence[float] | np.ndarray,
     entry_factors: np.ndarray,
 ) -> None:
     """Write ``E[exposure] * entry_factors[row, exposure]`` under each row's amplifiers."""
@@ -210,7 +210,8 @@ def _omit_entries(
 
 
 def _det_scale(
-    level: str, row_detectors: Sequence[int], row_amplifiers: Sequence[str], g_values: Sequence[float]
+    level: str, row_detectors: Sequence[int], row_amplifiers: Sequence[str],
+    g_values: Sequence[float] | np.ndarray,
 ) -> dict[int, Any]:
     """``detScale``: G by detector (DETECTOR) or by detector and amplifier (AMP)."""
     det_scale: dict[int, Any] = {}
@@ -223,7 +224,8 @@ def _det_scale(
 
 
 def _row_flags(
-    level: str, row_detectors: Sequence[int], row_amplifiers: Sequence[str], g_values: Sequence[float]
+    level: str, row_detectors: Sequence[int], row_amplifiers: Sequence[str],
+    g_values: Sequence[float] | np.ndarray,
 ) -> dict[int, Any]:
     """``flags``: `NO_VALID_ENTRY` for each row whose G is not finite, keyed as ``detScale``."""
     flags: dict[int, Any] = {}

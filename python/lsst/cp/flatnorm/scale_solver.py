@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -213,7 +214,8 @@ def solve_separable_scales(
     """
     levels, weights, valid, log_levels = _prepare_levels(levels, weights, max_iterations)
 
-    def fit(weight_used, row_groups, column_groups, n_groups, previous):
+    def fit(weight_used: np.ndarray, row_groups: np.ndarray, column_groups: np.ndarray, n_groups: int,
+            previous: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
         return _least_squares(log_levels, weight_used, column_groups, n_groups)
 
     robust = _solve_robustly(
@@ -225,11 +227,15 @@ def solve_separable_scales(
     return _package(log_levels, valid, robust, g, e)
 
 
+type _FitFunction[FitT] = Callable[[np.ndarray, np.ndarray, np.ndarray, int, FitT | None], FitT]
+"""``fit(weight_used, row_groups, column_groups, n_groups, previous)``, as `_solve_robustly` calls it."""
+
+
 @dataclass
-class _RobustFit:
+class _RobustFit[FitT]:
     """What `_solve_robustly` returns: the last fit and the entries and groups it was made on."""
 
-    fit: object
+    fit: FitT
     """The fit callable's last result."""
     used: np.ndarray
     weights: np.ndarray
@@ -260,18 +266,18 @@ def _prepare_levels(
     return levels, weights, valid, log_levels
 
 
-def _solve_robustly(
+def _solve_robustly[FitT](
     log_levels: np.ndarray,
     valid: np.ndarray,
     weights: np.ndarray,
-    fit,
-    distance,
+    fit: _FitFunction[FitT],
+    distance: Callable[[FitT], np.ndarray],
     *,
     max_iterations: int,
     outlier_sigma: float,
     outlier_floor: float,
     allow_disconnected: bool,
-) -> _RobustFit:
+) -> _RobustFit[FitT]:
     """Fit, reject outliers and fit again until the rejected set stops changing.
 
     Parameters
@@ -293,7 +299,7 @@ def _solve_robustly(
     rejecting = bool(np.isfinite(outlier_sigma) and outlier_sigma > 0)
     n_valid_groups = _connected_groups(valid)[2]
 
-    def kept(distance, fallback):
+    def kept(distance: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         candidate = _reject_distance(distance, valid, outlier_sigma, outlier_floor, keep_rows=True)
         return _keep_connected(candidate, fallback, n_valid_groups)
 
@@ -302,7 +308,7 @@ def _solve_robustly(
         used = kept(_separable_distance(log_levels, *_median_polish(log_levels, valid)), valid)
     converged = not rejecting
     iterations = 0
-    result = None
+    result: FitT | None = None
     while True:
         iterations += 1
         row_groups, column_groups, n_groups = _connected_groups(used)

@@ -26,12 +26,12 @@ from .vignette import circle_polygon, vignetted_pixels
 class VignetteConfig(pexConfig.Config):
     """The unvignetted region: a circle on the focal plane, drawn as a regular polygon."""
 
-    xCenter = pexConfig.Field(
+    xCenter = pexConfig.Field[float](
         dtype=float,
         doc="Centre of the unvignetted circle, focal-plane x (mm).",
         default=0.0,
     )
-    yCenter = pexConfig.Field(
+    yCenter = pexConfig.Field[float](
         dtype=float,
         doc="Centre of the unvignetted circle, focal-plane y (mm).",
         default=0.0,

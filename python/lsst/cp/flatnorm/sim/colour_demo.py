@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from ..camera_model import CameraModel
 from ..cpFlatNormalize import CpFlatNormalizationTask
 from .camera import make_sim_camera
 from .figures import plot_residual_comparison
@@ -53,7 +54,7 @@ COLOUR_JITTER = 0.1
 COLLECTIONS = {0: "u/demo/cpFlatColour0", 1: "u/demo/cpFlatColour1"}
 
 
-def colour_sim_config(n_exposures: int, seed: int, camera) -> FlatSimConfig:
+def colour_sim_config(n_exposures: int, seed: int, camera: CameraModel) -> FlatSimConfig:
     """The colour section's simulation: families, drift, and `COLOUR_DETECTOR` missing the
     `N_MISSING` exposures of reddest lamp colour (the other corruptions as in the main section)."""
     config = FlatSimConfig(n_exposures=n_exposures, seed=seed, family_colour_slopes=FAMILY_SLOPES,
@@ -101,7 +102,7 @@ class ColourSection:
 
     @property
     def improvement(self) -> float:
-        """|flat error| of `COLOUR_DETECTOR` with ``colourTerms=0`` over that with 1."""
+        """The absolute flat error of `COLOUR_DETECTOR` with ``colourTerms=0`` over that with 1."""
         return (abs(self.qualities[0].detectors[COLOUR_DETECTOR].detector_error)
                 / abs(self.qualities[1].detectors[COLOUR_DETECTOR].detector_error))
 
@@ -175,7 +176,7 @@ def print_colour_section(repo: SimRepo, section: ColourSection) -> None:
         print(f"   {label:{width}}   {zero:>18}   {one:>18}")
     table = section.tables[1]
     print(f"   detector {COLOUR_DETECTOR}'s flat error vs truth: {section.improvement:.0f}x smaller with "
-          f"colourTerms=1 (the issue asks >= 10x)")
+          f"colourTerms=1 (goal: >= 10x)")
     print(f"   rejected entries = the simulator's corrupted ones (truth), both runs: "
           f"{'yes' if section.flagged_ok else 'NO'}; colour fit converged: {table.meta['COLOUR_CONVERGED']} "
           f"in {table.meta['COLOUR_SWEEPS']} sweep(s)")
@@ -189,7 +190,7 @@ def write_colour_figure(repo: SimRepo, section: ColourSection, path: Path) -> No
     from .demo import residual_matrix  # the main section's matrix of a table's residuals
 
     panels = {}
-    labels = None
+    labels: tuple[list[str], list[str]] = ([], [])
     for k, table in section.tables.items():
         residuals, row_labels, exposure_labels, rejected, invalid = residual_matrix(
             table, repo.truth, "DETECTOR")

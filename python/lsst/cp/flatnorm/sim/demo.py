@@ -109,7 +109,7 @@ def _run_pipelines(repo: SimRepo, output: Path, jobs: int) -> None:
 def _largest_error(recovered: dict, truth: dict) -> tuple[float, object]:
     """Largest |recovered / truth - 1| over the keys of ``truth``, and its key."""
     errors = {key: abs(recovered[key] / value - 1) for key, value in truth.items()}
-    worst = max(errors, key=errors.get)
+    worst = max(errors, key=lambda key: errors[key])
     return errors[worst], worst
 
 
@@ -180,7 +180,8 @@ def measure_flats(repo: SimRepo, flats: dict[int, np.ndarray], colour: float | N
     )
 
 
-def _print_flat_rows(rows: list[tuple[str, str, str]]) -> None:
+def _print_flat_rows(rows: list[tuple[str, ...]]) -> None:
+    """Print (label, normalized, un-normalized) rows under their column titles."""
     width = max(len(label) for label, _, _ in rows)
     print(f"   {'':{width}}   {'normalized':>18}   {'un-normalized':>18}")
     for label, normalized, unnormalized in rows:
@@ -227,7 +228,9 @@ def _compare_flats(repo: SimRepo, qualities: dict[str, MosaicQuality]) -> None:
           f"{np.max(noise):.2e}, which its robust pixel scatter should match)")
 
 
-def residual_matrix(table: Table, truth: FlatTruth, level: str) -> tuple:
+def residual_matrix(
+    table: Table, truth: FlatTruth, level: str
+) -> tuple[np.ndarray, list[str], list[str], np.ndarray, np.ndarray]:
     """A scale table's log residuals as a (row, exposure) matrix in the truth's row and exposure
     order, with the rejected and invalid entries, row labels and exposure labels (sequence numbers)."""
     keys = truth.row_keys(level)

@@ -13,6 +13,7 @@ __all__ = ["bin_image", "plot_exposure_scales", "plot_flat_mosaic", "plot_focal_
 import math
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -52,6 +53,7 @@ def plot_focal_plane(
     title : `str`
         Figure title.
     """
+    by_row: Mapping[Any, float] = scales  # keyed by detector, or by (detector, amplifier)
     patches, values = [], []
     for det in camera:
         x0 = det.focal_plane_x - det.getBBox().getWidth() * det.pixel_size / 2
@@ -62,7 +64,7 @@ def plot_focal_plane(
                 (x0 + box.getMinX() * det.pixel_size, y0 + box.getMinY() * det.pixel_size),
                 box.getWidth() * det.pixel_size, box.getHeight() * det.pixel_size,
             ))
-            values.append(scales.get((det.getId(), amp.getName()), scales.get(det.getId(), np.nan)))
+            values.append(by_row.get((det.getId(), amp.getName()), by_row.get(det.getId(), np.nan)))
     figure, axes = plt.subplots(figsize=(7, 6))
     colormap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
     collection = PatchCollection(patches, cmap=colormap, edgecolor="white", linewidth=0.3)
@@ -103,15 +105,15 @@ def plot_exposure_scales(
     path : `str` or `os.PathLike`
         PNG file to write.
     """
-    recovered, truth = np.asarray(recovered), np.asarray(truth)
-    exposure_times = np.asarray(exposure_times)
+    recovered_e, truth_e = np.asarray(recovered), np.asarray(truth)
+    time_s = np.asarray(exposure_times)
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True,
                                          gridspec_kw={"height_ratios": [2, 1]})
-    top.plot(times, truth / exposure_times, "o", mfc="none", ms=9, label="truth")
-    top.plot(times, recovered / exposure_times, "k.", label="recovered")
+    top.plot(times, truth_e / time_s, "o", mfc="none", ms=9, label="truth")
+    top.plot(times, recovered_e / time_s, "k.", label="recovered")
     top.set_ylabel("E / exposure time (1/s)")
     top.legend()
-    bottom.plot(times, recovered / truth - 1, "k.")
+    bottom.plot(times, recovered_e / truth_e - 1, "k.")
     bottom.axhline(0, color="grey", lw=0.5)
     bottom.set_ylabel("recovered / truth - 1")
     bottom.set_xlabel("time since first exposure (min)")
@@ -149,7 +151,7 @@ def plot_residual_matrix(
                         interpolation="nearest")
     for mask, marker, label in ((rejected, "x", "rejected"), (invalid, "o", "invalid")):
         rows, columns = np.nonzero(mask)
-        style = {"facecolors": "none", "edgecolors": "k"} if marker == "o" else {"color": "k"}
+        style: dict[str, Any] = {"facecolors": "none", "edgecolors": "k"} if marker == "o" else {"color": "k"}
         axes.scatter(columns, rows, marker=marker, s=30, label=f"{label} ({len(rows)})", **style)
     axes.set_xticks(range(len(exposure_labels)), exposure_labels, rotation=90, fontsize=7)
     step = max(1, len(row_labels) // 40)

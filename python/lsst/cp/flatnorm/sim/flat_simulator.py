@@ -57,7 +57,7 @@ import numpy as np
 
 from lsst.images import Image, Mask, MaskedImage, MaskPlane, MaskSchema
 
-from ..camera_model import CameraModel, DetectorModel
+from ..camera_model import AmplifierModel, CameraModel, DetectorModel
 from ..exposure_records import ExposureInfo
 
 if TYPE_CHECKING:
@@ -478,7 +478,7 @@ class FlatSimulator:
         return corruptions
 
     @staticmethod
-    def _in_shadow(amp) -> bool:
+    def _in_shadow(amp: AmplifierModel) -> bool:
         return amp.getBBox().getMinX() < _SHADOW_AMP_COLUMNS * amp.getBBox().getWidth()
 
     @staticmethod
@@ -577,8 +577,8 @@ class FlatSimulator:
     def _signal(self, exposure: SimExposure, detector: int) -> tuple[np.ndarray, np.ndarray]:
         """Noise-free signal of one image, and the pixels of it a measurement may use."""
         det = self.camera[detector]
-        signal = exposure.lamp_level * (1 + self._colour_slope[detector] * exposure.colour)
-        signal = signal * self._responses[detector]
+        lamp = exposure.lamp_level * (1 + self._colour_slope[detector] * exposure.colour)
+        signal = lamp * self._responses[detector]
         usable = self.usable(detector)
         shadow = self._corruption("shadow", exposure.id, detector)
         if shadow is not None:
@@ -658,7 +658,7 @@ class FlatSimulator:
             saturated[self._saturated_rows(det), :] = True
             pixels[saturated] = self.config.saturation_level
             mask.set("SAT", saturated)
-        metadata = {
+        metadata: dict[str, int | float | str | bool | None] = {
             "EXPTIME": exposure.exposure_time, "FILTER": exposure.physical_filter,
             "EXPID": exposure.id, "DETECTOR": detector, "SIMULATE": True,
         }

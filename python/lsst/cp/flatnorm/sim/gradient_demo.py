@@ -32,11 +32,12 @@ __all__ = [
 import dataclasses
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..focal_plane_binning import bin_detector
-from ..gradient_model import FlatGradientModel
+from ..gradient_model import FlatGradientModel, FlatGradientUncertainties
 from .camera import make_sim_camera
 from .figures import plot_flat_mosaic
 from .flat_simulator import FlatSimConfig
@@ -65,8 +66,11 @@ def build_gradient_repo_for_demo(root: Path, n_exposures: int, seed: int) -> Gra
     """Simulate the section's sky and dome flats (``n_exposures`` each) into a fresh repository."""
     camera = with_sensor_families(make_sim_camera())
     radius = SIM_FLAT_CAM_NODES[-1]
-    common = dict(n_exposures=n_exposures, detector_response_sigma=0.0, amp_gain_error_sigma=0.0,
-                  vignetting=0.0, colour_slope_max=0.0, dead_amplifier=None, shadow=None, saturation=None)
+    # The two simulations' shared settings, of several types (FlatSimConfig's fields).
+    common: dict[str, Any] = dict(
+        n_exposures=n_exposures, detector_response_sigma=0.0, amp_gain_error_sigma=0.0, vignetting=0.0,
+        colour_slope_max=0.0, dead_amplifier=None, shadow=None, saturation=None,
+    )
     dome = FlatSimConfig(seed=seed, illumination=dome_illumination(radius, nodes=SIM_FLAT_CAM_NODES),
                          **common)
     sky = FlatSimConfig(seed=seed + 1, illumination=sky_illumination(radius, nodes=SIM_FLAT_CAM_NODES),
@@ -113,14 +117,20 @@ class GradientSection:
         inverse-variance weighted ratio."""
         model, truth = self.models[name], self.truths[name]
         ratio = np.array(model.radial_spline_values) / truth.radial_values
-        weight = (np.array(truth.radial_values) / model.uncertainties.radial_spline_values)**2
+        weight = (np.array(truth.radial_values) / self.uncertainties(name).radial_spline_values)**2
         return float(np.sum(weight * ratio) / np.sum(weight))
+
+    def uncertainties(self, name: str) -> FlatGradientUncertainties:
+        """The uncertainties of model ``name``, which every fit gives."""
+        errors = self.models[name].uncertainties
+        assert errors is not None  # the gradient task always writes them
+        return errors
 
     def pulls(self, name: str) -> dict[str, np.ndarray]:
         """(fitted - true) / uncertainty of every fitted parameter of the model ``name`` (the radial
         function on the simulated one's scale, `radial_scale`)."""
         model, truth = self.models[name], self.truths[name]
-        errors = model.uncertainties
+        errors = self.uncertainties(name)
         scale = self.radial_scale(name)
         result = {"radial": (np.array(model.radial_spline_values) / scale - truth.radial_values)
                   / (np.array(errors.radial_spline_values) / scale),
@@ -140,8 +150,11 @@ def compare_gradient_flats(repo: GradientRepo) -> GradientSection:
     models = {"sky": butler.get("flat_gradient_reference", data_id, collections=SKY_COLLECTION),
               "dome": butler.get("flat_gradient", data_id, collections=DOME_COLLECTION)}
     dome_sim, sky_sim = repo.dome.simulator, repo.sky
-    truths = {"sky": sky_sim.config.illumination, "dome": dome_sim.config.illumination}
-    images, ratios = {"uncorrected": {}, "corrected": {}}, {"uncorrected": {}, "corrected": {}}
+    sky_truth, dome_truth = sky_sim.config.illumination, dome_sim.config.illumination
+    assert sky_truth is not None and dome_truth is not None  # the repository simulates both
+    truths = {"sky": sky_truth, "dome": dome_truth}
+    images: dict[str, dict[int, np.ndarray]] = {"uncorrected": {}, "corrected": {}}
+    ratios: dict[str, dict[int, np.ndarray]] = {"uncorrected": {}, "corrected": {}}
     for detector in camera:
         if detector.type != "SCIENCE":
             continue
@@ -175,6 +188,8 @@ def print_gradient_section(repo: GradientRepo, section: GradientSection) -> None
     print("   fitted model vs simulated illumination (pull = (fit - truth) / the fit's uncertainty):")
     for name in ("sky", "dome"):
         model, truth = section.models[name], section.truths[name]
+        fit = model.fit
+        assert fit is not None  # the gradient task always writes its summary
         pulls = section.pulls(name)
         worst = float(np.max(np.abs(np.concatenate(list(pulls.values())))))
         centre = (f"centre offset ({model.centroid_delta_x:+.4f}, {model.centroid_delta_y:+.4f}) mm, truth "
@@ -182,8 +197,8 @@ def print_gradient_section(repo: GradientRepo, section: GradientSection) -> None
                   else "")
         print(f"   {name:>4}: gradient ({model.gradient_x:+.3e}, {model.gradient_y:+.3e}) /mm, truth "
               f"({truth.gradient[0]:+.3e}, {truth.gradient[1]:+.3e}); {centre}ITL ratio "
-              f"{model.itl_ratio:.5f}, truth {truth.itl_ratio:.5f}; {model.fit.n_bins} bins, "
-              f"{model.fit.n_rejected} rejected; largest |pull| {worst:.2f} "
+              f"{model.itl_ratio:.5f}, truth {truth.itl_ratio:.5f}; {fit.n_bins} bins, "
+              f"{fit.n_rejected} rejected; largest |pull| {worst:.2f} "
               f"(radial profile {np.max(np.abs(pulls['radial'])):.2f})")
     print("   error = flat / (k x target) - 1, target = true response with the dome's illumination replaced "
           "by the sky's radial function")
@@ -201,10 +216,10 @@ def print_gradient_section(repo: GradientRepo, section: GradientSection) -> None
     ratio = np.std(section.binned["corrected"]) / section.bin_noise
     print(f"   (a bin's expected Poisson and read noise: {section.bin_noise:.2e}; the corrected flat's "
           f"binned rms is {ratio:.2f} times it)")
-    pulls = max(float(np.max(np.abs(np.concatenate(list(section.pulls(name).values())))))
-                for name in section.models)
+    largest_pull = max(float(np.max(np.abs(np.concatenate(list(section.pulls(name).values())))))
+                       for name in section.models)
     at_noise = "yes" if ratio < 1.5 else "NO"
-    print(f"   fitted models within 5 sigma of the simulation: {'yes' if pulls < 5 else 'NO'}; "
+    print(f"   fitted models within 5 sigma of the simulation: {'yes' if largest_pull < 5 else 'NO'}; "
           f"corrected flat at the binned flat's noise (rms below 1.5 sigma): {at_noise}")
 
 
@@ -243,7 +258,7 @@ def _plot_radial_profiles(section: GradientSection, path: Path) -> None:
                   label=f"{name}: simulated")
         axes.plot(radius, model.radial_model(radius) * scale, color=colour, ls="--",
                   label=f"{name}: fitted (x {scale:.4f})")
-        errors = np.array(model.uncertainties.radial_spline_values) * scale
+        errors = np.array(section.uncertainties(name).radial_spline_values) * scale
         axes.errorbar(model.radial_spline_nodes, np.array(model.radial_spline_values) * scale, yerr=errors,
                       fmt="o", color=colour, ms=3)
     axes.set_xlabel("radius (mm)")

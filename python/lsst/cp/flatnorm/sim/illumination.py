@@ -6,7 +6,7 @@
 `FocalPlaneIllumination` multiplies every pixel's response in `FlatSimConfig.illumination
 <lsst.cp.flatnorm.sim.flat_simulator.FlatSimConfig>` by the gradient model of
 `lsst.cp.flatnorm.gradient_model` evaluated at the pixel's focal-plane position (through the
-detector's ``pixel_to_focal_plane``: offset, yaw, reference point, pixel size):
+detector's ``pixel_to_focal_plane``: offset, yaw, reference point, pixel size)::
 
     I(x, y) = S(|(x, y) - (c + d)|) / (1 + g . ((x, y) - c)) * (f on ITL detectors, else 1)
 
@@ -126,10 +126,11 @@ def sky_illumination(radius: float, *, nodes: Sequence[float] | None = None,
     as an Akima spline through ``nodes`` (7 nodes up to ``radius`` if `None`); a small gradient,
     0.2 % across the radius; centred.
     """
-    nodes = _preset_nodes(radius, nodes)
-    u = nodes / radius
+    node_radii = _preset_nodes(radius, nodes)
+    u = node_radii / radius
     return FocalPlaneIllumination(
-        radial_nodes=tuple(nodes.tolist()), radial_values=tuple((1 - 0.05 * u**2 - 0.09 * u**6).tolist()),
+        radial_nodes=tuple(node_radii.tolist()),
+        radial_values=tuple((1 - 0.05 * u**2 - 0.09 * u**6).tolist()),
         gradient=(0.002 / radius, -0.001 / radius), itl_ratio=itl_ratio,
     )
 
@@ -142,10 +143,11 @@ def dome_illumination(radius: float, *, nodes: Sequence[float] | None = None,
     sky's, through ``nodes`` as for `sky_illumination`; a 3 % gradient across the radius; the centre
     offset by 2 % of the radius.
     """
-    nodes = _preset_nodes(radius, nodes)
-    u = nodes / radius
+    node_radii = _preset_nodes(radius, nodes)
+    u = node_radii / radius
     return FocalPlaneIllumination(
-        radial_nodes=tuple(nodes.tolist()), radial_values=tuple((1 - 0.08 * u**2 - 0.12 * u**6).tolist()),
+        radial_nodes=tuple(node_radii.tolist()),
+        radial_values=tuple((1 - 0.08 * u**2 - 0.12 * u**6).tolist()),
         centre_offset=(0.02 * radius, -0.015 * radius), gradient=(0.03 / radius, -0.02 / radius),
         itl_ratio=itl_ratio,
     )
