@@ -78,7 +78,7 @@ class _StandardErrorHandler(logging.StreamHandler):
         super().__init__()
         self.setFormatter(logging.Formatter(f"{_PROG}: %(levelname)s: %(message)s"))
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
