@@ -33,4 +33,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *(name for module in _task_modules() for name in module.__all__)})
+    # The public names only: the helpers imported above (ModuleType, Any) are not the package's API.
+    dunders = (name for name in globals() if name.startswith("__"))
+    return sorted({*dunders, *(name for module in _task_modules() for name in module.__all__)})
