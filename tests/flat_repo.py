@@ -26,7 +26,7 @@ from stats_factory import EXPOSURES
 
 PIPETASK = Path(sys.executable).with_name("pipetask")
 KILL_HOOK = Path(__file__).with_name("kill_hook")
-"""Directory whose ``sitecustomize`` SIGTERMs pipetask just before a write (see `run_pipetask`)."""
+"""Directory whose ``sitecustomize`` interrupts a process at a chosen write (see `run_pipetask`)."""
 _LONG_LOG = re.compile(r"^([A-Z]+) \S+ (\S+) \(.*?\)\([^()]+:\d+\) - (.*)$")
 
 INSTRUMENT = "SimFlatCam"
@@ -163,12 +163,14 @@ def synthetic_statistics(camera, exposures, seed, pixels=16):
     return statistics
 
 
-def run_pipetask(root, inputs, output, pipeline, *options, query=None, kill_before_put=(), kill_after_puts=0):
+def run_pipetask(root, inputs, output, pipeline, *options, query=None, kill_before_put=(), kill_after_puts=0,
+                 kill_signal="TERM", kill_where="put"):
     """Run ``pipetask --long-log run`` in a subprocess (``-j 1``); return the completed process.
 
     ``options`` are further arguments (``-c label:field=value``, ``--extend-run``...).  With
-    ``kill_before_put``, dataset type names, the process sends itself SIGTERM just before it writes
-    a dataset of those types, once ``kill_after_puts`` of them are written (`KILL_HOOK`).
+    ``kill_before_put``, dataset type names, the process sends itself ``kill_signal`` just before it
+    writes a dataset of those types (or, with ``kill_where="write"``, in the middle of the file's
+    write), once ``kill_after_puts`` of them are written (`KILL_HOOK`).
     """
     command = [str(PIPETASK), "--long-log", "run", "-b", str(root), "-i", ",".join(inputs), "-o", output,
                "-p", str(pipeline), "--register-dataset-types", "-j", "1", *options]
@@ -176,9 +178,17 @@ def run_pipetask(root, inputs, output, pipeline, *options, query=None, kill_befo
         command += ["-d", query]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if kill_before_put:
-        env.update(KILL_BEFORE_PUT=",".join(kill_before_put), KILL_AFTER_PUTS=str(kill_after_puts),
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(KILL_HOOK), env.get("PYTHONPATH")])))
+        env = hooked_env(KILL_BEFORE_PUT=",".join(kill_before_put), KILL_AFTER_PUTS=str(kill_after_puts),
+                         KILL_SIGNAL=kill_signal, KILL_WHERE=kill_where)
     return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+
+
+def hooked_env(**settings):
+    """This process's environment with `KILL_HOOK` on ``PYTHONPATH`` and its ``settings`` (see the
+    hook's docstring), for a subprocess to be interrupted on purpose."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **settings)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(KILL_HOOK), env.get("PYTHONPATH")]))
+    return env
 
 
 def log_lines(process):
