@@ -146,7 +146,7 @@ def test_check_finds_what_the_kills_left_and_removes_it(runs, capsys):
 def test_check_finds_a_missing_and_a_truncated_file(runs, tmp_path):
     butler = Butler.from_config(str(runs.ingest_repo))
     truncated, missing = butler.query_datasets(INGEST_DATASET_TYPE, collections="SimFlatCam/flats/ingested",
-                                                explain=False)[:2]
+                                               explain=False)[:2]
     truncated_path, missing_path = (Path(butler.getURI(ref).ospath) for ref in (truncated, missing))
     size = truncated_path.stat().st_size
     truncated_path.rename(tmp_path / "truncated")
