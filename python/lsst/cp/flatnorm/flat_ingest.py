@@ -136,9 +136,10 @@ def _write(
             insert_exposure_records(butler, name, new_exposures)
             butler.collections.register(run)
             for source in sources:
+                image = source.read()
                 try:
-                    ref = butler.put(source.read(), dataset_type, instrument=name,
-                                     exposure=source.exposure.id, detector=source.detector_id, run=run)
+                    ref = butler.put(image, dataset_type, instrument=name, exposure=source.exposure.id,
+                                     detector=source.detector_id, run=run)
                 except Exception as error:
                     raise FlatIngestError([f"{source.where}: writing exposure {source.exposure.id}, detector "
                                            f"{source.detector_id} into run {run} failed: "
