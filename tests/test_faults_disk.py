@@ -18,31 +18,21 @@ import errno
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from flat_files import Flats, make_flat_repo, write_mef
 
 from butler_outputs import compare_outputs, output_dataset_types
+from fault_chain import CAMERA, CONFIG, CP_FLATNORM, EVERY_OUTPUT, PIPELINE
 from flat_repo import PIPETASK, log_lines, pipetask_command, run_pipetask, run_with_fault
 from lsst.cp.flatnorm.flat_ingest import INGEST_DATASET_TYPE
 from lsst.cp.flatnorm.repo_check import check_repository
-from lsst.cp.flatnorm.sim.camera import make_sim_camera
-from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
 from lsst.cp.flatnorm.sim.repo import build_sim_repo
-from lsst.cp.flatnorm.sim.run import pipeline_uri
 from lsst.daf.butler import Butler
 from worker_cache import built_once
 
 pytestmark = pytest.mark.slow
 
-PIPELINE = pipeline_uri("SimFlatCam", "cpFlat.yaml")
-CAMERA = make_sim_camera(n_side=1, amp_width=4, amp_height=4, n_wavefront=1)
-CONFIG = FlatSimConfig(n_exposures=3, dead_amplifier=None, shadow=None, saturation=None, n_cosmic_rays=0)
-EVERY_OUTPUT = {"cpFlatStatistics": 3 * len(CAMERA), "cpFlatNormalizeScaleTable": 1,
-                "cpFlatNormalizeScales": 1, "flat": len(CAMERA)}
-CP_FLATNORM = Path(sys.executable).with_name("cp-flatnorm")
 FLATS = Flats()
 TMPFS_SIZE = "4m"
 FULL_RUN = "flats/full"

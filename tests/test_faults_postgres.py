@@ -18,34 +18,23 @@ dataset at the end.
 
 import concurrent.futures
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from flat_files import Flats, write_mef
 
 from butler_outputs import compare_outputs, output_dataset_types, run_checks
+from fault_chain import CAMERA, CONFIG, CP_FLATNORM, EVERY_OUTPUT, NORMALIZATION_OUTPUTS, PIPELINE
 from flat_repo import PIPETASK, log_lines, pipetask_command, run_with_fault
 from lsst.cp.flatnorm.flat_ingest import INGEST_DATASET_TYPE
 from lsst.cp.flatnorm.repo_check import check_repository
-from lsst.cp.flatnorm.sim.camera import make_sim_camera
-from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
-from lsst.cp.flatnorm.sim.run import pipeline_uri
 from lsst.daf.butler import Butler
 from postgres_repo import auth_env, build_sim_repo_on_postgres, create_registry, start_server
 
 pytestmark = pytest.mark.slow
 
-PIPELINE = pipeline_uri("SimFlatCam", "cpFlat.yaml")
-CAMERA = make_sim_camera(n_side=1, amp_width=4, amp_height=4, n_wavefront=1)
-CONFIG = FlatSimConfig(n_exposures=3, dead_amplifier=None, shadow=None, saturation=None, n_cosmic_rays=0)
-EVERY_OUTPUT = {"cpFlatStatistics": 3 * len(CAMERA), "cpFlatNormalizeScaleTable": 1,
-                "cpFlatNormalizeScales": 1, "flat": len(CAMERA)}
 FIRST_INGESTED = 10
 # The simulated exposures only: the ingests add others while the runs go on.
 QUERY = f"instrument='SimFlatCam' AND exposure < {CONFIG.day_obs * 100000 + FIRST_INGESTED}"
-CP_FLATNORM = Path(sys.executable).with_name("cp-flatnorm")
-NORMALIZATION_OUTPUTS = ("cpFlatNormalizeScales", "cpFlatNormalizeScaleTable")
 CONNECTION_LOST = "server closed the connection unexpectedly"
 CONNECTION_REFUSED = "Connection refused"
 
