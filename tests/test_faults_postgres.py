@@ -85,9 +85,9 @@ class Runs:
         self.butler = Butler.from_config(str(self.repo.root))
         self.check = check_repository(self.butler)
 
-    def command(self, output, *options):
+    def command(self, output, *options, jobs=1):
         return pipetask_command(self.repo.root, [self.repo.defaults_collection], output, PIPELINE, *options,
-                                query=QUERY, jobs=2)
+                                query=QUERY, jobs=jobs)
 
     def with_server_down(self, output, *options, **pause):
         """Run pipetask, stop the server immediately where ``pause`` says, let the run go on, and
@@ -97,7 +97,7 @@ class Runs:
             self.server_was_down.append((result.returncode, not self.server._accepts()))
 
         name = f"pause{len(self.server_was_down)}"
-        process = run_with_fault(self.command(output, *options), self.root / name, stop, **pause)
+        process = run_with_fault(self.command(output, *options, jobs=2), self.root / name, stop, **pause)
         self.server.restart()
         return process
 
