@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import astropy.time
@@ -26,7 +27,7 @@ from stats_factory import EXPOSURES
 
 PIPETASK = Path(sys.executable).with_name("pipetask")
 KILL_HOOK = Path(__file__).with_name("kill_hook")
-"""Directory whose ``sitecustomize`` SIGTERMs pipetask just before a write (see `run_pipetask`)."""
+"""Directory whose ``sitecustomize`` interrupts a process at a chosen write (see `run_pipetask`)."""
 _LONG_LOG = re.compile(r"^([A-Z]+) \S+ (\S+) \(.*?\)\([^()]+:\d+\) - (.*)$")
 
 INSTRUMENT = "SimFlatCam"
@@ -163,22 +164,66 @@ def synthetic_statistics(camera, exposures, seed, pixels=16):
     return statistics
 
 
-def run_pipetask(root, inputs, output, pipeline, *options, query=None, kill_before_put=(), kill_after_puts=0):
+def pipetask_command(root, inputs, output, pipeline, *options, query=None, jobs=1):
+    """The ``pipetask --long-log run`` command line; ``options`` are further arguments."""
+    command = [str(PIPETASK), "--long-log", "run", "-b", str(root), "-i", ",".join(inputs), "-o", output,
+               "-p", str(pipeline), "--register-dataset-types", "-j", str(jobs), *options]
+    if query:
+        command += ["-d", query]
+    return command
+
+
+def run_pipetask(root, inputs, output, pipeline, *options, query=None, kill_before_put=(), kill_after_puts=0,
+                 kill_signal="TERM", kill_where="put"):
     """Run ``pipetask --long-log run`` in a subprocess (``-j 1``); return the completed process.
 
     ``options`` are further arguments (``-c label:field=value``, ``--extend-run``...).  With
-    ``kill_before_put``, dataset type names, the process sends itself SIGTERM just before it writes
-    a dataset of those types, once ``kill_after_puts`` of them are written (`KILL_HOOK`).
+    ``kill_before_put``, dataset type names, the process sends itself ``kill_signal`` just before it
+    writes a dataset of those types (or, with ``kill_where="write"``, in the middle of the file's
+    write), once ``kill_after_puts`` of them are written (`KILL_HOOK`).
     """
-    command = [str(PIPETASK), "--long-log", "run", "-b", str(root), "-i", ",".join(inputs), "-o", output,
-               "-p", str(pipeline), "--register-dataset-types", "-j", "1", *options]
-    if query:
-        command += ["-d", query]
+    command = pipetask_command(root, inputs, output, pipeline, *options, query=query)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if kill_before_put:
-        env.update(KILL_BEFORE_PUT=",".join(kill_before_put), KILL_AFTER_PUTS=str(kill_after_puts),
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(KILL_HOOK), env.get("PYTHONPATH")])))
+        env = hooked_env(KILL_BEFORE_PUT=",".join(kill_before_put), KILL_AFTER_PUTS=str(kill_after_puts),
+                         KILL_SIGNAL=kill_signal, KILL_WHERE=kill_where)
     return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+
+
+def run_with_fault(command, pause_file, inject, timeout=900, **settings):
+    """Run ``command`` with `KILL_HOOK` pausing it as ``settings`` say (``PAUSE_AT_QUANTUM=label``,
+    or ``KILL_BEFORE_PUT=...`` with ``KILL_WHERE=pause``), call ``inject()`` once it has paused, then
+    let it go on; return the completed process (its output captured, as text).
+
+    Raises
+    ------
+    AssertionError
+        Raised if the process ended without pausing.
+    """
+    pause_file = Path(pause_file)
+    env = hooked_env(PAUSE_FILE=str(pause_file), **settings)
+    with open(f"{pause_file}.out", "w+") as out, open(f"{pause_file}.err", "w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+        try:
+            while not list(pause_file.parent.glob(f"{pause_file.name}.waiting.*")):
+                assert process.poll() is None, \
+                    f"{command} ended without pausing:\n{Path(err.name).read_text()}"
+                time.sleep(0.1)
+            inject()
+        finally:
+            Path(f"{pause_file}.go").touch()
+            process.wait(timeout)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, process.returncode, out.read(), err.read())
+
+
+def hooked_env(**settings):
+    """This process's environment with `KILL_HOOK` on ``PYTHONPATH`` and its ``settings`` (see the
+    hook's docstring), for a subprocess to be interrupted on purpose."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **settings)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(KILL_HOOK), env.get("PYTHONPATH")]))
+    return env
 
 
 def log_lines(process):

@@ -14,25 +14,18 @@ be equal, exactly.
 """
 
 import concurrent.futures
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
-import yaml
 
-import lsst.cp.flatnorm.sim.repo as sim_repo
 from butler_outputs import compare_outputs, output_dataset_types, run_checks
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
 from lsst.cp.flatnorm.sim.repo import build_sim_repo
 from lsst.cp.flatnorm.sim.run import pipeline_uri, read_normalization, run_pipetask
-from lsst.daf.butler import Butler
-from servers import postgres
+from postgres_repo import NAMESPACE, auth_env, build_sim_repo_on_postgres, create_registry, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -43,45 +36,21 @@ CONFIG = FlatSimConfig(n_exposures=5, dead_amplifier=(3, "C03"), shadow=(2, 1), 
 PIPELINE = pipeline_uri("SimFlatCam", "cpFlat.yaml")
 OUTPUTS = ("u/pg/cpFlatA", "u/pg/cpFlatB")
 SQLITE_OUTPUT = "u/sqlite/cpFlat"
-DATABASE, ROLE, NAMESPACE = "flats", "butler", "cp_flatnorm_test"
+DATABASE, ROLE = "flats", "butler"
 
 
 @pytest.fixture(scope="module")
 def server():
-    reason = postgres.skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres.PostgresServer.start() as server:
+    with start_server() as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def registry_url(server, tmp_path_factory):
     """A database owned by a role with a password, which daf_butler finds in the LSST_DB_AUTH file."""
-    password = server.create_database(DATABASE, ROLE)
-    url = server.url(ROLE, DATABASE)
-    auth = tmp_path_factory.mktemp("auth") / "db-auth.yaml"
-    auth.write_text(yaml.safe_dump([{"url": url, "password": password}]))
-    auth.chmod(0o600)  # daf_butler refuses a credentials file that others can read
-    with mock.patch.dict(os.environ, {"LSST_DB_AUTH": str(auth)}):  # for pipetask too
+    url, env = create_registry(server, tmp_path_factory.mktemp("auth"), DATABASE, ROLE)
+    with auth_env(env):  # for pipetask too
         yield url
-
-
-def create_postgres_repo(root: Path, registry_url: str) -> Butler:
-    """The recipe of postgres.rst: a seed file that includes the package's seed config and names the
-    registry database, and ``butler create``."""
-    seed = root.with_name(root.name + "-seed.yaml")
-    seed.write_text(f"""\
-includeConfigs:
-  - resource://lsst.cp.flatnorm/configs/butler-seed.yaml
-registry:
-  db: {registry_url}
-  namespace: {NAMESPACE}
-""")
-    butler_cli = str(Path(sys.executable).with_name("butler"))
-    subprocess.run([butler_cli, "create", "--seed-config", str(seed), str(root)], check=True,
-                   capture_output=True, text=True)
-    return Butler.from_config(str(root), writeable=True)
 
 
 def run_concurrently(jobs):
@@ -104,13 +73,7 @@ def repos(registry_url, tmp_path_factory):
     """The same simulated flats in a PostgreSQL and a SQLite repository, and the chain run on both:
     twice at once on PostgreSQL (different output runs), and once on SQLite, all three together."""
     root = tmp_path_factory.mktemp("postgres")
-
-    # build_sim_repo creates its repository with make_repo (SQLite); give it the PostgreSQL one.
-    def make_repo(path):
-        return create_postgres_repo(Path(path), registry_url)
-
-    with mock.patch.object(sim_repo, "make_repo", make_repo):
-        pg = build_sim_repo(root / "pg", camera=CAMERA, config=CONFIG)
+    pg = build_sim_repo_on_postgres(root / "pg", registry_url, camera=CAMERA, config=CONFIG)
     sqlite = build_sim_repo(root / "sqlite", camera=CAMERA, config=CONFIG)
     jobs = [(pg.root, [pg.defaults_collection], output, root / f"pipetask-{i}.log")
             for i, output in enumerate(OUTPUTS)]

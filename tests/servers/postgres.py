@@ -7,7 +7,8 @@
 free port of 127.0.0.1 (no Unix socket), as a non-root user when the tests run as root (PostgreSQL
 refuses root: the ``postgres`` account of Debian's package, else ``nobody``). It has a superuser
 ``cpflat_admin`` that connects without a password; every other role must give its password (SCRAM),
-as on a real server. `PostgresServer.stop` shuts it down (fast shutdown) and removes the directory.
+as on a real server. `PostgresServer.stop_immediately` and `PostgresServer.restart` crash and
+recover it, for fault tests. `PostgresServer.stop` shuts it down (fast shutdown) and removes the directory.
 Durability is off (``fsync``, ``synchronous_commit``, ``full_page_writes``): the data is thrown away.
 
 Run ``python tests/servers/postgres.py`` to start one by hand; it prints the URL and waits for
@@ -129,23 +130,44 @@ class PostgresServer:
     def _run(self) -> None:
         for attempt in range(3):  # a free port can be taken between choosing and binding it
             self.port = free_port()
-            options = {
-                "listen_addresses": self.host, "port": self.port, "unix_socket_directories": "",
-                "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-                "max_connections": 200, "logging_collector": "off",
-            }
-            command = [str(self.bin_dir / "postgres"), "-D", str(self.data)]
-            for key, value in options.items():
-                command += ["-c", f"{key}={value}"]
-            self.daemon = Daemon("postgres", command, self.log, user=self.user, cwd=self.root)
-            if wait_until(lambda: not self.daemon.alive() or self._accepts(), _START_TIMEOUT) \
-                    and self.daemon.alive():
+            if self._launch():
                 return
             tail = self.daemon.log_tail()
-            self.daemon.stop(signal.SIGINT)
             if "could not bind" not in tail and "in use" not in tail:
                 break
         raise RuntimeError(f"PostgreSQL did not start on port {self.port}; its log ends:\n{tail}")
+
+    def _launch(self) -> bool:
+        """Start ``postgres`` on `port`; whether it accepts connections (else it is stopped)."""
+        options = {
+            "listen_addresses": self.host, "port": self.port, "unix_socket_directories": "",
+            "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+            "max_connections": 200, "logging_collector": "off",
+        }
+        command = [str(self.bin_dir / "postgres"), "-D", str(self.data)]
+        for key, value in options.items():
+            command += ["-c", f"{key}={value}"]
+        self.daemon = Daemon("postgres", command, self.log, user=self.user, cwd=self.root)
+        daemon = self.daemon
+        if wait_until(lambda: not daemon.alive() or self._accepts(), _START_TIMEOUT) and daemon.alive():
+            return True
+        self.daemon.stop(signal.SIGINT)
+        return False
+
+    def stop_immediately(self) -> subprocess.CompletedProcess:
+        """``pg_ctl stop -m immediate``: the server quits at once, without rolling back or closing its
+        clients' sessions, as when it crashes; its data directory stays for `restart`."""
+        command = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "stop", "-m", "immediate"]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=self.root, **self._as_user())
+        if self.daemon is not None:
+            self.daemon.process.wait(30)
+        return result
+
+    def restart(self) -> None:
+        """Start the stopped server again, on the same port (recovering from an immediate stop)."""
+        if not self._launch():
+            raise RuntimeError(f"PostgreSQL did not restart on port {self.port}; its log ends:\n"
+                               f"{self.daemon.log_tail()}")
 
     def _accepts(self) -> bool:
         import psycopg

@@ -10,7 +10,9 @@
   the package's seed config, registers the `~lsst.cp.flatnorm.instrument.FlatInstrument` that
   ``FILE`` configures and certifies its camera;
 - ``cp-flatnorm ingest REPO --instrument NAME FILES...`` ingests post-ISR flat FITS files
-  (`lsst.cp.flatnorm.flat_ingest.ingest_flats`).
+  (`lsst.cp.flatnorm.flat_ingest.ingest_flats`);
+- ``cp-flatnorm check REPO [--remove-orphans]`` checks that every registered dataset has its file
+  and every file its dataset, after a run that failed (`lsst.cp.flatnorm.repo_check`).
 
 A bad input ends the command with status 1 and the error's message, without a traceback.
 
@@ -327,5 +329,39 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-_SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_camera, _add_register, _add_ingest)
+def _add_check(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="check that every dataset has its file and every file its dataset",
+        description="Check, after a run or an ingest that failed, that every registered dataset has its "
+                    "file with the recorded size, and list the files that no dataset owns (what a write "
+                    "interrupted by SIGKILL, a lost node or a full disk leaves). Exits 1 if anything is "
+                    "wrong.",
+    )
+    parser.add_argument("repo", help="butler repository (a local file datastore)")
+    parser.add_argument("--remove-orphans", action="store_true",
+                        help="delete the files that no dataset owns (only while nothing writes to REPO)")
+    parser.set_defaults(handler=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from .repo_check import check_repository, remove_orphans
+
+    try:
+        butler = Butler.from_config(args.repo)
+    except OSError as error:
+        raise CommandError(f"cannot open the repository {args.repo}: {error}") from None
+    try:
+        check = check_repository(butler)
+    except TypeError as error:
+        raise CommandError(str(error)) from None
+    print(check.report())
+    if args.remove_orphans and check.orphans:
+        remove_orphans(check)
+        print(f"Removed the {_count(len(check.orphans), 'file')} that no dataset owns.")
+        return 1 if check.broken else 0
+    return 0 if check.consistent else 1
+
+
+_SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_camera, _add_register, _add_ingest, _add_check)
 """Functions adding one subcommand's parser each, in the order ``--help`` lists them."""

@@ -33,6 +33,7 @@ from lsst.daf.butler import (
     Butler, CollectionType, DatasetType, MissingCollectionError, MissingDatasetTypeError,
 )
 from lsst.pipe.base import Instrument
+from lsst.resources import ResourcePath
 
 from .butler_setup import no_new_empty_directories
 from .exposure_records import ExposureInfo, insert_exposure_records
@@ -106,7 +107,8 @@ def ingest_flats(
         with every problem of the files and of the repository (see `scan_flats`; also an
         (exposure, detector) already ingested, in any collection, an exposure ID above the
         instrument's ``exposure_max``, or an exposure whose record in the repository disagrees with
-        the headers).
+        the headers); or, with everything rolled back, if writing an image failed (naming the image
+        and the cause: a full disk, a lost database...).
     """
     instrument, camera = _instrument_and_camera(butler, instrument_name)
     filters = {record.name for record in butler.query_dimension_records(
@@ -135,17 +137,46 @@ def _write(
     sources: Sequence[FlatSource], new_exposures: Sequence[ExposureInfo],
 ) -> str:
     """Insert the records, put the images and lead the umbrella collection with ``run``, in one
-    transaction; return the umbrella collection's name."""
+    transaction; return the umbrella collection's name.
+
+    A put that fails (a full disk, a lost database) raises `FlatIngestError` naming the image and
+    the cause, once the transaction is rolled back and the files of the images put before it are
+    removed.
+    """
     name = instrument.getName()
     progress = Progress(len(sources), "images written", _LOG)
-    with butler.transaction():
-        insert_exposure_records(butler, name, new_exposures)
-        butler.collections.register(run)
-        for written, source in enumerate(sources, start=1):
-            butler.put(source.read(), dataset_type, instrument=name, exposure=source.exposure.id,
-                       detector=source.detector_id, run=run)
-            progress(written)
-        return _lead_umbrella(butler, instrument, run)
+    written: list[ResourcePath] = []
+    try:
+        with butler.transaction():
+            insert_exposure_records(butler, name, new_exposures)
+            butler.collections.register(run)
+            for source in sources:
+                image = source.read()
+                try:
+                    ref = butler.put(image, dataset_type, instrument=name, exposure=source.exposure.id,
+                                     detector=source.detector_id, run=run)
+                except Exception as error:
+                    raise FlatIngestError([f"{source.where}: writing exposure {source.exposure.id}, detector "
+                                           f"{source.detector_id} into run {run} failed: "
+                                           f"{_root_cause(error)}"]) from error
+                written.append(butler.getURI(ref))
+                progress(len(written))
+            return _lead_umbrella(butler, instrument, run)
+    except BaseException:
+        # daf_butler's rollback forgets the files of the puts before a put that failed (its
+        # Datastore.transaction leaves the failed inner transaction current, so the outer one is never
+        # rolled back), which would leave files that no dataset owns.
+        for uri in written:
+            if uri.exists():
+                uri.remove()
+        raise
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first cause of ``error`` (the formatter's or the file system's), on one line."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 def _instrument_and_camera(butler: Butler, name: str) -> tuple[Instrument, Any]:

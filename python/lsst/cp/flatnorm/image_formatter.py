@@ -35,13 +35,21 @@ from __future__ import annotations
 
 __all__ = ["PostIsrFlatFormatter"]
 
+import errno
 import functools
+import os
+import shutil
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
+
 from lsst.images import serialization
 from lsst.images.formatters import GenericFormatter
-from lsst.resources import ResourcePathExpression
+from lsst.resources import ResourcePath, ResourcePathExpression
+
+_HDF5_OVERHEAD = 32 * 1024
+"""Bytes an HDF5 (NDF) file of a post-ISR flat takes beyond its arrays (metadata, headers), at most."""
 
 
 class PostIsrFlatFormatter(GenericFormatter):
@@ -53,6 +61,22 @@ class PostIsrFlatFormatter(GenericFormatter):
     """
 
     default_extension: ClassVar[str] = ".sdf"
+
+    def write_local_file(self, in_memory_dataset: Any, uri: ResourcePath) -> None:
+        """Write the file, after checking that the disk has room for it.
+
+        HDF5 fails badly on a full disk: the library keeps the half-written file open, and the process
+        crashes when it exits.  An image that cannot fit is refused before writing instead.
+
+        Raises
+        ------
+        OSError
+            Raised, with ``errno.ENOSPC``, naming the file and the bytes needed and free, if the file
+            system cannot hold the file; nothing is written then.
+        """
+        if self.get_write_extension() == ".sdf":
+            _check_room(uri.ospath, _array_bytes(in_memory_dataset) + _HDF5_OVERHEAD)
+        super().write_local_file(in_memory_dataset, uri)
 
     def _read_from_resource_path(self, uri: ResourcePathExpression, component: str | None = None) -> Any:
         parameters = self._coerce_legacy_bboxes(self.file_descriptor.parameters or {})
@@ -67,6 +91,19 @@ class PostIsrFlatFormatter(GenericFormatter):
             if archive is not None and hasattr(archive, "get_array"):
                 archive.get_array = _plain_tuple_slices(archive.get_array)
             return reader.read(**parameters)
+
+
+def _array_bytes(image: Any) -> int:
+    """Bytes of the image's arrays (image, mask, variance), as the uncompressed file holds them."""
+    return sum(np.asarray(getattr(image, plane).array).nbytes for plane in ("image", "mask", "variance")
+               if hasattr(image, plane))
+
+
+def _check_room(path: str, needed: int) -> None:
+    free = shutil.disk_usage(os.path.dirname(path)).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {needed} bytes needed, {free} free",
+                      path)
 
 
 def _plain_tuple_slices(get_array: Callable[..., Any]) -> Callable[..., Any]:
