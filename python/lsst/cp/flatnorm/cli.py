@@ -345,6 +345,8 @@ def _add_check(subparsers: Any) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    from lsst.daf.butler import Butler
+
     from .repo_check import check_repository, remove_orphans
 
     try:
