@@ -460,7 +460,8 @@ def _pattern_failures(exposure_stats: Mapping[int, Mapping[str, Any]], max_rms: 
     lit = sorted(int(exp) for exp, stats in exposure_stats.items() if stats["VERIFY"]["EXP"]["LAMP_OFF"])
     keys = sorted({(int(det), amp) for exp in lit for det, det_stats in exposure_stats[exp]["DETECTORS"].items()
                    for amp in det_stats["AMP"]})
-    levels = np.array([[_amp_mean(exposure_stats[exp], key) for key in keys] for exp in lit]).reshape(len(lit), -1)
+    levels = np.array([[_amp_mean(exposure_stats[exp], key) for key in keys] for exp in lit]).reshape(
+        len(lit), len(keys))
     pattern = {}
     for exp, rms in zip(lit, pattern_rms(levels)):
         pattern[exp] = float(rms)
@@ -522,10 +523,18 @@ def _normalization_failures(table: Any, thresholds: Thresholds
 
 
 def _scatter_per_unit_weight(residuals: FloatArray, weights: FloatArray, n_parameters: int) -> float:
-    """The normalization's ``s``, ``sqrt(sum w r^2 / (n - p))`` over the used entries
-    (`lsst.cp.flatnorm.scale_uncertainty`), for a scale table whose metadata did not keep it."""
+    """The normalization's scatter per unit weight ``s`` (`lsst.cp.flatnorm.scale_uncertainty`), for a
+    scale table whose metadata did not keep it.
+
+    The normalization computes ``sqrt(sum w r^2 / (n - p))``; here the mean square is replaced by
+    the square of 1.4826 times the median ``|r| sqrt(w)``, so that the one entry the test is after
+    does not inflate the scale it is measured against.
+    """
     dof = residuals.size - n_parameters
-    return float(np.sqrt(np.sum(weights * residuals**2) / dof)) if dof > 0 else float("nan")
+    if dof <= 0:
+        return float("nan")
+    robust = 1.4826 * float(np.median(np.abs(residuals) * np.sqrt(weights)))
+    return robust * float(np.sqrt(residuals.size / dof))
 
 
 def _entry_failures(bad: BoolArray, pulls: FloatArray, thresholds: Thresholds) -> list[str]:
