@@ -22,6 +22,7 @@ __all__ = [
     "demo_section",
     "run_in_process",
     "run_verification",
+    "small_camera",
 ]
 
 import dataclasses
@@ -35,7 +36,7 @@ from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from ..camera_model import CameraModel
 from ..exposure_records import insert_exposure_records
 from ..verify_results import Verdicts, read_verdicts, summary_lines
-from .camera import make_sim_camera
+from .camera import SIM_CAMERA_NAME, make_sim_camera
 from .defects import DefectSimulator, InjectedDefects
 from .flat_simulator import FlatSimConfig
 from .repo import SimRepo, build_sim_repo, put_images
@@ -65,9 +66,15 @@ class VerificationRepo:
         return self.simulator.config.physical_filter
 
 
-def small_camera() -> CameraModel:
-    """Four 256 x 128 science detectors of 16 amplifiers: enough for every test, quickly simulated."""
-    return make_sim_camera(n_side=2, n_wavefront=0)
+def small_camera(name: str = SIM_CAMERA_NAME) -> CameraModel:
+    """Four 256 x 128 science detectors of 16 amplifiers: enough for every test, quickly simulated.
+
+    Parameters
+    ----------
+    name : `str`, optional
+        Camera name (an instrument's camera has its name).
+    """
+    return make_sim_camera(n_side=2, n_wavefront=0, name=name)
 
 
 def build_verification_repo(
