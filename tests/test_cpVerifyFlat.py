@@ -3,9 +3,9 @@
 
 """The flat verification pipeline in a butler repository, against the simulator's truth.
 
-One repository: a flat made by SimFlatCam/cpFlat.yaml from 8 exposures (one entry shadowed), and
+One repository: a flat made by SimFlatCam/cpFlat.yaml from 6 exposures (one entry shadowed), and
 6 new exposures with one defect each at a different detector, amplifier or exposure (a gain jump
-on detector 3, a low-level, a lamp-off, a gradient and a saturated exposure).  SimFlatCam's
+on detector 2, a low-level, a lamp-off, a gradient and a saturated exposure).  SimFlatCam's
 verifyFlat.yaml runs on them in this process with pipetask's executor; the verdicts must flag
 exactly those defects.  Every other instrument's verifyFlat.yaml builds its quantum graph against
 the same repository (a one-detector exposure of that instrument added), and one of them runs
@@ -37,7 +37,7 @@ from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from flat_repo import flat_instrument
 from worker_cache import built_once
 
-DEFECTS = InjectedDefects(gain_jump=(3, "C05", 1.1), low_level=(1, 0.03), lamp_off=2, gradient=(3, 0.05))
+DEFECTS = InjectedDefects(gain_jump=(2, "C15", 1.1), low_level=(1, 0.03), lamp_off=2, gradient=(3, 0.05))
 OTHER_INSTRUMENTS = ("DECam", "HSC", "LSSTCam", "LSSTComCam")
 LABELS = {"verifyFlatIsr": 1, "verifyFlatDet": 1, "verifyFlatExp": 1, "verifyFlat": 1}
 
@@ -58,50 +58,52 @@ def exposure_ids(verification):
 def test_verdicts_flag_exactly_the_injected_defects(verified):
     verification, verdicts, _ = verified
     truth = verification.simulator.expected_failures()
-    assert truth["amplifiers"] == {(3, "C05"): {"AMP_OFFSET"}}
-    # Detector 3's amplifier C05 fails in the two exposures not blamed on their input quality.
+    assert truth["amplifiers"] == {(2, "C15"): {"AMP_OFFSET"}}
+    # Detector 2's amplifier C15 fails in the two exposures not blamed on their input quality.
     assert verdicts.failed_detectors() == {
-        0: ["NORMALIZATION_REJECTED (1 of 8 entries)"],
-        3: ["C05 AMP_OFFSET (2 of 2 exposures)"],
+        0: ["NORMALIZATION_REJECTED (1 of 6 entries)"],
+        2: ["C15 AMP_OFFSET (2 of 2 exposures)"],
     }
     shadowed = verification.repo.truth.expected_rejected()
     assert shadowed == {(2024060100003, 0)}
     expected_exposures = {exposure: sorted(tests) for exposure, tests in truth["exposures"].items()}
-    expected_exposures[2024060100003] = ["NORMALIZATION_REJECTED (1 of 4 entries)"]
+    expected_exposures[2024060100003] = ["NORMALIZATION_REJECTED (1 of 3 entries)"]
     assert verdicts.failed_exposures() == expected_exposures
-    assert set(verdicts.detectors) == {0, 1, 2, 3}
-    assert len(verdicts.exposures) == 8 + 6 and not verdicts.success
+    assert set(verdicts.detectors) == {0, 1, 2}
+    assert len(verdicts.exposures) == 6 + 6 and not verdicts.success
 
 
 def test_amplifier_columns_read_back(verified):
     verification, _, butler = verified
     clean = exposure_ids(verification)[0]
-    table = butler.get("verifyFlatDetResults", instrument="SimFlatCam", exposure=clean, detector=3)
+    table = butler.get("verifyFlatDetResults", instrument="SimFlatCam", exposure=clean, detector=2)
     amps = table[table["amplifier"] != ""]
-    jumped = amps[amps["amplifier"] == "C05"][0]
+    jumped = amps[amps["amplifier"] == "C15"][0]
     assert jumped["FLAT_AMP_OFFSET"] == pytest.approx(0.1, abs=0.005)
     assert not jumped["FLAT_VERIFY_AMP_OFFSET"] and not jumped["FLAT_VERIFY_SUCCESS"]
-    others = amps[amps["amplifier"] != "C05"]
+    others = amps[amps["amplifier"] != "C15"]
     assert np.all(others["FLAT_VERIFY_SUCCESS"]) and np.all(np.abs(others["FLAT_AMP_OFFSET"]) < 0.01)
-    # cp_verify's noise test is kept, and fails on images independent of the flat; the predicted
-    # noise is met to a few per cent.
-    assert not np.any(amps["FLAT_VERIFY_NOISE"]) and np.all(amps["FLAT_VERIFY_NOISE_PREDICTED"])
+    # cp_verify's noise test is kept as cp_verify computes it (its outcome depends on the flat's
+    # normalization, see test_flat_verification), and not counted; the predicted noise is met to a few
+    # per cent.
+    assert list(amps["FLAT_VERIFY_NOISE"]) == list(amps["FLAT_NOISE"] <= np.sqrt(amps["FLAT_MEAN"]))
+    assert np.all(amps["FLAT_VERIFY_NOISE_PREDICTED"])
     assert np.all(np.abs(amps["FLAT_NOISE"] / amps["FLAT_NOISE_PREDICTED"] - 1) < 0.06)
     # The corrected level follows the lamp: the two clean exposures' levels are in the ratio of their
     # lamp levels (times their colour terms, below 0.3%).
     last = exposure_ids(verification)[5]
-    later = butler.get("verifyFlatDetResults", instrument="SimFlatCam", exposure=last, detector=3)
+    later = butler.get("verifyFlatDetResults", instrument="SimFlatCam", exposure=last, detector=2)
     lamps = [exposure.lamp_level for exposure in verification.simulator.exposures]
     ratio = np.median(later[later["amplifier"] != ""]["FLAT_MEAN"]) / np.median(amps["FLAT_MEAN"])
     assert ratio == pytest.approx(lamps[5] / lamps[0], rel=0.003)
     # The flat's percentiles, copied from its metadata.
-    flat = butler.get("flat", instrument="SimFlatCam", detector=3, physical_filter="sim_r",
+    flat = butler.get("flat", instrument="SimFlatCam", detector=2, physical_filter="sim_r",
                       collections=FLAT_COLLECTION)
-    median = flat.metadata["LSST CALIB FLAT C05 DISTRIBUTION 50.0-PCT"]
+    median = flat.metadata["LSST CALIB FLAT C15 DISTRIBUTION 50.0-PCT"]
     assert jumped["FLAT_FLAT_DIST_50.0_PCT"] == pytest.approx(median)
     detector_row = table[table["amplifier"] == ""][0]
     assert detector_row["FLAT_DET_VERIFY_SCATTER"]
-    assert detector_row["FLAT_DET_SCATTER"] / detector_row["FLAT_DET_MEAN"] == pytest.approx(0.1 / 4, rel=0.2)
+    assert detector_row["FLAT_DET_SCATTER"] / detector_row["FLAT_DET_MEAN"] == pytest.approx(0.1 / 8**0.5, rel=0.2)
 
 
 def test_exposure_columns_read_back(verified):
@@ -118,7 +120,7 @@ def test_exposure_columns_read_back(verified):
     stats = butler.get("verifyFlatStats", instrument="SimFlatCam", physical_filter="sim_r")
     assert stats["PATTERN_RMS"][ids[3]] > 0.01 > 0.002 > stats["PATTERN_RMS"][ids[0]]
     assert ids[2] not in stats["PATTERN_RMS"]
-    assert "detector 3 C05 AMP_OFFSET (2 of 2 exposures)" in stats["FAILURES"]
+    assert "detector 2 C15 AMP_OFFSET (2 of 2 exposures)" in stats["FAILURES"]
 
 
 def test_binned_images(verified):
@@ -127,7 +129,7 @@ def test_binned_images(verified):
     image = butler.get("verifyFlatIsrExp", data_id)
     for name, factor in (("verifyFlatIsrExpBin8", 8), ("verifyFlatIsrExpBin64", 64)):
         binned = butler.get(name, data_id)
-        assert binned.image.array.shape == (128 // factor, 256 // factor)
+        assert binned.image.array.shape == (64 // factor, 256 // factor)
         block = image.image.array[:factor, :factor]
         assert binned.image.array[0, 0] == pytest.approx(block.mean(), rel=1e-5)
 
@@ -164,10 +166,10 @@ def test_cli_prints_the_verdicts(verified):
     assert status == 3
     assert lines[0].startswith("Flat verification of SimFlatCam sim_r (u/verify/verifyFlat/")
     assert lines[0].endswith("): FAILED")
-    assert lines[1:4] == ["  2 of 4 detectors passed.",
-                          "  detector 0 FAILED: NORMALIZATION_REJECTED (1 of 8 entries)",
-                          "  detector 3 FAILED: C05 AMP_OFFSET (2 of 2 exposures)"]
-    assert "  9 of 14 exposures passed." in lines
+    assert lines[1:4] == ["  1 of 3 detectors passed.",
+                          "  detector 0 FAILED: NORMALIZATION_REJECTED (1 of 6 entries)",
+                          "  detector 2 FAILED: C15 AMP_OFFSET (2 of 2 exposures)"]
+    assert "  7 of 12 exposures passed." in lines
 
 
 def add_instrument(butler, name, verification):

@@ -67,14 +67,15 @@ class VerificationRepo:
 
 
 def small_camera(name: str = SIM_CAMERA_NAME) -> CameraModel:
-    """Four 256 x 128 science detectors of 16 amplifiers: enough for every test, quickly simulated.
+    """A 256 x 128 science detector of 16 amplifiers (ID 0) and two 256 x 64 wavefront detectors of 8
+    (IDs 1 and 2, amplifiers C10..C17): enough for every test, quickly simulated.
 
     Parameters
     ----------
     name : `str`, optional
         Camera name (an instrument's camera has its name).
     """
-    return make_sim_camera(n_side=2, n_wavefront=0, name=name)
+    return make_sim_camera(n_side=1, n_wavefront=2, name=name)
 
 
 def build_verification_repo(
@@ -96,7 +97,7 @@ def build_verification_repo(
     camera : `lsst.cp.flatnorm.camera_model.CameraModel`, optional
         Camera; `small_camera` if `None`.
     flat_config : `lsst.cp.flatnorm.sim.flat_simulator.FlatSimConfig`, optional
-        The flat's inputs: 8 exposures with the third partly shadowed on detector 0 and no other
+        The flat's inputs: 6 exposures with the third partly shadowed on detector 0 and no other
         corruption if `None`.
     new_config : `lsst.cp.flatnorm.sim.flat_simulator.FlatSimConfig`, optional
         The new flats (same seed and camera response, so the flat fits them): 6 exposures a month
@@ -107,7 +108,7 @@ def build_verification_repo(
     repo : `VerificationRepo`
     """
     camera = camera if camera is not None else small_camera()
-    flat_config = flat_config or FlatSimConfig(n_exposures=8, dead_amplifier=None, shadow=(2, 0), saturation=None)
+    flat_config = flat_config or FlatSimConfig(n_exposures=6, dead_amplifier=None, shadow=(2, 0), saturation=None)
     new_config = new_config or dataclasses.replace(
         flat_config, n_exposures=6, day_obs=_NEW_DAY_OBS, start_time="2024-07-01T20:00:00", shadow=None,
         saturation=(4, 1),
@@ -171,12 +172,12 @@ def demo_section(output: Path) -> Verdicts:
     -------
     verdicts : `lsst.cp.flatnorm.verify_results.Verdicts`
     """
-    defects = InjectedDefects(gain_jump=(3, "C05", 1.08))
+    defects = InjectedDefects(gain_jump=(2, "C15", 1.08))
     verification = build_verification_repo(output / "verify_repo", defects)
     verdicts = run_verification(verification)
     for line in summary_lines(verdicts, f"SimFlatCam {verification.physical_filter}"):
         print(line)
-    print("Injected: amplifier C05 of detector 3 responds 8% more than when the flat's inputs were "
+    print("Injected: amplifier C15 of detector 2 responds 8% more than when the flat's inputs were "
           "taken (AMP_OFFSET: its mean stands 8% above its detector's median amplifier); the shadowed "
           "entry of detector 0 in the flat's inputs was rejected by the normalization "
           "(NORMALIZATION_REJECTED); the saturated band of detector 1 blames its exposure (SATURATED).")
