@@ -58,10 +58,16 @@ class DefectSimulator(FlatSimulator):
         Simulation parameters.
     defects : `InjectedDefects`
         What to inject.
+    first_seq_num : `int`, optional
+        Sequence number of the first exposure.  The noise of an image is drawn from the seed and
+        its sequence number, so new flats of the same seed (the same camera response) need other
+        sequence numbers than the flat's inputs, or they would repeat their noise.
     """
 
-    def __init__(self, camera: CameraModel, config: FlatSimConfig, defects: InjectedDefects):
+    def __init__(self, camera: CameraModel, config: FlatSimConfig, defects: InjectedDefects,
+                 first_seq_num: int = 1):
         self.defects = defects
+        self._first_seq_num = first_seq_num
         super().__init__(camera, config)
         self._check_defects()
 
@@ -79,7 +85,7 @@ class DefectSimulator(FlatSimulator):
                                  f"{self.config.n_exposures} simulated exposures.")
 
     def _make_exposures(self, rng: np.random.Generator) -> list[SimExposure]:
-        exposures = super()._make_exposures(rng)
+        exposures = [self._renumbered(exposure) for exposure in super()._make_exposures(rng)]
         factors = {}
         if self.defects.low_level is not None:
             factors[self.defects.low_level[0]] = self.defects.low_level[1]
@@ -89,6 +95,11 @@ class DefectSimulator(FlatSimulator):
             exposure = exposures[index]
             exposures[index] = dataclasses.replace(exposure, lamp_level=exposure.lamp_level * factor)
         return exposures
+
+    def _renumbered(self, exposure: SimExposure) -> SimExposure:
+        seq_num = exposure.seq_num + self._first_seq_num - 1
+        return dataclasses.replace(exposure, seq_num=seq_num, id=exposure.day_obs * 100_000 + seq_num,
+                                   obs_id=f"SF_O_{exposure.day_obs}_{seq_num:06d}")
 
     def _amp_map(self, det: DetectorModel) -> np.ndarray:
         gains = super()._amp_map(det)

@@ -49,6 +49,8 @@ VERIFY_COLLECTION = "u/verify/verifyFlat"
 _NEW_IMAGES_RUN = "SimFlatCam/raw/verification"
 _NEW_DAY_OBS = 20240701
 """Day of the new flats: a month after the flat's inputs, so their exposure IDs differ."""
+_NEW_FIRST_SEQ_NUM = 101
+"""Sequence number of the first new flat: other than the inputs', so that their noise differs."""
 
 
 @dataclasses.dataclass
@@ -116,7 +118,7 @@ def build_verification_repo(
     repo = build_sim_repo(root, camera=camera, config=flat_config)
     run_in_process(repo.root, pipeline_uri("SimFlatCam", "cpFlat.yaml"), [repo.defaults_collection],
                    FLAT_COLLECTION)
-    simulator = DefectSimulator(camera, new_config, defects)
+    simulator = DefectSimulator(camera, new_config, defects, first_seq_num=_NEW_FIRST_SEQ_NUM)
     insert_exposure_records(repo.butler, repo.instrument.getName(), simulator.exposures)
     put_images(repo.butler, simulator, repo.instrument.getName(), _NEW_IMAGES_RUN)
     return VerificationRepo(repo, simulator, _NEW_IMAGES_RUN)
