@@ -165,8 +165,9 @@ class CpVerifyFlatApplyTask(pipeBase.PipelineTask):
         mask = _corrected_mask(inputExp.mask, flat.mask, usable)
         metadata = {key: value for key, value in flat.metadata.items() if "DISTRIBUTION" in key}
         metadata[_FLAT_INPUTS_KEY] = n_inputs
-        output = MaskedImage(Image(corrected.astype(np.float32), bbox=inputExp.bbox), mask=mask,
-                             variance=Image(variance.astype(np.float32), bbox=inputExp.bbox), metadata=metadata)
+        box = inputExp.bbox
+        output = MaskedImage(Image(corrected.astype(np.float32), bbox=box), mask=mask,
+                             variance=Image(variance.astype(np.float32), bbox=box), metadata=metadata)
         result = pipeBase.Struct(outputExposure=output)
         if self.config.doBinnedExposures:
             result.outputBin1Exposure = _binned(corrected, variance, self.config.binFactor1)
@@ -233,7 +234,8 @@ class CpVerifyFlatConnections(CameraConnections, dimensions=_IMAGE_DIMENSIONS):
                                   _IMAGE_DIMENSIONS)
 
 
-class CpVerifyFlatConfig(CameraConfig, pipeBase.PipelineTaskConfig, pipelineConnections=CpVerifyFlatConnections):
+class CpVerifyFlatConfig(CameraConfig, pipeBase.PipelineTaskConfig,
+                         pipelineConnections=CpVerifyFlatConnections):
     maskNameList = pexConfig.ListField(
         dtype=str, default=["DETECTED", "BAD", "NO_DATA", "SAT"],
         doc="Mask planes whose pixels the statistics leave out (cp_verify's three, and SAT: a saturated "
@@ -279,8 +281,8 @@ class CpVerifyFlatConfig(CameraConfig, pipeBase.PipelineTaskConfig, pipelineConn
 
     def validate(self) -> None:
         super().validate()
-        for field, needed in (("imageStatKeywords", ("MEAN", "NOISE")), ("detectorStatKeywords",
-                                                                        ("MEAN", "SCATTER"))):
+        tested = {"imageStatKeywords": ("MEAN", "NOISE"), "detectorStatKeywords": ("MEAN", "SCATTER")}
+        for field, needed in tested.items():
             missing = [name for name in needed if name not in getattr(self, field)]
             if missing:
                 raise pexConfig.FieldValidationError(getattr(type(self), field), self,
@@ -331,7 +333,8 @@ class CpVerifyFlatTask(pipeBase.PipelineTask):
         names = [amp.getName() for amp in detector]
         mask = inputExp.mask
         planes = [name for name in config.maskNameList if name in mask.schema.names]
-        good = ~np.any(mask.array & mask.schema.bitmask(*planes), axis=-1) if planes else np.ones(frame.shape, bool)
+        good = (~np.any(mask.array & mask.schema.bitmask(*planes), axis=-1) if planes
+                else np.ones(frame.shape, bool))
         saturated = mask.get("SAT") if "SAT" in mask.schema.names else np.zeros(frame.shape, bool)
         amps = measure_amplifiers(inputExp.image.array, inputExp.variance.array, good, saturated, regions,
                                   config.imageStatKeywords, config.numSigmaClip, config.clipMaxIter)
@@ -355,14 +358,15 @@ class CpVerifyFlatTask(pipeBase.PipelineTask):
                  "VERIFY": {"AMP": amp_verify, "DET": det_verify},
                  "FAILURES": failures, "SUCCESS": not failures}
         distributions = self._distributions(inputExp.metadata, names)
-        return pipeBase.Struct(outputStats=stats, outputResults=_detector_table(stats, dimensions,
-                                                                                 distributions))
+        return pipeBase.Struct(outputStats=stats,
+                               outputResults=_detector_table(stats, dimensions, distributions))
 
     def _counted(self, tests: Mapping[str, bool]) -> dict[str, bool]:
         return {name: passed for name, passed in tests.items()
                 if name not in self.config.informationalTests and name != "SUCCESS"}
 
-    def _distributions(self, metadata: Mapping[str, Any], names: Sequence[str]) -> dict[str, dict[str, float]]:
+    def _distributions(self, metadata: Mapping[str, Any],
+                       names: Sequence[str]) -> dict[str, dict[str, float]]:
         if not self.config.useIsrStatistics:
             return {}
         levels = self.config.expectedDistributionLevels
@@ -442,7 +446,8 @@ class CpVerifyFlatExpMergeTask(pipeBase.PipelineTask):
         dimensions = {name: data_id[name] for name in ("instrument", "exposure", "physical_filter")}
         butlerQC.put(self.run(dict(zip(detectors, inputs["inputStats"])), dimensions), outputRefs)
 
-    def run(self, inputStats: Mapping[int, Mapping[str, Any]], dimensions: Mapping[str, Any]) -> pipeBase.Struct:
+    def run(self, inputStats: Mapping[int, Mapping[str, Any]],
+            dimensions: Mapping[str, Any]) -> pipeBase.Struct:
         """Test one exposure.
 
         Parameters

@@ -457,8 +457,10 @@ def run_verdicts(
 def _pattern_failures(exposure_stats: Mapping[int, Mapping[str, Any]], max_rms: float,
                       exposures: dict[int, list[str]]) -> dict[int, float]:
     """Test the pattern of every exposure with the lamp on, adding PATTERN to ``exposures``."""
-    lit = sorted(int(exp) for exp, stats in exposure_stats.items() if stats["VERIFY"]["EXP"]["LAMP_OFF"])
-    keys = sorted({(int(det), amp) for exp in lit for det, det_stats in exposure_stats[exp]["DETECTORS"].items()
+    lit = sorted(int(exp) for exp, stats in exposure_stats.items()
+                 if stats["VERIFY"]["EXP"]["LAMP_OFF"])
+    keys = sorted({(int(det), amp) for exp in lit
+                   for det, det_stats in exposure_stats[exp]["DETECTORS"].items()
                    for amp in det_stats["AMP"]})
     levels = np.array([[_amp_mean(exposure_stats[exp], key) for key in keys] for exp in lit]).reshape(
         len(lit), len(keys))
@@ -490,8 +492,8 @@ def _detector_failures(exposure_stats: Mapping[int, Mapping[str, Any]],
             if not blamed:
                 n_exposures[int(det)] = n_exposures.get(int(det), 0) + 1
                 counter.update(det_stats["FAILURES"])
-    return {det: [f"{failure} ({n} of {n_exposures[det]} exposures)" for failure, n in sorted(counter.items())]
-            for det, counter in counts.items()}
+    return {det: [f"{failure} ({n} of {n_exposures[det]} exposures)"
+                  for failure, n in sorted(counter.items())] for det, counter in counts.items()}
 
 
 def _normalization_failures(table: Any, thresholds: Thresholds

@@ -88,7 +88,8 @@ class Verdicts:
     exposures: dict[int, list[str]]
 
     @classmethod
-    def from_failures(cls, detectors: Mapping[int, list[str]], exposures: Mapping[int, list[str]]) -> Verdicts:
+    def from_failures(cls, detectors: Mapping[int, list[str]],
+                      exposures: Mapping[int, list[str]]) -> Verdicts:
         """Verdicts from the failures of each detector and exposure; the run passes without any."""
         success = not any(detectors.values()) and not any(exposures.values())
         return cls(success, dict(detectors), dict(exposures))

@@ -110,7 +110,8 @@ def build_verification_repo(
     repo : `VerificationRepo`
     """
     camera = camera if camera is not None else small_camera()
-    flat_config = flat_config or FlatSimConfig(n_exposures=6, dead_amplifier=None, shadow=(2, 0), saturation=None)
+    flat_config = flat_config or FlatSimConfig(n_exposures=6, dead_amplifier=None, shadow=(2, 0),
+                                               saturation=None)
     new_config = new_config or dataclasses.replace(
         flat_config, n_exposures=6, day_obs=_NEW_DAY_OBS, start_time="2024-07-01T20:00:00", shadow=None,
         saturation=(4, 1),
