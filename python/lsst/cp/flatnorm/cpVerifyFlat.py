@@ -101,11 +101,14 @@ class CpVerifyFlatApplyConnections(pipeBase.PipelineTaskConnections, dimensions=
             del self.outputBin2Exposure
 
 
-class CpVerifyFlatApplyConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CpVerifyFlatApplyConnections):
-    doBinnedExposures = pexConfig.Field(dtype=bool, default=True,
-                                        doc="Write the binned corrected images (cp_verify's ISR does).")
-    binFactor1 = pexConfig.RangeField(dtype=int, default=8, min=1, doc="First binning factor (pixels).")
-    binFactor2 = pexConfig.RangeField(dtype=int, default=64, min=1, doc="Second binning factor (pixels).")
+class CpVerifyFlatApplyConfig(pipeBase.PipelineTaskConfig,
+                              pipelineConnections=CpVerifyFlatApplyConnections):
+    doBinnedExposures: pexConfig.Field[bool] = pexConfig.Field(
+        dtype=bool, default=True, doc="Write the binned corrected images (cp_verify's ISR does).")
+    binFactor1: pexConfig.RangeField = pexConfig.RangeField(
+        dtype=int, default=8, min=1, doc="First binning factor (pixels).")
+    binFactor2: pexConfig.RangeField = pexConfig.RangeField(
+        dtype=int, default=64, min=1, doc="Second binning factor (pixels).")
 
 
 class CpVerifyFlatApplyTask(pipeBase.PipelineTask):
@@ -163,7 +166,10 @@ class CpVerifyFlatApplyTask(pipeBase.PipelineTask):
         variance = predicted_variance(inputExp.variance.array, flat_array, flat.variance.array, corrected,
                                       n_inputs or None)
         mask = _corrected_mask(inputExp.mask, flat.mask, usable)
-        metadata = {key: value for key, value in flat.metadata.items() if "DISTRIBUTION" in key}
+        metadata: dict[str, int | float | str | bool | None] = {
+            key: value for key, value in flat.metadata.items()
+            if "DISTRIBUTION" in key and isinstance(value, float)
+        }
         metadata[_FLAT_INPUTS_KEY] = n_inputs
         box = inputExp.bbox
         output = MaskedImage(Image(corrected.astype(np.float32), bbox=box), mask=mask,
@@ -185,7 +191,7 @@ def _corrected_mask(image_mask: Mask, flat_mask: Mask, usable: np.ndarray) -> Ma
     names = list(image_mask.schema.names)
     extra = [MaskPlane(name, doc) for name, doc in (("NO_DATA", "The flat is not positive."),
                                                     ("BAD", "Bad pixel of the flat.")) if name not in names]
-    schema = MaskSchema([image_mask.schema[name] for name in names] + extra) if extra else image_mask.schema
+    schema = MaskSchema([*image_mask.schema, *extra]) if extra else image_mask.schema
     mask = Mask(schema=schema, bbox=image_mask.bbox)
     for name in names:
         mask.set(name, image_mask.get(name))
@@ -218,7 +224,12 @@ def _table_output(name: str, doc: str, dimensions: Sequence[str]) -> cT.Output:
     return cT.Output(name=name, doc=doc, storageClass="ArrowAstropy", dimensions=dimensions)
 
 
-def _informational_tests_field(default: Sequence[str], what: str) -> pexConfig.ListField:
+def _threshold_field(default: float, doc: str) -> pexConfig.Field[float]:
+    """A test's threshold; its default is `~lsst.cp.flatnorm.flat_verification.Thresholds`'."""
+    return pexConfig.Field(dtype=float, default=default, doc=doc)
+
+
+def _informational_tests_field(default: Sequence[str], what: str) -> pexConfig.ListField[str]:
     return pexConfig.ListField(
         dtype=str, default=list(default),
         doc=f"Tests computed and written but not counted in SUCCESS: {what}.",
@@ -236,45 +247,50 @@ class CpVerifyFlatConnections(CameraConnections, dimensions=_IMAGE_DIMENSIONS):
 
 class CpVerifyFlatConfig(CameraConfig, pipeBase.PipelineTaskConfig,
                          pipelineConnections=CpVerifyFlatConnections):
-    maskNameList = pexConfig.ListField(
+    maskNameList: pexConfig.ListField[str] = pexConfig.ListField(
         dtype=str, default=["DETECTED", "BAD", "NO_DATA", "SAT"],
         doc="Mask planes whose pixels the statistics leave out (cp_verify's three, and SAT: a saturated "
             "pixel says nothing of the response; saturation is tested on its own).",
     )
-    numSigmaClip = pexConfig.Field(dtype=float, default=5.0, doc="Clipping threshold (sigma) of the "
-                                   "clipped statistics.")
-    clipMaxIter = pexConfig.Field(dtype=int, default=3, doc="Clipping passes of the clipped statistics.")
-    imageStatKeywords = pexConfig.DictField(
+    numSigmaClip: pexConfig.Field[float] = pexConfig.Field(
+        dtype=float, default=5.0, doc="Clipping threshold (sigma) of the clipped statistics.")
+    clipMaxIter: pexConfig.Field[int] = pexConfig.Field(
+        dtype=int, default=3, doc="Clipping passes of the clipped statistics.")
+    imageStatKeywords: pexConfig.DictField[str, str] = pexConfig.DictField(
         keytype=str, itemtype=str, default={"MEAN": "MEANCLIP", "NOISE": "STDEVCLIP"},
         doc=f"Amplifier statistics: output name to statistic ({', '.join(STATISTICS)}); MEAN and NOISE "
             "are tested.",
     )
-    detectorStatKeywords = pexConfig.DictField(
+    detectorStatKeywords: pexConfig.DictField[str, str] = pexConfig.DictField(
         keytype=str, itemtype=str, default={"MEAN": "MEAN", "SCATTER": "STDEV"},
         doc="Detector statistics of the amplifier means: output name to statistic; MEAN and SCATTER are "
             "tested.",
     )
-    stageName = pexConfig.Field(dtype=str, default="FLAT", doc="Stage of the columns (cp_verify's; only "
-                                "FLAT is written).")
-    useIsrStatistics = pexConfig.Field(dtype=bool, default=True, doc="Copy the flat's percentiles "
-                                       "(FLAT_FLAT_DIST_<level>_PCT) from verifyFlatIsrExp's metadata.")
-    expectedDistributionLevels = pexConfig.ListField(
+    stageName: pexConfig.Field[str] = pexConfig.Field(
+        dtype=str, default="FLAT", doc="Stage of the columns (cp_verify's; only FLAT is written).")
+    useIsrStatistics: pexConfig.Field[bool] = pexConfig.Field(
+        dtype=bool, default=True,
+        doc="Copy the flat's percentiles (FLAT_FLAT_DIST_<level>_PCT) from verifyFlatIsrExp's metadata.")
+    expectedDistributionLevels: pexConfig.ListField[float] = pexConfig.ListField(
         dtype=float, default=[0, 5, 16, 50, 84, 95, 100],
         doc="Percentile levels expected in the flat's metadata (missing ones are NaN).",
     )
-    gain = pexConfig.Field(
+    gain: pexConfig.Field[float] = pexConfig.Field(
         dtype=float, default=1.0,
         doc="Electrons per unit of the post-ISR images, for cp_verify's noise test (in electrons): 1 for "
             "images in electrons, as cp_pipe's ISR writes them (doApplyGains) and this package's "
             "simulated and ingested flats are.",
     )
-    maxNoiseRatio = pexConfig.Field(dtype=float, default=Thresholds.max_noise_ratio,
-                                    doc="Largest amplifier NOISE / NOISE_PREDICTED (test NOISE_PREDICTED).")
-    maxAmpOffset = pexConfig.Field(dtype=float, default=Thresholds.max_amp_offset,
-                                   doc="Largest |amplifier MEAN / median amplifier MEAN - 1| (AMP_OFFSET).")
-    maxDetectorScatter = pexConfig.Field(dtype=float, default=Thresholds.max_detector_scatter,
-                                         doc="Largest detector SCATTER / MEAN (cp_verify's SCATTER).")
-    informationalTests = _informational_tests_field(
+    maxNoiseRatio: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_noise_ratio,
+        "Largest amplifier NOISE / NOISE_PREDICTED (test NOISE_PREDICTED).")
+    maxAmpOffset: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_amp_offset,
+        "Largest |amplifier MEAN / median amplifier MEAN - 1| (AMP_OFFSET).")
+    maxDetectorScatter: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_detector_scatter,
+        "Largest detector SCATTER / MEAN (cp_verify's SCATTER).")
+    informationalTests: pexConfig.ListField[str] = _informational_tests_field(
         ["NOISE"], "cp_verify's NOISE <= sqrt(MEAN), which images independent of the flat fail by "
         "Poisson and read noise alone"
     )
@@ -338,25 +354,25 @@ class CpVerifyFlatTask(pipeBase.PipelineTask):
         saturated = mask.get("SAT") if "SAT" in mask.schema.names else np.zeros(frame.shape, bool)
         amps = measure_amplifiers(inputExp.image.array, inputExp.variance.array, good, saturated, regions,
                                   config.imageStatKeywords, config.numSigmaClip, config.clipMaxIter)
-        for stats, offset in zip(amps, amp_offsets([stats["MEAN"] for stats in amps])):
-            stats["AMP_OFFSET"] = float(offset)
-        means = np.array([stats["MEAN"] for stats in amps])
+        for amp, offset in zip(amps, amp_offsets([amp["MEAN"] for amp in amps])):
+            amp["AMP_OFFSET"] = float(offset)
+        means = np.array([amp["MEAN"] for amp in amps])
         det = keyword_statistics(means[np.isfinite(means)], config.detectorStatKeywords, config.numSigmaClip,
                                  config.clipMaxIter)
-        det["NOISE"] = float(np.nanmedian([stats["NOISE"] for stats in amps]))
+        det["NOISE"] = float(np.nanmedian([amp["NOISE"] for amp in amps]))
         det["SATURATED_FRACTION"] = float(saturated.mean())
         thresholds = self.thresholds()
-        amp_verify = {name: amplifier_tests(stats, stats["AMP_OFFSET"], config.gain, thresholds)
-                      for name, stats in zip(names, amps)}
+        amp_verify = {name: amplifier_tests(amp, amp["AMP_OFFSET"], config.gain, thresholds)
+                      for name, amp in zip(names, amps)}
         det_verify = detector_tests(det["MEAN"], det["SCATTER"], thresholds)
         failures = [failure for name, tests in amp_verify.items()
                     for failure in failure_list(self._counted(tests), f"{name} ")]
         failures += failure_list(det_verify)
         for tests in (*amp_verify.values(), det_verify):
             tests["SUCCESS"] = not failure_list(self._counted(tests))
-        stats = {"AMP": dict(zip(names, amps)), "DET": det,
-                 "VERIFY": {"AMP": amp_verify, "DET": det_verify},
-                 "FAILURES": failures, "SUCCESS": not failures}
+        stats: dict[str, Any] = {"AMP": dict(zip(names, amps)), "DET": det,
+                                 "VERIFY": {"AMP": amp_verify, "DET": det_verify},
+                                 "FAILURES": failures, "SUCCESS": not failures}
         distributions = self._distributions(inputExp.metadata, names)
         return pipeBase.Struct(outputStats=stats,
                                outputResults=_detector_table(stats, dimensions, distributions))
@@ -414,19 +430,21 @@ class CpVerifyFlatExpMergeConnections(pipeBase.PipelineTaskConnections,
 
 class CpVerifyFlatExpMergeConfig(pipeBase.PipelineTaskConfig,
                                  pipelineConnections=CpVerifyFlatExpMergeConnections):
-    maxExposureScatter = pexConfig.Field(
-        dtype=float, default=Thresholds.max_exposure_scatter,
-        doc="Largest scatter of the detector means: absolute for cp_verify's SCATTER, relative to their "
-            "mean for REL_SCATTER.",
+    maxExposureScatter: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_exposure_scatter,
+        "Largest scatter of the detector means: absolute for cp_verify's SCATTER, relative to their "
+        "mean for REL_SCATTER.",
     )
-    minSignalToNoise = pexConfig.Field(dtype=float, default=Thresholds.min_signal_to_noise,
-                                       doc="Smallest median detector MEAN / NOISE (LOW_SIGNAL_TO_NOISE).")
-    lampOffSignalToNoise = pexConfig.Field(dtype=float, default=Thresholds.lamp_off_signal_to_noise,
-                                           doc="Below this median detector MEAN / NOISE the lamp was off "
-                                               "(LAMP_OFF).")
-    maxSaturatedFraction = pexConfig.Field(dtype=float, default=Thresholds.max_saturated_fraction,
-                                           doc="Largest saturated fraction of a detector (SATURATED).")
-    informationalTests = _informational_tests_field(
+    minSignalToNoise: pexConfig.Field[float] = _threshold_field(
+        Thresholds.min_signal_to_noise,
+        "Smallest median detector MEAN / NOISE (LOW_SIGNAL_TO_NOISE).")
+    lampOffSignalToNoise: pexConfig.Field[float] = _threshold_field(
+        Thresholds.lamp_off_signal_to_noise,
+        "Below this median detector MEAN / NOISE the lamp was off (LAMP_OFF).")
+    maxSaturatedFraction: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_saturated_fraction,
+        "Largest saturated fraction of a detector (SATURATED).")
+    informationalTests: pexConfig.ListField[str] = _informational_tests_field(
         ["SCATTER"], "cp_verify's SCATTER <= 0.05 of the absolute scatter, which depends on the flux"
     )
 
@@ -505,17 +523,18 @@ class CpVerifyFlatRunMergeConnections(pipeBase.PipelineTaskConnections,
 
 class CpVerifyFlatRunMergeConfig(pipeBase.PipelineTaskConfig,
                                  pipelineConnections=CpVerifyFlatRunMergeConnections):
-    maxPatternRms = pexConfig.Field(dtype=float, default=Thresholds.max_pattern_rms,
-                                    doc="Largest rms of an exposure's own large-scale pattern (PATTERN).")
-    maxNormalizationPull = pexConfig.Field(
-        dtype=float, default=Thresholds.max_pull,
-        doc="Largest |log residual| / uncertainty of a used normalization entry of a detector or an "
-            "exposure (NORMALIZATION_PULL).",
+    maxPatternRms: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_pattern_rms,
+        "Largest rms of an exposure's own large-scale pattern (PATTERN).")
+    maxNormalizationPull: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_pull,
+        "Largest |log residual| / uncertainty of a used normalization entry of a detector or an "
+        "exposure (NORMALIZATION_PULL).",
     )
-    maxRejectedFraction = pexConfig.Field(
-        dtype=float, default=Thresholds.max_rejected_fraction,
-        doc="Largest fraction of a detector's or an exposure's normalization entries rejected or invalid "
-            "(NORMALIZATION_REJECTED).",
+    maxRejectedFraction: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_rejected_fraction,
+        "Largest fraction of a detector's or an exposure's normalization entries rejected or invalid "
+        "(NORMALIZATION_REJECTED).",
     )
 
 

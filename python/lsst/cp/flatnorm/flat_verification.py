@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .clipped_stats import sigma_clipped_region_stats
+from .clipped_stats import SigmaClippedStats, sigma_clipped_region_stats
 
 FloatArray = npt.NDArray[np.floating]
 BoolArray = npt.NDArray[np.bool_]
@@ -159,12 +159,17 @@ def keyword_statistics(values: FloatArray, keywords: Mapping[str, str], n_sigma:
     if {"MEANCLIP", "STDEVCLIP"} & set(keywords.values()):
         clipped = sigma_clipped_region_stats(values[np.newaxis, :], np.ones((1, values.size), dtype=bool),
                                              [], n_sigma, max_iter)
+
+    def clipped_stats() -> SigmaClippedStats:
+        assert clipped is not None  # computed above whenever a clipped statistic is asked for
+        return clipped
+
     plain = {
         "MEAN": lambda: float(values.mean()),
         "MEDIAN": lambda: float(np.median(values)),
         "STDEV": lambda: float(values.std(ddof=1)) if values.size > 1 else float("nan"),
-        "MEANCLIP": lambda: float(clipped.whole_mean),
-        "STDEVCLIP": lambda: float(clipped.whole_sigma),
+        "MEANCLIP": lambda: float(clipped_stats().whole_mean),
+        "STDEVCLIP": lambda: float(clipped_stats().whole_sigma),
     }
     return {name: plain[statistic]() for name, statistic in keywords.items()}
 
