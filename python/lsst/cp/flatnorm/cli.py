@@ -13,6 +13,8 @@
   (`lsst.cp.flatnorm.flat_ingest.ingest_flats`);
 - ``cp-flatnorm check REPO [--remove-orphans]`` checks that every registered dataset has its file
   and every file its dataset, after a run that failed (`lsst.cp.flatnorm.repo_check`).
+- ``cp-flatnorm verify REPO --collections C...`` prints the verdicts of the flat verifications in
+  the collections (`lsst.cp.flatnorm.verify_summary`), with status 3 if one failed.
 
 A bad input ends the command with status 1 and the error's message, without a traceback.
 
@@ -365,5 +367,28 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0 if check.consistent else 1
 
 
-_SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_camera, _add_register, _add_ingest, _add_check)
+def _add_verify(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        help="print the verdicts of flat verifications",
+        description="Print a one-screen summary of every flat verification (verifyFlatResults, written "
+                    "by the verifyFlat.yaml pipelines) in the collections: the counts, and each failed "
+                    "detector and exposure with its failed tests. The status is 3 if one failed.",
+    )
+    parser.add_argument("repo", help="butler repository")
+    parser.add_argument("--collections", required=True, nargs="+", help="collections to search")
+    parser.add_argument("-d", "--where", default="", help="butler query constraint")
+    parser.set_defaults(handler=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from .verify_summary import VERIFICATION_FAILED, print_verifications
+
+    passed = print_verifications(args.repo, args.collections, sys.stdout, where=args.where)
+    return 0 if passed else VERIFICATION_FAILED
+
+
+_SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
+    _add_camera, _add_register, _add_ingest, _add_verify, _add_check,
+)
 """Functions adding one subcommand's parser each, in the order ``--help`` lists them."""

@@ -20,7 +20,9 @@
    gradient and corrects the dome flat to the sky's radial function with pipetask, and compares the
    models with the simulation and the corrected and uncorrected flats with the response the
    corrected one should have (`gradient_demo`);
-6. writes figures to ``DIR/figures``.
+6. flat verification: makes a flat from clean simulated inputs into ``DIR/verify_repo``, verifies
+   it on new flats one amplifier of which stepped by 8%, and prints the verdicts (`verify_demo`);
+7. writes figures to ``DIR/figures``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from . import colour_demo, gradient_demo
+from . import colour_demo, gradient_demo, verify_demo
 from .camera import make_sim_camera
 from .figures import plot_exposure_scales, plot_flat_mosaic, plot_focal_plane, plot_residual_matrix
 from .flat_quality import (
@@ -364,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         gradient_demo.run_gradient_pipelines(gradient_repo, output, args.jobs)
         gradient = gradient_demo.compare_gradient_flats(gradient_repo)
         gradient_demo.print_gradient_section(gradient_repo, gradient)
+    with _stage("Flat verification: new flats, one amplifier of which stepped"):
+        verify_demo.demo_section(output)
     with _stage("Writing figures"):
         paths = write_figures(repo, results, output / "figures", flats)
         paths.append(output / "figures" / "residuals_colour.png")
