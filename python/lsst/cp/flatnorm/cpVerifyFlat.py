@@ -286,7 +286,7 @@ class CpVerifyFlatConfig(CameraConfig, pipeBase.PipelineTaskConfig,
         "Largest amplifier NOISE / NOISE_PREDICTED (test NOISE_PREDICTED).")
     maxAmpOffset: pexConfig.Field[float] = _threshold_field(
         Thresholds.max_amp_offset,
-        "Largest |amplifier MEAN / median amplifier MEAN - 1| (AMP_OFFSET).")
+        "Largest absolute value of amplifier MEAN / median amplifier MEAN - 1 (AMP_OFFSET).")
     maxDetectorScatter: pexConfig.Field[float] = _threshold_field(
         Thresholds.max_detector_scatter,
         "Largest detector SCATTER / MEAN (cp_verify's SCATTER).")
@@ -528,8 +528,8 @@ class CpVerifyFlatRunMergeConfig(pipeBase.PipelineTaskConfig,
         "Largest rms of an exposure's own large-scale pattern (PATTERN).")
     maxNormalizationPull: pexConfig.Field[float] = _threshold_field(
         Thresholds.max_pull,
-        "Largest |log residual| / uncertainty of a used normalization entry of a detector or an "
-        "exposure (NORMALIZATION_PULL).",
+        "Largest absolute log residual over its uncertainty of a used normalization entry of a "
+        "detector or an exposure (NORMALIZATION_PULL).",
     )
     maxRejectedFraction: pexConfig.Field[float] = _threshold_field(
         Thresholds.max_rejected_fraction,
