@@ -10,7 +10,9 @@
   the package's seed config, registers the `~lsst.cp.flatnorm.instrument.FlatInstrument` that
   ``FILE`` configures and certifies its camera;
 - ``cp-flatnorm ingest REPO --instrument NAME FILES...`` ingests post-ISR flat FITS files
-  (`lsst.cp.flatnorm.flat_ingest.ingest_flats`).
+  (`lsst.cp.flatnorm.flat_ingest.ingest_flats`);
+- ``cp-flatnorm report REPO --collections ... -o DIR`` writes the browsable HTML report of a flat
+  run (`lsst.cp.flatnorm.report_command`).
 
 A bad input ends the command with status 1 and the error's message, without a traceback.
 
@@ -39,6 +41,7 @@ from .camera_source import load_camera
 from .flat_fits import FlatIngestError, HeaderKeywords
 from .flat_ingest import IngestResult, ingest_flats
 from .instrument import FlatInstrument
+from .report_command import add_report_parser
 
 _PROG = "cp-flatnorm"
 
@@ -238,5 +241,9 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-_SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_camera, _add_register, _add_ingest)
+def _add_report(subparsers: Any) -> None:
+    add_report_parser(subparsers)
+
+
+_SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_camera, _add_register, _add_ingest, _add_report)
 """Functions adding one subcommand's parser each, in the order ``--help`` lists them."""
