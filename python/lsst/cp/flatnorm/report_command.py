@@ -27,7 +27,8 @@ def add_report_parser(subparsers: Any) -> None:
                         help="collections with the run's outputs and inputs, searched in order (repeatable "
                              "or comma-separated), e.g. the pipetask output collection")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="directory of the report")
-    parser.add_argument("--physical-filter", help="the flat's physical filter, if the collections hold several")
+    parser.add_argument("--physical-filter",
+                        help="the flat's physical filter, if the collections hold several")
     parser.add_argument("--previous", metavar="COLLECTION",
                         help="collection of the previous flat of this filter, to show each detector's change")
     parser.add_argument("--no-input-residuals", dest="input_residuals", action="store_false",

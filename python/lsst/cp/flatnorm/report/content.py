@@ -242,7 +242,8 @@ def _detector_content(butler: Butler, detector: DetectorModel, flat_ref: Dataset
         if previous is not None:
             change = bin_image(image / butler.get(previous).image.array - 1.0, binning, ~usable)[0]
     return DetectorContent(
-        detector=detector, binned=binned, median=float(np.median(image[usable])) if usable.any() else math.nan,
+        detector=detector, binned=binned,
+        median=float(np.median(image[usable])) if usable.any() else math.nan,
         amplifiers=_amplifier_levels(detector, image, usable),
         masked={name: int(pixels.sum()) for name, pixels in planes.items() if pixels.any()},
         residuals=residuals, change=change)
@@ -303,8 +304,8 @@ def collect_report(
         for ref in _find(butler, POST_ISR_FLAT_DATASET_TYPE, collections, instrument=instrument,
                          where=f"exposure IN ({', '.join(str(i) for i in exposure_ids)})"):
             inputs.setdefault(int(ref.dataId["detector"]), {})[int(ref.dataId["exposure"])] = ref
-    previous_refs = ({int(ref.dataId["detector"]): ref for ref in _find(butler, "flat", [previous], **data_id)}
-                     if previous else {})
+    previous_flats = _find(butler, "flat", [previous], **data_id) if previous else []
+    previous_refs = {int(ref.dataId["detector"]): ref for ref in previous_flats}
     binning = _binning(next(iter(camera)))
     detectors = {}
     for ref in sorted(flat_refs, key=lambda ref: int(ref.dataId["detector"])):

@@ -58,7 +58,8 @@ def _save(figure: plt.Figure, path: str | os.PathLike[str]) -> None:
 
 
 def save_exposure_scales(minutes: Sequence[float], exposure_times: Sequence[float], scales: Sequence[float],
-                         errors: Sequence[float], flagged: Sequence[bool], path: str | os.PathLike[str]) -> None:
+                         errors: Sequence[float], flagged: Sequence[bool],
+                         path: str | os.PathLike[str]) -> None:
     """Plot each exposure's scale per second of exposure against time, with its uncertainty; exposures
     with flagged entries ringed."""
     minutes, per_second = np.asarray(minutes), np.asarray(scales) / np.asarray(exposure_times)
@@ -74,8 +75,9 @@ def save_exposure_scales(minutes: Sequence[float], exposure_times: Sequence[floa
     _save(figure, path)
 
 
-def residual_matrix(table: Table) -> tuple[npt.NDArray[np.float64], list[str], list[int], npt.NDArray[np.bool_],
-                                           npt.NDArray[np.bool_]]:
+def residual_matrix(
+    table: Table,
+) -> tuple[npt.NDArray[np.float64], list[str], list[int], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """The scale table as a matrix: log residuals, row labels, exposures, rejected and invalid."""
     rows = sorted({(int(row["detector"]), str(row["amplifier"])) for row in table})
     exposures = sorted({int(e) for e in table["exposure"]})
@@ -143,7 +145,8 @@ def focal_plane_svg(camera: CameraModel, colours: Mapping[int, str], titles: Map
         polygon = " ".join(f"{x:.3f},{-y:.3f}" for x, y in outlines[det_id])  # SVG's y points down
         label = html.escape(titles.get(det_id, det.getName()))
         shapes.append(f'<a href="{link(det_id)}" class="detector" data-detector="{det_id}">'
-                      f'<polygon points="{polygon}" fill="{colours.get(det_id, "white")}"><title>{label}</title>'
+                      f'<polygon points="{polygon}" fill="{colours.get(det_id, "white")}">'
+                      f'<title>{label}</title>'
                       f'</polygon><text x="{det.focal_plane_x:.3f}" y="{-det.focal_plane_y:.3f}" '
                       f'font-size="{font:.3f}">{det_id}</text></a>')
     return (f'<svg id="{element_id}" class="focal-plane" viewBox="{view}" xmlns="http://www.w3.org/2000/svg">'

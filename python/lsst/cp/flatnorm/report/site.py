@@ -35,7 +35,14 @@ import numpy.typing as npt
 from ..focal_plane_mosaic import make_mosaic, mosaic_geometry
 from ..sim.figures import plot_focal_plane, plot_residual_matrix
 from .content import DetectorContent, ReportContent
-from .figures import focal_plane_svg, residual_matrix, save_array, save_exposure_scales, save_radial_function, tiles
+from .figures import (
+    focal_plane_svg,
+    residual_matrix,
+    save_array,
+    save_exposure_scales,
+    save_radial_function,
+    tiles,
+)
 
 _STATIC = ("report.css", "report.js")
 _VERDICT_COLOURS = {True: "#3a9d5d", False: "#d1495b", None: "#c8c8c8"}
@@ -109,8 +116,8 @@ def _colour(value: float, limits: tuple[float, float]) -> str:
     if not math.isfinite(value):
         return _VERDICT_COLOURS[None]
     low, high = limits
-    return matplotlib.colors.to_hex(matplotlib.colormaps["viridis"](min(max((value - low) / (high - low), 0.0),
-                                                                        1.0)))
+    fraction = min(max((value - low) / (high - low), 0.0), 1.0)
+    return matplotlib.colors.to_hex(matplotlib.colormaps["viridis"](fraction))
 
 
 class _SiteWriter:
@@ -161,12 +168,15 @@ class _SiteWriter:
         versions = _table(["package", "version"], [(html.escape(name), html.escape(version))
                                                    for name, version in summary.versions.items()], "versions")
         if content.verdicts is None:
-            verdict = "<p class=\"verdict none\">Not verified: no verification results in these collections.</p>"
+            verdict = ("<p class=\"verdict none\">Not verified: no verification results in these "
+                       "collections.</p>")
         else:
             passed = sum(content.verdicts.values())
-            verdict = (f"<p class=\"verdict\">{passed} detectors pass, {len(content.verdicts) - passed} fail, "
+            verdict = (f"<p class=\"verdict\">{passed} detectors pass, "
+                       f"{len(content.verdicts) - passed} fail, "
                        f"{len(content.detectors) - len(content.verdicts)} not verified.</p>")
-        titles = {det_id: f"{d.detector.getName()} ({det_id}): median {d.median:.4g}, {self.verdict_text(det_id)}"
+        titles = {det_id: f"{d.detector.getName()} ({det_id}): median {d.median:.4g}, "
+                          f"{self.verdict_text(det_id)}"
                   for det_id, d in content.detectors.items()}
         medians = [d.median for d in content.detectors.values()]
         map_limits = _limits([np.array(medians)], symmetric=False)
@@ -181,7 +191,9 @@ class _SiteWriter:
             (det_id, _link(_detector_page(det_id), d.detector.getName()), d.detector.type, d.median,
              self.n_flagged(detector=det_id), self.verdict_text(det_id))
             for det_id, d in content.detectors.items()], "detector-table")
-        exposures = _table(["exposure", "obs_id", "start (UTC)", "exposure time (s)", "reason", "flagged entries"], [
+        exposure_headers = ["exposure", "obs_id", "start (UTC)", "exposure time (s)", "reason",
+                            "flagged entries"]
+        exposures = _table(exposure_headers, [
             (e.id, _link(_exposure_page(e.id), e.obs_id), e.start, e.exposure_time, html.escape(e.reason),
              self.n_flagged(exposure=e.id)) for e in content.exposures.values()], "exposure-table")
         body = (f"<section id=\"run-summary\"><h2>Run</h2>{run}<details><summary>Software versions "
@@ -190,8 +202,8 @@ class _SiteWriter:
                 "<section id=\"maps\"><h2>Focal plane</h2><div class=\"maps\">"
                 f"<figure>{flat_map}<figcaption>Median of each detector's flat (colour scale "
                 f"{map_limits[0]:.4g} to {map_limits[1]:.4g}); click a detector for its page."
-                f"</figcaption></figure><figure>{verdict_map}<figcaption>Verdicts: green pass, red fail, grey "
-                f"not verified.</figcaption></figure></div>{mosaic}</section>"
+                f"</figcaption></figure><figure>{verdict_map}<figcaption>Verdicts: green pass, red fail, "
+                f"grey not verified.</figcaption></figure></div>{mosaic}</section>"
                 f"<section id=\"detectors\"><h2>Detectors</h2>{detectors}</section>"
                 f"<section id=\"exposures\"><h2>Exposures</h2>{exposures}</section>")
         _page(self.output / "index.html", f"Flat {summary.instrument} {summary.physical_filter}", body, 0)
@@ -205,8 +217,8 @@ class _SiteWriter:
             return f"<p>No mosaic: {html.escape(str(error))}</p>"
         save_array(image, self.output / "img" / "mosaic.png", self.flat_limits)
         return _image("img/mosaic.png", "flat mosaic",
-                      f"The flat binned by {content.binning} and mosaicked on the focal plane (x to the right, "
-                      f"y up; colour scale {self.flat_limits[0]:.4g} to {self.flat_limits[1]:.4g}); "
+                      f"The flat binned by {content.binning} and mosaicked on the focal plane (x to the "
+                      f"right, y up; colour scale {self.flat_limits[0]:.4g} to {self.flat_limits[1]:.4g}); "
                       "click to zoom.")
 
     def n_flagged(self, detector: int | None = None, exposure: int | None = None) -> int:
@@ -235,15 +247,16 @@ class _SiteWriter:
         plot_residual_matrix(residuals, labels, [str(e) for e in exposure_ids], rejected, invalid,
                              img / "residual_matrix.png")
         meta = table.meta
-        fit = _table(["item", "value"], [(key.lower().replace("_", " "), html.escape(str(meta[key]))) for key in
-                                ("LEVEL", "CONVERGED", "ITERATIONS", "LOG_RESIDUAL_RMS", "LOG_RESIDUAL_SIGMA",
-                                 "COLOUR_TERMS") if key in meta], "fit")
+        keys = ("LEVEL", "CONVERGED", "ITERATIONS", "LOG_RESIDUAL_RMS", "LOG_RESIDUAL_SIGMA", "COLOUR_TERMS")
+        fit = _table(["item", "value"], [(key.lower().replace("_", " "), html.escape(str(meta[key])))
+                                         for key in keys if key in meta], "fit")
         colour = self.colour_terms()
         body = ("<section><h2>Fit</h2>" + fit + "</section><section><h2>Exposure scales</h2>"
                 + _image("img/exposure_scales.png", "exposure scales against time",
                          "Exposure scale E per second of exposure against time, with its uncertainty.")
                 + "</section><section><h2>Detector scales</h2>"
-                + _image("img/detector_scales.png", "detector scales", "Scale G of each row on the focal plane.")
+                + _image("img/detector_scales.png", "detector scales",
+                         "Scale G of each row on the focal plane.")
                 + "</section><section><h2>Residual matrix</h2>"
                 + _image("img/residual_matrix.png", "residual matrix",
                          "log(level / (G E)) of each entry: rejected entries crossed, invalid ones ringed.")
@@ -258,7 +271,8 @@ class _SiteWriter:
             return "<p>No colour term fitted.</p>"
         columns = [f"colour_v_{k + 1}" for k in range(n_terms)]
         first = {int(row["exposure"]): row for row in table}
-        return _table(["exposure", *columns], [(e, *(float(first[e][c]) for c in columns)) for e in sorted(first)],
+        return _table(["exposure", *columns],
+                      [(e, *(float(first[e][c]) for c in columns)) for e in sorted(first)],
                       "colour-table")
 
     def gradients(self) -> None:
@@ -277,7 +291,8 @@ class _SiteWriter:
             (self.output / "img" / f"{name}.png").write_bytes(data)
             figures += _image(f"img/{name}.png", name, f"The fit's QA figure {name}.")
         body = (f"<section><h2>Model</h2>{model}</section><section><h2>Radial function</h2>"
-                + _image("img/radial_function.png", "radial function", "The fitted radial function and its nodes.")
+                + _image("img/radial_function.png", "radial function",
+                         "The fitted radial function and its nodes.")
                 + f"</section><section><h2>QA figures</h2>{figures or '<p>None written.</p>'}</section>")
         _page(self.output / "gradients.html", "Gradients", body, 0)
 
@@ -286,12 +301,15 @@ class _SiteWriter:
         img = self.output / "img"
         save_array(d.binned, img / f"flat_{det_id:03d}.png", self.flat_limits)
         amps = _table(["amplifier", "mean level", "pixel scatter", "usable pixels"],
-                      [(html.escape(a.name), a.level, a.noise, a.n_pixels) for a in d.amplifiers], "amp-table")
-        masked = _table(["mask plane", "pixels"], [(html.escape(k), v) for k, v in d.masked.items()], "mask-table")
+                      [(html.escape(a.name), a.level, a.noise, a.n_pixels) for a in d.amplifiers],
+                      "amp-table")
+        masked = _table(["mask plane", "pixels"], [(html.escape(k), v) for k, v in d.masked.items()],
+                        "mask-table")
         flagged = self.content.flagged(detector=det_id)
         flags = ("<p>No normalization.</p>" if flagged is None else _table(
             ["exposure", "amplifier", "flag", "log residual"],
-            [(_link(f"../{_exposure_page(int(r['exposure']))}", str(r["exposure"])), html.escape(str(r["amplifier"])),
+            [(_link(f"../{_exposure_page(int(r['exposure']))}", str(r["exposure"])),
+              html.escape(str(r["amplifier"])),
               str(r["flag"]), float(r["log_residual"])) for r in flagged], "flag-table"))
         residuals = self.residual_tiles(d)
         if d.change is None:
@@ -331,7 +349,8 @@ class _SiteWriter:
         assert table is not None
         rows = table[table["exposure"] == exposure]
         entries = _table(["detector", "amplifier", "level", "log residual", "flag"], [
-            (_link(f"../{_detector_page(int(r['detector']))}", str(r["detector"])), html.escape(str(r["amplifier"])),
+            (_link(f"../{_detector_page(int(r['detector']))}", str(r["detector"])),
+             html.escape(str(r["amplifier"])),
              float(r["level"]), float(r["log_residual"]), str(r["flag"])) for r in rows], "entry-table")
         reasons = sorted({str(f) for f in rows["flag"] if f != "USED"})
         why = ("<p>No entry flagged.</p>" if not reasons else
@@ -348,4 +367,3 @@ class _SiteWriter:
 def write_site(content: ReportContent, output: str | Path) -> Path:
     """Write the report's pages into ``output`` (created if needed); return the path of its index."""
     return _SiteWriter(content, Path(output)).write()
-

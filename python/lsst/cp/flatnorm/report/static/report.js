@@ -39,15 +39,16 @@ function sortTable(table, column, header) {
 }
 
 function zoom(image) {
-  const fit = image.parentElement.clientWidth || image.naturalWidth;
-  const current = image.style.width ? parseFloat(image.style.width) : Math.min(image.naturalWidth, fit);
-  const start = Math.max(Math.min(image.naturalWidth, fit), 1);
-  if (current >= 8 * start) {
+  const width = image.getBoundingClientRect().width;
+  if (!image.dataset.fitWidth) {
+    image.dataset.fitWidth = width;
+  }
+  if (width >= 8 * Number(image.dataset.fitWidth)) {
     image.style.width = "";
     image.classList.remove("zoomed");
   } else {
-    image.style.width = (2 * current) + "px";
     image.classList.add("zoomed");
+    image.style.width = (2 * width) + "px";
   }
 }
 
