@@ -82,7 +82,9 @@ def bin_masked_image(image: MaskedImage, binning: int) -> MaskedImage:
     mask = Mask(schema=image.mask.schema, shape=values.shape)
     if excluded is not None:
         mask.set(_EMPTY_PLANE, counts == 0)
-    metadata = {**dict(image.metadata), "BINNING": binning}
+    # Complex values (only ever read from a FITS header) cannot be written back as native metadata.
+    metadata = {key: value for key, value in image.metadata.items() if not isinstance(value, complex)}
+    metadata["BINNING"] = binning
     return MaskedImage(Image(values.astype(np.float32)), mask=mask,
                        variance=Image(variance.astype(np.float32)), metadata=metadata)
 

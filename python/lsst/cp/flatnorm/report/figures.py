@@ -62,12 +62,12 @@ def save_exposure_scales(minutes: Sequence[float], exposure_times: Sequence[floa
                          path: str | os.PathLike[str]) -> None:
     """Plot each exposure's scale per second of exposure against time, with its uncertainty; exposures
     with flagged entries ringed."""
-    minutes, per_second = np.asarray(minutes), np.asarray(scales) / np.asarray(exposure_times)
+    times, per_second = np.asarray(minutes), np.asarray(scales) / np.asarray(exposure_times)
     figure, axes = plt.subplots(figsize=(7, 3.5))
-    axes.errorbar(minutes, per_second, yerr=np.asarray(errors) / np.asarray(exposure_times), fmt="k.",
+    axes.errorbar(times, per_second, yerr=np.asarray(errors) / np.asarray(exposure_times), fmt="k.",
                   capsize=2, label="E / exposure time")
     ringed = np.asarray(flagged, dtype=bool)
-    axes.plot(minutes[ringed], per_second[ringed], "o", mfc="none", mec="crimson", ms=10,
+    axes.plot(times[ringed], per_second[ringed], "o", mfc="none", mec="crimson", ms=10,
               label="with flagged entries")
     axes.set_xlabel("minutes since the first exposure")
     axes.set_ylabel("exposure scale / s")

@@ -24,7 +24,7 @@ __all__ = ["write_site"]
 import html
 import math
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -239,8 +239,11 @@ class _SiteWriter:
                              [first[e.id]["exp_scale"] for e in exposures],
                              [first[e.id]["exp_scale_err"] for e in exposures],
                              [e.id in flagged for e in exposures], img / "exposure_scales.png")
-        scales = {(int(r["detector"]), str(r["amplifier"])) if r["amplifier"] else int(r["detector"]):
-                  float(r["det_scale"]) for r in table}
+        scales: Mapping[int, float] | Mapping[tuple[int, str], float]
+        if table.meta.get("LEVEL") == "AMP":
+            scales = {(int(r["detector"]), str(r["amplifier"])): float(r["det_scale"]) for r in table}
+        else:
+            scales = {int(r["detector"]): float(r["det_scale"]) for r in table}
         plot_focal_plane(self.content.camera, scales, img / "detector_scales.png",
                          f"{table.meta.get('LEVEL', 'DETECTOR')} scales G")
         residuals, labels, exposure_ids, rejected, invalid = residual_matrix(table)

@@ -20,7 +20,9 @@
    gradient and corrects the dome flat to the sky's radial function with pipetask, and compares the
    models with the simulation and the corrected and uncorrected flats with the response the
    corrected one should have (`gradient_demo`);
-6. writes figures to ``DIR/figures``.
+6. writes figures to ``DIR/figures``;
+7. writes the browsable report of the run (``cp-flatnorm report``) to ``DIR/report`` and prints
+   the path of its ``index.html``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from . import colour_demo, gradient_demo
+from . import colour_demo, gradient_demo, report_demo
 from .camera import make_sim_camera
 from .figures import plot_exposure_scales, plot_flat_mosaic, plot_focal_plane, plot_residual_matrix
 from .flat_quality import (
@@ -368,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths += gradient_demo.write_gradient_figures(gradient_repo, gradient, output / "figures")
         for path in paths:
             print(f"   wrote {path}")
+    with _stage("Writing the report of the run (cp-flatnorm report)"):
+        report_demo.write_demo_report(repo, [_OUTPUT_COLLECTION], _UNSCALED_COLLECTION, output / "report")
     print(f"\nDemo finished in {time.perf_counter() - start:.1f} s; flagged entries "
           f"{'match' if ok else 'DO NOT match'} the simulator's corruptions (truth).")
     return 0 if ok else 1
