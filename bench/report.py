@@ -96,7 +96,8 @@ def _content(camera: CameraModel, n_exposures: int, rng: np.random.Generator) ->
         "exposure": np.tile(np.arange(n_exposures), len(detectors)),
         "detector": np.repeat(list(detectors), n_exposures), "amplifier": np.full(n_rows, ""),
         "level": np.full(n_rows, 2e4), "exp_scale": np.full(n_rows, 2e4),
-        "exp_scale_err": np.full(n_rows, 2.0), "det_scale": np.ones(n_rows), "log_residual": 1e-3 * rng.standard_normal(n_rows), "flag": flags})
+        "exp_scale_err": np.full(n_rows, 2.0), "det_scale": np.ones(n_rows),
+        "log_residual": 1e-3 * rng.standard_normal(n_rows), "flag": flags})
     table.meta.update({"LEVEL": "DETECTOR", "CONVERGED": True, "COLOUR_TERMS": 0})
     summary = RunSummary(instrument="LSSTCam", physical_filter="r_57", collections=["u/bench/cpFlat"],
                          flat_dataset_type="flat", flat_run="u/bench/cpFlat/run",
