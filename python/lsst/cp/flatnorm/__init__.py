@@ -13,4 +13,5 @@ from .cpCombineTwoFlats import *  # noqa: F401,F403
 from .cpFlatGradients import *  # noqa: F401,F403
 from .cpFlatMeasure import *  # noqa: F401,F403
 from .cpFlatNormalize import *  # noqa: F401,F403
+from .cpFlatVisualize import *  # noqa: F401,F403
 from .version import __version__  # noqa: F401
