@@ -14,6 +14,7 @@ import html
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -75,24 +76,51 @@ def save_exposure_scales(minutes: Sequence[float], exposure_times: Sequence[floa
     _save(figure, path)
 
 
+def _row_key(row: Any, level: str) -> int | tuple[int, str]:
+    """A scale table row's matrix row: its detector, or (detector, amplifier) at AMP level."""
+    return int(row["detector"]) if level != "AMP" else (int(row["detector"]), str(row["amplifier"]))
+
+
 def residual_matrix(
     table: Table,
-) -> tuple[npt.NDArray[np.float64], list[str], list[int], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    """The scale table as a matrix: log residuals, row labels, exposures, rejected and invalid."""
-    rows = sorted({(int(row["detector"]), str(row["amplifier"])) for row in table})
-    exposures = sorted({int(e) for e in table["exposure"]})
-    row_index = {row: i for i, row in enumerate(rows)}
-    column_index = {exposure: j for j, exposure in enumerate(exposures)}
-    residuals = np.full((len(rows), len(exposures)), np.nan)
+    row_keys: Sequence[int | tuple[int, str]] | None = None,
+    exposures: Sequence[int] | None = None,
+) -> tuple[npt.NDArray[np.float64], list[int | tuple[int, str]], list[int], npt.NDArray[np.bool_],
+           npt.NDArray[np.bool_]]:
+    """A scale table's log residuals as a (row, exposure) matrix, with its rejected and invalid entries.
+
+    Parameters
+    ----------
+    table : `astropy.table.Table`
+        ``cpFlatNormalizeScaleTable``.
+    row_keys : `~collections.abc.Sequence`, optional
+        Rows in order: detector IDs, or (detector, amplifier) at AMP level; sorted if `None`.
+    exposures : `~collections.abc.Sequence` [`int`], optional
+        Exposures in order; sorted if `None`.
+
+    Returns
+    -------
+    residuals : `numpy.ndarray`
+        Log residuals; NaN where the table has no entry.
+    row_keys, exposures : `list`
+        The rows and columns.
+    rejected, invalid : `numpy.ndarray` [`bool`]
+        The entries flagged ``REJECTED`` and ``INVALID``.
+    """
+    level = str(table.meta.get("LEVEL", "DETECTOR"))
+    keys = list(row_keys) if row_keys is not None else sorted({_row_key(row, level) for row in table})
+    columns = list(exposures) if exposures is not None else sorted({int(e) for e in table["exposure"]})
+    row_index = {key: i for i, key in enumerate(keys)}
+    column_index = {exposure: j for j, exposure in enumerate(columns)}
+    residuals = np.full((len(keys), len(columns)), np.nan)
     rejected = np.zeros(residuals.shape, dtype=bool)
     invalid = np.zeros(residuals.shape, dtype=bool)
     for row in table:
-        at = (row_index[(int(row["detector"]), str(row["amplifier"]))], column_index[int(row["exposure"])])
+        at = (row_index[_row_key(row, level)], column_index[int(row["exposure"])])
         residuals[at] = row["log_residual"]
         rejected[at] = row["flag"] == "REJECTED"
         invalid[at] = row["flag"] == "INVALID"
-    labels = [f"{det} {amp}".strip() for det, amp in rows]
-    return residuals, labels, exposures, rejected, invalid
+    return residuals, keys, columns, rejected, invalid
 
 
 def save_radial_function(gradient: FlatGradientModel, path: str | os.PathLike[str]) -> None:

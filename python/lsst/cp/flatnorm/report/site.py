@@ -246,7 +246,8 @@ class _SiteWriter:
             scales = {int(r["detector"]): float(r["det_scale"]) for r in table}
         plot_focal_plane(self.content.camera, scales, img / "detector_scales.png",
                          f"{table.meta.get('LEVEL', 'DETECTOR')} scales G")
-        residuals, labels, exposure_ids, rejected, invalid = residual_matrix(table)
+        residuals, rows, exposure_ids, rejected, invalid = residual_matrix(table)
+        labels = [str(row) if isinstance(row, int) else f"{row[0]} {row[1]}" for row in rows]
         plot_residual_matrix(residuals, labels, [str(e) for e in exposure_ids], rejected, invalid,
                              img / "residual_matrix.png")
         meta = table.meta

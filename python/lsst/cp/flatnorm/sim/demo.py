@@ -39,6 +39,7 @@ import numpy as np
 from astropy.table import Table
 
 from . import colour_demo, gradient_demo, report_demo
+from ..report.figures import residual_matrix as table_residual_matrix
 from .camera import make_sim_camera
 from .figures import plot_exposure_scales, plot_flat_mosaic, plot_focal_plane, plot_residual_matrix
 from .flat_quality import (
@@ -232,19 +233,8 @@ def _compare_flats(repo: SimRepo, qualities: dict[str, MosaicQuality]) -> None:
 def residual_matrix(table: Table, truth: FlatTruth, level: str) -> tuple:
     """A scale table's log residuals as a (row, exposure) matrix in the truth's row and exposure
     order, with the rejected and invalid entries, row labels and exposure labels (sequence numbers)."""
-    keys = truth.row_keys(level)
-    exposures = [exposure.id for exposure in truth.exposures]
-    row_index = {key: i for i, key in enumerate(keys)}
-    column_index = {exposure: j for j, exposure in enumerate(exposures)}
-    residuals = np.full((len(keys), len(exposures)), np.nan)
-    rejected = np.zeros(residuals.shape, dtype=bool)
-    invalid = np.zeros(residuals.shape, dtype=bool)
-    for row in table:
-        key = int(row["detector"]) if level == "DETECTOR" else (int(row["detector"]), str(row["amplifier"]))
-        i, j = row_index[key], column_index[int(row["exposure"])]
-        residuals[i, j] = row["log_residual"]
-        rejected[i, j] = row["flag"] == "REJECTED"
-        invalid[i, j] = row["flag"] == "INVALID"
+    residuals, keys, exposures, rejected, invalid = table_residual_matrix(
+        table, truth.row_keys(level), [exposure.id for exposure in truth.exposures])
     labels = [str(key) if level == "DETECTOR" else f"{key[0]}:{key[1]}" for key in keys]
     return residuals, labels, [str(e % 100_000) for e in exposures], rejected, invalid
 
