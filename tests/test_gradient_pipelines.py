@@ -27,6 +27,8 @@ import lsst.utils.tests
 from lsst.cp.flatnorm.focal_plane_binning import bin_detector
 from lsst.cp.flatnorm.focal_plane_mosaic import mosaic_geometry
 from lsst.cp.flatnorm.instrument import FlatInstrumentConfig, instrument_class
+from lsst.cp.flatnorm.report import collect_report, write_site
+from lsst.cp.flatnorm.report.content import GRADIENT_FIGURES
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
 from lsst.cp.flatnorm.sim.gradient_repo import build_gradient_repo, certify_gradient_reference
 from lsst.cp.flatnorm.sim.illumination import (
@@ -279,6 +281,18 @@ class LSSTCamGradientPipelinesTestCase(lsst.utils.tests.TestCase):
                 self.assertEqual(mosaic.array[at], binned.image.array[row, column], (binning, det.getId()))
                 n_finite += np.isfinite(expected).sum()
             self.assertEqual(np.isfinite(mosaic.array).sum(), n_finite)
+
+    def check_report_shows_the_gradient(self):
+        """The report of the dome run: the fitted gradient, its radial function and QA figures."""
+        content = collect_report(self.butler, ["u/dome"], input_residuals=False)
+        gradient = self.get("flat_gradient", "u/dome")
+        self.assertEqual(content.gradient.gradient_x, gradient.gradient_x)
+        self.assertEqual(set(content.gradient_figures), set(GRADIENT_FIGURES))
+        index = write_site(content, Path(self.root) / "report")
+        for name in ("radial_function", *GRADIENT_FIGURES):
+            self.assertEqual((index.parent / "img" / f"{name}.png").read_bytes()[:4], b"\x89PNG", name)
+        page = (index.parent / "gradients.html").read_text()
+        self.assertIn(f'<td data-value="{gradient.gradient_x!r}">', page)
 
     def check_package_pipelines_give_the_same_models(self):
         for name, cp_pipe, package in (("flat_gradient_reference", "u/sky", "u/skyPackage"),

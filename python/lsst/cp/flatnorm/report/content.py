@@ -7,7 +7,7 @@
 Each detector's flat is read once: binned for its page (by the smallest factor that brings its
 larger side to `MAX_BINNED_SIDE` bins) and measured per amplifier.  Each input image
 (``cpFlatIsrExp``) is read once, divided by its exposure scale and the flat, and binned: its
-residual against the flat.
+residual against the flat, binned `RESIDUAL_COARSENING` times more coarsely.
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ from ..gradient_model import FlatGradientModel
 from .verification import read_verdicts
 
 MAX_BINNED_SIDE = 64
-"""Bins along the larger side of a detector's binned flat and residuals on its page."""
+"""Bins along the larger side of a detector's binned flat on its page."""
+RESIDUAL_COARSENING = 2
+"""The inputs' residuals are binned this many times more coarsely than the flat: a detector's page
+shows one per input, so they are kept small."""
 FLAT_NAMES = ("flat", "flat_uncorrected")
 """Dataset types of the flat, the first found being reported."""
 SCALE_TABLE = "cpFlatNormalizeScaleTable"
@@ -83,7 +86,7 @@ class DetectorContent:
     masked: dict[str, int]
     """Pixels in each mask plane of the flat."""
     residuals: dict[int, npt.NDArray[np.float64]]
-    """Binned ``input / (E * flat) - 1`` by exposure."""
+    """Binned ``input / (E * flat) - 1`` by exposure (`RESIDUAL_COARSENING` times coarser)."""
     change: npt.NDArray[np.float64] | None
     """Binned ``flat / previous - 1``, or `None` without a previous flat."""
 
@@ -116,7 +119,7 @@ class ReportContent:
     previous: str | None
     """Collection of the previous flat compared with, if any."""
     binning: int
-    """Detector pixels per bin of the binned flats and residuals."""
+    """Detector pixels per bin of the binned flats."""
 
     def flagged(self, detector: int | None = None, exposure: int | None = None) -> Table | None:
         """Rows of the scale table not ``USED`` (of one detector or exposure), or `None` without one."""
@@ -236,8 +239,8 @@ def _detector_content(butler: Butler, detector: DetectorModel, flat_ref: Dataset
         residuals = {}
         for exposure, ref in sorted(inputs.items()):
             scale = exposure_scales.get(exposure, math.nan)
-            residuals[exposure] = bin_image(butler.get(ref).image.array / (scale * image) - 1.0, binning,
-                                            ~usable)[0]
+            residuals[exposure] = bin_image(butler.get(ref).image.array / (scale * image) - 1.0,
+                                            RESIDUAL_COARSENING * binning, ~usable)[0]
         change = None
         if previous is not None:
             change = bin_image(image / butler.get(previous).image.array - 1.0, binning, ~usable)[0]

@@ -23,20 +23,33 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
+import PIL.Image  # noqa: E402
 from astropy.table import Table  # noqa: E402
 
 from ..camera_model import CameraModel, DetectorModel  # noqa: E402
 from ..gradient_model import FlatGradientModel  # noqa: E402
 
 _DPI = 90
+_N_COLOURS = 255
+"""Colours of a map in `save_array`'s palette (the 256th is grey, for NaN)."""
 
 
 def save_array(array: npt.NDArray[np.floating], path: str | os.PathLike[str], limits: tuple[float, float],
                colormap: str = "viridis") -> None:
-    """Write an array as a PNG image, one pixel per element, row 0 at the bottom, NaN light grey."""
-    cmap = matplotlib.colormaps[colormap].with_extremes(bad="lightgrey")
-    colours = cmap(plt.Normalize(*limits)(np.ma.masked_invalid(array)))
-    plt.imsave(path, colours, origin="lower")
+    """Write an array as a PNG image, one pixel per element, row 0 at the bottom, NaN light grey.
+
+    The image has a palette of 255 colours of the map and grey (one byte a pixel, where matplotlib's
+    ``imsave`` writes four), which keeps a site of hundreds of images small.
+    """
+    low, high = limits
+    with np.errstate(invalid="ignore"):
+        levels = np.clip(np.round((array - low) / (high - low) * (_N_COLOURS - 1)), 0, _N_COLOURS - 1)
+    indices = np.where(np.isfinite(array), levels, _N_COLOURS).astype(np.uint8)
+    palette = np.vstack([matplotlib.colormaps[colormap](np.linspace(0, 1, _N_COLOURS))[:, :3],
+                         matplotlib.colors.to_rgb("lightgrey")])
+    image = PIL.Image.fromarray(indices[::-1], mode="P")
+    image.putpalette((palette * 255).round().astype(np.uint8).ravel().tolist())
+    image.save(path, optimize=True)
 
 
 def tiles(arrays: Sequence[npt.NDArray[np.floating]], columns: int) -> npt.NDArray[np.float64]:

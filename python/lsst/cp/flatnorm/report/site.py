@@ -51,6 +51,7 @@ _FLAG_REASONS = {
     "INVALID": "invalid: no usable measurement (not finite, not positive, or no usable pixel)",
 }
 _TILE_COLUMNS = 10
+_LIMIT_STRIDE = 7
 
 
 def _cell(value: object) -> str:
@@ -102,13 +103,18 @@ def _exposure_page(exposure: int) -> str:
 
 
 def _limits(arrays: Iterable[npt.NDArray[np.floating]], symmetric: bool) -> tuple[float, float]:
-    values = np.concatenate([a[np.isfinite(a)].ravel() for a in arrays] or [np.zeros(0)])
+    """Colour scale of images: the 2nd and 98th percentiles of their values, or +- the 95th of their
+    absolute values (a dead amplifier or cosmic rays do not set the scale); from every
+    ``_LIMIT_STRIDE``-th value of each (enough for a percentile, and a full run's residuals would
+    otherwise be copied whole)."""
+    values = np.concatenate([a.ravel()[::_LIMIT_STRIDE] for a in arrays] or [np.zeros(0)])
+    values = values[np.isfinite(values)]
     if values.size == 0:
         return (-1.0, 1.0) if symmetric else (0.0, 1.0)
     if symmetric:
-        limit = max(float(np.percentile(np.abs(values), 99.0)), 1e-5)
+        limit = max(float(np.percentile(np.abs(values), 95.0)), 1e-5)
         return -limit, limit
-    low, high = (float(v) for v in np.percentile(values, (0.5, 99.5)))
+    low, high = (float(v) for v in np.percentile(values, (2.0, 98.0)))
     return (low, high) if high > low else (low - 1e-3, high + 1e-3)
 
 
@@ -339,11 +345,12 @@ class _SiteWriter:
             return "<p>No input read.</p>"
         det_id = d.detector.getId()
         order = list(d.residuals)
-        save_array(tiles([d.residuals[e] for e in order], _TILE_COLUMNS),
+        columns = min(_TILE_COLUMNS, len(order))
+        save_array(tiles([d.residuals[e] for e in order], columns),
                    self.output / "img" / f"residuals_{det_id:03d}.png", self.residual_limits, "coolwarm")
         names = ", ".join(_link(f"../{_exposure_page(e)}", str(e)) for e in order)
         return _image(f"../img/residuals_{det_id:03d}.png", "input residuals",
-                      f"input / (E x flat) - 1 of each input, binned, {_TILE_COLUMNS} to a row from the top "
+                      f"input / (E x flat) - 1 of each input, binned, {columns} to a row from the top "
                       f"left, in this order: {names}; colour scale {self.residual_limits[0]:.3g} to "
                       f"{self.residual_limits[1]:.3g}.")
 
