@@ -5,9 +5,9 @@
 exposures): the time to write its site and the site's size.
 
 The report's content is made here without a butler (reading a run is the butler's and the image
-formatter's time, measured by parts 3 and 7): each detector's binned flat and each input's binned
-residual have the 64-bin side the report gives an LSSTCam detector, so the pages, images and tables
-are those of a full run.  ``--quick`` writes a 9-detector, 6-exposure report.
+formatter's time, measured by parts 3 and 7): each detector's binned flat has the 64-bin side the
+report gives an LSSTCam detector and each input's binned residual half that, so the pages, images
+and tables are those of a full run.  ``--quick`` writes a 9-detector, 6-exposure report.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from astropy.table import Table
 from lsst.cp.flatnorm.camera_model import AmplifierModel, CameraModel, DetectorModel, PixelBox
 from lsst.cp.flatnorm.report.content import (
     MAX_BINNED_SIDE,
+    RESIDUAL_COARSENING,
     AmplifierLevel,
     DetectorContent,
     ExposureContent,
@@ -80,13 +81,14 @@ def _camera(quick: bool) -> CameraModel:
 
 def _content(camera: CameraModel, n_exposures: int, rng: np.random.Generator) -> ReportContent:
     detectors = {}
+    residual_shape = (MAX_BINNED_SIDE // RESIDUAL_COARSENING,) * 2
     for det in camera:
         flat = 1 + 0.02 * rng.standard_normal((MAX_BINNED_SIDE, MAX_BINNED_SIDE))
         detectors[det.getId()] = DetectorContent(
             detector=det, binned=flat, median=float(np.median(flat)),
             amplifiers=[AmplifierLevel(amp.getName(), 1.0, 0.02, 509 * 2000) for amp in det],
             masked={"BAD": 100}, change=flat - 1,
-            residuals={e: 1e-3 * rng.standard_normal(flat.shape) for e in range(n_exposures)})
+            residuals={e: 1e-3 * rng.standard_normal(residual_shape) for e in range(n_exposures)})
     exposures = {e: ExposureContent(id=e, obs_id=f"MC_C_20261207_{e:06d}", start=f"2026-12-07T20:{e:02d}:00",
                                     minutes=float(e), exposure_time=15.0, reason="flat")
                  for e in range(n_exposures)}
