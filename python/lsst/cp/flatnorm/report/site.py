@@ -184,8 +184,9 @@ class _SiteWriter:
         titles = {det_id: f"{d.detector.getName()} ({det_id}): median {d.median:.4g}, "
                           f"{self.verdict_text(det_id)}"
                   for det_id, d in content.detectors.items()}
-        medians = [d.median for d in content.detectors.values()]
-        map_limits = _limits([np.array(medians)], symmetric=False)
+        medians = np.array([d.median for d in content.detectors.values()])
+        finite = medians[np.isfinite(medians)]
+        map_limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         flat_map = focal_plane_svg(content.camera, {i: _colour(d.median, map_limits)
                                                     for i, d in content.detectors.items()},
                                    titles, _detector_page, "flat-map")
