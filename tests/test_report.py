@@ -150,7 +150,13 @@ def test_pages_name_what_they_show(run):
     row = content.scale_table[(content.scale_table["exposure"] == exposure)][0]
     assert f"{row['exp_scale']:.6g}" in page
     assert "No gradient (flat_gradient) fitted" in (site / "gradients.html").read_text()
-    assert "No colour term fitted." in (site / "normalization.html").read_text()
+    normalization = (site / "normalization.html").read_text()
+    assert "No colour term fitted." in normalization
+    # The fit's summary, from the table read back (its metadata does not survive the butler).
+    n_entries = len(CAMERA) * CONFIG.n_exposures - len(repo.truth.missing_images())
+    assert f'<td>entries</td><td data-value="{n_entries}">' in normalization
+    assert '<td>rejected entries</td><td data-value="1">1</td>' in normalization
+    assert "<td>level</td><td>DETECTOR</td>" in normalization
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ focal-plane maps whose detectors link to their pages."""
 from __future__ import annotations
 
 __all__ = ["focal_plane_svg", "residual_matrix", "save_array", "save_exposure_scales", "save_radial_function",
-           "tiles"]
+           "table_level", "tiles"]
 
 import html
 import math
@@ -89,6 +89,12 @@ def save_exposure_scales(minutes: Sequence[float], exposure_times: Sequence[floa
     _save(figure, path)
 
 
+def table_level(table: Table) -> str:
+    """``"AMP"`` if a scale table's rows are amplifiers, else ``"DETECTOR"`` (from its ``amplifier``
+    column: the table's metadata does not survive the butler)."""
+    return "AMP" if any(str(amplifier) for amplifier in table["amplifier"]) else "DETECTOR"
+
+
 def _row_key(row: Any, level: str) -> int | tuple[int, str]:
     """A scale table row's matrix row: its detector, or (detector, amplifier) at AMP level."""
     return int(row["detector"]) if level != "AMP" else (int(row["detector"]), str(row["amplifier"]))
@@ -120,7 +126,7 @@ def residual_matrix(
     rejected, invalid : `numpy.ndarray` [`bool`]
         The entries flagged ``REJECTED`` and ``INVALID``.
     """
-    level = str(table.meta.get("LEVEL", "DETECTOR"))
+    level = table_level(table)
     keys = list(row_keys) if row_keys is not None else sorted({_row_key(row, level) for row in table})
     columns = list(exposures) if exposures is not None else sorted({int(e) for e in table["exposure"]})
     row_index = {key: i for i, key in enumerate(keys)}

@@ -41,6 +41,7 @@ from .figures import (
     save_array,
     save_exposure_scales,
     save_radial_function,
+    table_level,
     tiles,
 )
 
@@ -246,21 +247,25 @@ class _SiteWriter:
                              [first[e.id]["exp_scale"] for e in exposures],
                              [first[e.id]["exp_scale_err"] for e in exposures],
                              [e.id in flagged for e in exposures], img / "exposure_scales.png")
+        level = table_level(table)
         scales: Mapping[int, float] | Mapping[tuple[int, str], float]
-        if table.meta.get("LEVEL") == "AMP":
+        if level == "AMP":
             scales = {(int(r["detector"]), str(r["amplifier"])): float(r["det_scale"]) for r in table}
         else:
             scales = {int(r["detector"]): float(r["det_scale"]) for r in table}
-        plot_focal_plane(self.content.camera, scales, img / "detector_scales.png",
-                         f"{table.meta.get('LEVEL', 'DETECTOR')} scales G")
+        plot_focal_plane(self.content.camera, scales, img / "detector_scales.png", f"{level} scales G")
         residuals, rows, exposure_ids, rejected, invalid = residual_matrix(table)
         labels = [str(row) if isinstance(row, int) else f"{row[0]} {row[1]}" for row in rows]
         plot_residual_matrix(residuals, labels, [str(e) for e in exposure_ids], rejected, invalid,
                              img / "residual_matrix.png")
-        meta = table.meta
-        keys = ("LEVEL", "CONVERGED", "ITERATIONS", "LOG_RESIDUAL_RMS", "LOG_RESIDUAL_SIGMA", "COLOUR_TERMS")
-        fit = _table(["item", "value"], [(key.lower().replace("_", " "), html.escape(str(meta[key])))
-                                         for key in keys if key in meta], "fit")
+        used = np.asarray(table["log_residual"][table["flag"] == "USED"], dtype=float)
+        fit = _table(["item", "value"], [
+            ("level", level), ("entries", len(table)),
+            *((f"{flag.lower()} entries", int(np.sum(table["flag"] == flag)))
+              for flag in ("USED", "REJECTED", "INVALID")),
+            ("rms log residual of the used entries",
+             float(np.sqrt(np.mean(used**2))) if used.size else math.nan),
+        ], "fit")
         colour = self.colour_terms()
         body = ("<section><h2>Fit</h2>" + fit + "</section><section><h2>Exposure scales</h2>"
                 + _image("img/exposure_scales.png", "exposure scales against time",
@@ -277,10 +282,9 @@ class _SiteWriter:
     def colour_terms(self) -> str:
         table = self.content.scale_table
         assert table is not None
-        n_terms = int(table.meta.get("COLOUR_TERMS", 0))
-        if n_terms == 0:
+        columns = sorted(name for name in table.colnames if name.startswith("colour_v_"))
+        if not columns:
             return "<p>No colour term fitted.</p>"
-        columns = [f"colour_v_{k + 1}" for k in range(n_terms)]
         first = {int(row["exposure"]): row for row in table}
         return _table(["exposure", *columns],
                       [(e, *(float(first[e][c]) for c in columns)) for e in sorted(first)],
