@@ -14,7 +14,7 @@ import numpy as np
 
 from lsst.utils.threads import disable_implicit_threading
 
-from . import cli_startup, clipstats, colour, combine, gather, measure, solver, storage
+from . import cli_startup, clipstats, colour, combine, gather, measure, report, solver, storage
 
 PARTS = {
     "solver": solver.run,
@@ -25,6 +25,7 @@ PARTS = {
     "clipstats": clipstats.run,
     "storage": storage.run,
     "cli_startup": cli_startup.run,
+    "report": report.run,
 }
 
 

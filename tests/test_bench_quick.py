@@ -95,6 +95,10 @@ class QuickRunTestCase(unittest.TestCase):
         self.assertGreater(separable_g, 5 * colour_g)
         self.assertLess(max(colour_e, colour_g), 3e-4)
 
+    def test_report_line(self):
+        self.assertRegex(self.result.stdout, r"report 9 detectors, 144 amplifiers, 6 exposures: site written "
+                                             r"in .*, 51 files, \d+\.\d MiB")
+
     def test_chain_line(self):
         self.assertRegex(self.result.stdout, r"measure 512x256: chain per \(exposure, detector\): read \+ "
                                              r"measure .*, the combine's share .* \(CpFlatCombineTask.run on "

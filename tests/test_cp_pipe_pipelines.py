@@ -4,8 +4,9 @@
 """cp_pipe's flat pipelines, shipped as pipelines/<Instrument>/*.yaml, run with ``pipetask run``.
 
 Each pipeline is cp_pipe's (snapshot of 2026-06) configured as cp_pipe configures it, without the
-ISR and visualization steps.  Each runs on a small simulated repository whose instrument has the
-pipeline's instrument name, and each test checks that an override changes the output as it does
+ISR and visualization steps (LSSTCam's cpFlat keeps its visualization steps, which
+tests/test_gradient_pipelines.py runs).  Each runs on a small simulated repository whose instrument
+has the pipeline's instrument name, and each test checks that an override changes the output as it does
 in cp_pipe.  LSSTCam's cpFlat and cpFlatAnaglyph run here without their gradient steps, whose
 focal-plane fit needs more of a focal plane than these repositories have (the anaglyph's two-flat
 step then combines ``flat_blue_uncorrected`` and ``flat_red_uncorrected``);

@@ -1,8 +1,9 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""cp_pipe's LSSTCam gradient-reference and flat pipelines (ISR and visualization removed), and the
-package's own gradient pipelines, run with ``pipetask run`` on simulated sky and dome flats.
+"""cp_pipe's LSSTCam gradient-reference and flat pipelines (ISR removed; the reference's
+visualization steps too), and the package's own gradient pipelines, run with ``pipetask run`` on
+simulated sky and dome flats.
 
 The camera is LSSTCam-sized in millimetres (a 3 x 3 grid of 64 x 64-pixel science detectors of
 2.9 mm pixels, reaching 340 mm along the axes, and two wavefront detectors), so cp_pipe's radii
@@ -16,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import unittest
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,10 @@ import pytest
 
 import lsst.utils.tests
 from lsst.cp.flatnorm.focal_plane_binning import bin_detector
+from lsst.cp.flatnorm.focal_plane_mosaic import mosaic_geometry
 from lsst.cp.flatnorm.instrument import FlatInstrumentConfig, instrument_class
+from lsst.cp.flatnorm.report import collect_report, write_site
+from lsst.cp.flatnorm.report.content import GRADIENT_FIGURES
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
 from lsst.cp.flatnorm.sim.gradient_repo import build_gradient_repo, certify_gradient_reference
 from lsst.cp.flatnorm.sim.illumination import (
@@ -47,6 +52,8 @@ BIN = 2  # 5.9 mm: the flat falls by up to 2 % across a bin near 350 mm, and the
 COMPARE_BIN = 8
 """Bin size of the corrected flat's comparison with its target (pixel by pixel, then binned)."""
 BOUNDARY = 10  # cp_pipe's detector_boundary
+BIN_64 = 16
+"""Binning of flatBin64 and flatMosaic64: the wavefront detectors have 32 rows, not one bin of 64."""
 FILTER = "r_57"
 N_SIGMA = 4.0
 LEDS = ("single_led_flat_m455l4", "single_led_flat_m505l4")
@@ -88,7 +95,8 @@ class LSSTCamGradientPipelinesTestCase(lsst.utils.tests.TestCase):
             certify_gradient_reference(cls.repo.butler, "u/sky", cls.repo.dome.calib_collection, FILTER,
                                        "LSSTCam")
             cls.pipetask("LSSTCam/cpFlat.yaml", [cls.repo.dome.defaults_collection], "u/dome",
-                         ["cpFlatFitGradients"])
+                         ["cpFlatFitGradients"], [arg for label in ("cpFlatBin64", "cpFlatMosaic64")
+                                                  for arg in ("-c", f"{label}:binning={BIN_64}")])
             # The anaglyph flat of the same exposures, reusing their statistics.
             cls.pipetask("LSSTCam/cpFlatAnaglyph.yaml", ["u/dome"], "u/anaglyph",
                          ["cpFlatBlueFitGradients", "cpFlatRedFitGradients"],
@@ -244,6 +252,50 @@ class LSSTCamGradientPipelinesTestCase(lsst.utils.tests.TestCase):
                 uri = self.butler.getURI(name, collections=collection, **self.data_id)
                 self.assertEqual(uri.read()[:4], b"\x89PNG", (collection, name))
 
+    def check_binned_flats_and_mosaics(self):
+        """cp_pipe's last four steps: each flat binned by 8 and 64 (the mean of each block's pixels
+        outside NO_DATA), and the binned flats mosaicked where the camera puts them."""
+        for name, binning in (("8", 8), ("64", BIN_64)):
+            mosaic = self.get(f"flatMosaic{name}", "u/dome")
+            geometry = mosaic_geometry(self.camera, binning)
+            self.assertEqual(mosaic.array.shape, geometry.shape)
+            self.assertEqual((mosaic.metadata["FP_X0"], mosaic.metadata["FP_SCALE"]),
+                             (geometry.origin[0], geometry.scale))
+            n_finite = 0
+            for det in self.camera:
+                flat = self.get("flat", "u/dome", detector=det.getId())
+                binned = self.get(f"flatBin{name}", "u/dome", detector=det.getId())
+                rows, columns = (n // binning for n in flat.image.array.shape)
+                blocks = np.where(flat.mask.get("NO_DATA"), np.nan, flat.image.array)
+                blocks = blocks[:rows * binning, :columns * binning].reshape(rows, binning, columns, binning)
+                with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN (vignetted) blocks
+                    expected = np.nanmean(blocks, axis=(1, 3))
+                np.testing.assert_allclose(binned.image.array, expected, rtol=1e-6, err_msg=f"{det.getId()}")
+                np.testing.assert_array_equal(binned.mask.get("NO_DATA"), np.isnan(expected))
+                # The bin nearest the detector's centre is at the centre's focal-plane position.
+                row, column = rows // 2, columns // 2
+                x, y = det.pixel_to_focal_plane((column + 0.5) * binning - 0.5, (row + 0.5) * binning - 0.5)
+                x0, y0 = geometry.origin
+                at = (int((y - y0) // geometry.scale), int((x - x0) // geometry.scale))
+                # (NaN in both where that bin is vignetted)
+                np.testing.assert_array_equal(mosaic.array[at], binned.image.array[row, column],
+                                              err_msg=f"{binning} {det.getId()}")
+                n_finite += np.isfinite(expected).sum()
+            self.assertEqual(np.isfinite(mosaic.array).sum(), n_finite)
+
+    def check_report_shows_the_gradient(self):
+        """The report of the dome run: the fitted gradient, its radial function and QA figures."""
+        content = collect_report(self.butler, ["u/dome"], input_residuals=False)
+        gradient = self.get("flat_gradient", "u/dome")
+        self.assertEqual(content.gradient.gradient_x, gradient.gradient_x)
+        self.assertEqual(set(content.gradient_figures), set(GRADIENT_FIGURES))
+        index = write_site(content, Path(self.root) / "report")
+        for name in ("radial_function", *GRADIENT_FIGURES):
+            self.assertEqual((index.parent / "img" / f"{name}.png").read_bytes()[:4], b"\x89PNG", name)
+        page = (index.parent / "gradients.html").read_text()
+        self.assertIn(f'<td data-value="{gradient.gradient_x!r}">', page)
+
     def check_package_pipelines_give_the_same_models(self):
         for name, cp_pipe, package in (("flat_gradient_reference", "u/sky", "u/skyPackage"),
                                        ("flat_gradient", "u/dome", "u/domePackage")):
@@ -262,8 +314,15 @@ class GradientPipelineFilesTestCase(lsst.utils.tests.TestCase):
 
     def test_cp_pipe_lsstcam_pipelines(self):
         graph = self.graph("LSSTCam", "cpFlat.yaml")
-        self.assertEqual(sorted(graph.tasks), ["cpFlatApplyGradients", "cpFlatCombine", "cpFlatFitGradients",
-                                               "cpFlatMeasure", "cpFlatNormalize"])
+        self.assertEqual(sorted(graph.tasks), ["cpFlatApplyGradients", "cpFlatBin64", "cpFlatBin8",
+                                               "cpFlatCombine", "cpFlatFitGradients", "cpFlatMeasure",
+                                               "cpFlatMosaic64", "cpFlatMosaic8", "cpFlatNormalize"])
+        for binning in (8, 64):  # cp_pipe's names and bin factors
+            self.assertEqual(graph.tasks[f"cpFlatBin{binning}"].config.binning, binning)
+            self.assertEqual(graph.tasks[f"cpFlatMosaic{binning}"].config.binning, binning)
+            self.assertEqual(set(graph.inputs_of(f"cpFlatBin{binning}")), {"flat"})
+            self.assertIn(f"flatMosaic{binning}", graph.outputs_of(f"cpFlatMosaic{binning}"))
+            self.assertIn(f"flatBin{binning}", graph.inputs_of(f"cpFlatMosaic{binning}"))
         fit = graph.tasks["cpFlatFitGradients"].config
         self.assertEqual((fit.do_reference_gradient, fit.do_fit_gradient, fit.do_fit_centroid, fit.bin_factor,
                           list(fit.radial_spline_nodes)), (False, True, True, 128, CP_PIPE_NODES))

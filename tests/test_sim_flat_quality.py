@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
-from lsst.cp.flatnorm.sim.figures import bin_image
 from lsst.cp.flatnorm.sim.flat_quality import (
     ROBUST_SIGMA_PER_MAD,
     amplifier_regions,
@@ -155,14 +154,3 @@ def test_missing_images_must_be_simulated():
         FlatSimulator(CAMERA, dataclasses.replace(SIM_CONFIG, missing_images=((4, 0),)))
     with pytest.raises(ValueError, match=r"missing_images: \(0, 99\) names no simulated"):
         FlatSimulator(CAMERA, dataclasses.replace(SIM_CONFIG, missing_images=((0, 99),)))
-
-
-def test_bin_image_averages_finite_pixels_of_whole_blocks():
-    image = np.arange(20, dtype=float).reshape(4, 5)
-    image[0, 0] = np.nan
-    image[2:4, 2:4] = np.nan
-    binned = bin_image(image, 2)
-    np.testing.assert_array_equal(binned, [[(1 + 5 + 6) / 3, (2 + 3 + 7 + 8) / 4], [13.0, np.nan]])
-    np.testing.assert_array_equal(bin_image(image, 1), image)
-    with pytest.raises(ValueError, match="Binning factor must be at least 1; got 0"):
-        bin_image(image, 0)

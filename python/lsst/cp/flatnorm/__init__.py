@@ -19,7 +19,8 @@ from .version import __version__  # noqa: F401
 # The tasks are imported when first asked for (``lsst.cp.flatnorm.CpFlatCombineTask``), not with the
 # package: they import the middleware, which takes seconds, and ``cp-flatnorm --help`` must not wait.
 _TASK_MODULES = (
-    "cpCombine", "cpCombineTwoFlats", "cpFlatGradients", "cpFlatMeasure", "cpFlatNormalize", "cpVerifyFlat",
+    "cpCombine", "cpCombineTwoFlats", "cpFlatGradients", "cpFlatMeasure", "cpFlatNormalize", "cpFlatVisualize",
+    "cpVerifyFlat",
 )
 
 

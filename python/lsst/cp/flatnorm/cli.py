@@ -15,6 +15,8 @@
   and every file its dataset, after a run that failed (`lsst.cp.flatnorm.repo_check`).
 - ``cp-flatnorm verify REPO --collections C...`` prints the verdicts of the flat verifications in
   the collections (`lsst.cp.flatnorm.verify_summary`), with status 3 if one failed.
+- ``cp-flatnorm report REPO --collections ... -o DIR`` writes the browsable HTML report of a flat
+  run (`lsst.cp.flatnorm.report_command`).
 
 A bad input ends the command with status 1 and the error's message, without a traceback.
 
@@ -36,8 +38,11 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-# Only the standard library at the top: `cp-flatnorm --help` must answer at once, so the middleware,
-# astropy and pydantic are imported by the handlers that need them.
+# Only the standard library (and report_command's parser, which imports nothing more) at the top:
+# `cp-flatnorm --help` must answer at once, so the middleware, astropy and pydantic are imported by the
+# handlers that need them.
+from .report_command import add_report_parser
+
 if TYPE_CHECKING:
     from lsst.daf.butler import Butler
 
@@ -389,6 +394,6 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
-    _add_camera, _add_register, _add_ingest, _add_verify, _add_check,
+    _add_camera, _add_register, _add_ingest, _add_verify, add_report_parser, _add_check,
 )
 """Functions adding one subcommand's parser each, in the order ``--help`` lists them."""

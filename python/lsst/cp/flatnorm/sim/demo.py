@@ -22,7 +22,9 @@
    corrected one should have (`gradient_demo`);
 6. flat verification: makes a flat from clean simulated inputs into ``DIR/verify_repo``, verifies
    it on new flats one amplifier of which stepped by 8%, and prints the verdicts (`verify_demo`);
-7. writes figures to ``DIR/figures``.
+7. writes figures to ``DIR/figures``;
+8. writes the browsable report of the run (``cp-flatnorm report``) to ``DIR/report`` and prints
+   the path of its ``index.html``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from . import colour_demo, gradient_demo, verify_demo
+from . import colour_demo, gradient_demo, report_demo, verify_demo
+from ..report.figures import residual_matrix as table_residual_matrix
 from .camera import make_sim_camera
 from .figures import plot_exposure_scales, plot_flat_mosaic, plot_focal_plane, plot_residual_matrix
 from .flat_quality import (
@@ -235,19 +238,8 @@ def residual_matrix(
 ) -> tuple[np.ndarray, list[str], list[str], np.ndarray, np.ndarray]:
     """A scale table's log residuals as a (row, exposure) matrix in the truth's row and exposure
     order, with the rejected and invalid entries, row labels and exposure labels (sequence numbers)."""
-    keys = truth.row_keys(level)
-    exposures = [exposure.id for exposure in truth.exposures]
-    row_index = {key: i for i, key in enumerate(keys)}
-    column_index = {exposure: j for j, exposure in enumerate(exposures)}
-    residuals = np.full((len(keys), len(exposures)), np.nan)
-    rejected = np.zeros(residuals.shape, dtype=bool)
-    invalid = np.zeros(residuals.shape, dtype=bool)
-    for row in table:
-        key = int(row["detector"]) if level == "DETECTOR" else (int(row["detector"]), str(row["amplifier"]))
-        i, j = row_index[key], column_index[int(row["exposure"])]
-        residuals[i, j] = row["log_residual"]
-        rejected[i, j] = row["flag"] == "REJECTED"
-        invalid[i, j] = row["flag"] == "INVALID"
+    residuals, keys, exposures, rejected, invalid = table_residual_matrix(
+        table, truth.row_keys(level), [exposure.id for exposure in truth.exposures])
     labels = [str(key) if level == "DETECTOR" else f"{key[0]}:{key[1]}" for key in keys]
     return residuals, labels, [str(e % 100_000) for e in exposures], rejected, invalid
 
@@ -375,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths += gradient_demo.write_gradient_figures(gradient_repo, gradient, output / "figures")
         for path in paths:
             print(f"   wrote {path}")
+    with _stage("Writing the report of the run (cp-flatnorm report)"):
+        report_demo.write_demo_report(repo, [_OUTPUT_COLLECTION], _UNSCALED_COLLECTION, output / "report")
     print(f"\nDemo finished in {time.perf_counter() - start:.1f} s; flagged entries "
           f"{'match' if ok else 'DO NOT match'} the simulator's corruptions (truth).")
     return 0 if ok else 1

@@ -7,7 +7,7 @@ and focal-plane mosaics of combined flats (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
-__all__ = ["bin_image", "plot_exposure_scales", "plot_flat_mosaic", "plot_focal_plane",
+__all__ = ["plot_exposure_scales", "plot_flat_mosaic", "plot_focal_plane",
            "plot_residual_comparison", "plot_residual_matrix"]
 
 import math
@@ -25,6 +25,7 @@ from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from ..camera_model import CameraModel, DetectorModel  # noqa: E402
+from ..focal_plane_mosaic import bin_image  # noqa: E402
 
 
 def _save(figure: plt.Figure, path: str | os.PathLike[str]) -> None:
@@ -208,33 +209,6 @@ def plot_residual_comparison(
     _save(figure, path)
 
 
-def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """Average ``factor`` x ``factor`` blocks of an image, ignoring NaN pixels.
-
-    Rows and columns that do not fill a whole block are dropped; a block without any finite pixel
-    is NaN.
-
-    Parameters
-    ----------
-    image : `numpy.ndarray`, (ny, nx)
-        Image to bin.
-    factor : `int`
-        Block size (1 returns the image as float).
-
-    Returns
-    -------
-    binned : `numpy.ndarray`, (ny // factor, nx // factor)
-    """
-    if factor < 1:
-        raise ValueError(f"Binning factor must be at least 1; got {factor}.")
-    ny, nx = (n // factor for n in image.shape)
-    blocks = np.asarray(image, dtype=float)[:ny * factor, :nx * factor].reshape(ny, factor, nx, factor)
-    finite = np.isfinite(blocks)
-    counts = finite.sum(axis=(1, 3))
-    sums = np.where(finite, blocks, 0.0).sum(axis=(1, 3))
-    return np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
-
-
 def _detector_extent(det: DetectorModel) -> tuple[float, float, float, float]:
     """Focal-plane (left, right, bottom, top) of a detector, in mm."""
     width = det.getBBox().getWidth() * det.pixel_size
@@ -275,8 +249,8 @@ def plot_flat_mosaic(
     bad_colour : `str`, optional
         Colour of the non-finite pixels.
     max_binned_size : `int`, optional
-        Images are binned (`bin_image`) by the smallest integer factor that brings their larger
-        side to at most this many pixels.
+        Images are binned (`~lsst.cp.flatnorm.focal_plane_mosaic.bin_image`) by the smallest integer
+        factor that brings their larger side to at most this many pixels.
     """
     if limits is None:
         reference = np.concatenate([image[np.isfinite(image)].ravel()
@@ -292,7 +266,7 @@ def plot_flat_mosaic(
                 continue
             image = images[det.getId()]
             factor = max(1, math.ceil(max(image.shape) / max_binned_size))
-            shown = ax.imshow(np.ma.masked_invalid(bin_image(image, factor)), origin="lower",
+            shown = ax.imshow(np.ma.masked_invalid(bin_image(image, factor)[0]), origin="lower",
                               extent=_detector_extent(det), cmap=cmap, vmin=vmin, vmax=vmax,
                               interpolation="nearest")
             ax.annotate(det.getName(), (det.focal_plane_x, det.focal_plane_y), ha="center",
