@@ -327,4 +327,5 @@ def collect_report(
         gradient=butler.get(gradient_refs[0]) if gradient_refs else None,
         gradient_figures={name: butler.getURI(refs[0]).read() for name in GRADIENT_FIGURES
                           if (refs := _find(butler, name, collections, **data_id))},
-        verdicts=read_verdicts(butler, collections, instrument, physical_filter), previous=previous, binning=binning)
+        verdicts=read_verdicts(butler, collections, instrument, physical_filter), previous=previous,
+        binning=binning)

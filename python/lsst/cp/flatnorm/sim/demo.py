@@ -240,7 +240,7 @@ def residual_matrix(
     order, with the rejected and invalid entries, row labels and exposure labels (sequence numbers)."""
     residuals, keys, exposures, rejected, invalid = table_residual_matrix(
         table, truth.row_keys(level), [exposure.id for exposure in truth.exposures])
-    labels = [str(key) if level == "DETECTOR" else f"{key[0]}:{key[1]}" for key in keys]
+    labels = [f"{key[0]}:{key[1]}" if isinstance(key, tuple) else str(key) for key in keys]
     return residuals, labels, [str(e % 100_000) for e in exposures], rejected, invalid
 
 
