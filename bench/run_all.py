@@ -14,7 +14,7 @@ import numpy as np
 
 from lsst.utils.threads import disable_implicit_threading
 
-from . import clipstats, colour, combine, gather, measure, solver, storage
+from . import clipstats, colour, combine, gather, measure, solver, storage, whole_flat
 
 PARTS = {
     "solver": solver.run,
@@ -24,6 +24,7 @@ PARTS = {
     "combine": combine.run,
     "clipstats": clipstats.run,
     "storage": storage.run,
+    "whole_flat": whole_flat.run,
 }
 
 

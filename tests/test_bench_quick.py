@@ -136,6 +136,17 @@ class QuickRunTestCase(unittest.TestCase):
             self.assertLess(pull_rms, 1.05)
             self.assertEqual(leaked, 0)
 
+    def test_whole_flat_lines(self):
+        label = r"whole flat 189x50 of 512x256"
+        out = self.result.stdout
+        self.assertRegex(out, rf"{label}: chain per \(exposure, detector\) read .*, measure .*, "
+                              r"combine share .*, normalization share .*: .* = [\d.]+x the floor")
+        self.assertRegex(out, rf"{label}: assumptions: 9640 quanta; ")
+        for cores in (2, 16, 64):
+            self.assertRegex(out, rf"{label}: 1 machine of {cores} cores \(pipetask -j {cores}\): "
+                                  r"[\d.]+ (min|h) \(measure ")
+        self.assertRegex(out, rf"{label}: bps Slurm on 4 machine\(s\) of 64 cores, .*: [\d.]+ (min|h) ")
+
     def test_storage_lines(self):
         label = "storage 512x400"
         for storage in ("FITS, GZIP_2, a tile per row", "FITS, uncompressed",
