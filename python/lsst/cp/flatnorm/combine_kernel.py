@@ -265,6 +265,7 @@ def combine_pixels(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
     in_order = np.empty((n_inputs, BLOCK_PIXELS), dtype=values.dtype)
     ordered, to_clip_stack = np.empty_like(in_order), np.empty_like(in_order)
     block_variances = np.empty((n_inputs, BLOCK_PIXELS))
+    to_clip_variances = np.empty((n_inputs, BLOCK_PIXELS))
     n_valid, count = np.empty(BLOCK_PIXELS, np.int64), np.empty(BLOCK_PIXELS, np.int64)
     to_clip = np.empty(BLOCK_PIXELS, np.intp)
     counts = (np.empty(BLOCK_PIXELS, np.int64), np.empty(BLOCK_PIXELS, np.int64),
@@ -273,7 +274,7 @@ def combine_pixels(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
                _vectors())
     value_sum, variance_sum, centre, sigma_var = _vectors(), _vectors(), _vectors(), _vectors()
     first_width, low, high, sum1, sum2 = _vectors(), _vectors(), _vectors(), _vectors(), _vectors()
-    clip_low, clip_high = _vectors(), _vectors()
+    clip_low, clip_high, clip_variance_sum = _vectors(), _vectors(), _vectors()
     for y in range(height):
         for start in range(0, width, BLOCK_PIXELS):
             size = min(BLOCK_PIXELS, width - start)
@@ -292,10 +293,13 @@ def combine_pixels(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
                     for i in range(n_inputs):
                         for k in range(n_clip):
                             to_clip_stack[i, k] = in_order[i, pixels[k]]
+                            to_clip_variances[i, k] = block_variances[i, pixels[k]]
                     _clip(to_clip_stack, n_clip, n_valid[pixels], sigma_var[pixels], centre[pixels],
                           first_width[pixels], n_sigma, n_passes, clip_low, clip_high, scratch, counts)
+                    _kept_variance_sum(to_clip_stack, to_clip_variances, n_clip, clip_low, clip_high,
+                                       clip_variance_sum)
                     low[pixels], high[pixels] = clip_low[:n_clip], clip_high[:n_clip]
-                    _kept_variance_sum(in_order, block_variances, size, low, high, variance_sum)
+                    variance_sum[pixels] = clip_variance_sum[:n_clip]
             else:
                 for b in range(size):
                     centre[b] = value_sum[b] / n_valid[b]
