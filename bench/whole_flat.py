@@ -201,7 +201,8 @@ def middleware_fit(root: Path) -> MiddlewareFit:
     for n_side, n_exposures in _GRAPHS:
         camera = make_sim_camera(n_side=n_side, n_wavefront=0)
         repo = build_sim_repo(root / f"graph{n_side}", camera=camera,
-                              config=FlatSimConfig(n_exposures=n_exposures, dead_amplifier=None, shadow=None))
+                              config=FlatSimConfig(n_exposures=n_exposures, dead_amplifier=None, shadow=None,
+                                                   saturation=None))
         start = time.perf_counter()
         run_pipetask(repo.root, pipeline_uri("SimFlatCam", "cpFlat.yaml"), [repo.defaults_collection],
                      "bench/wholeFlat", jobs=_JOBS)
