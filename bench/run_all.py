@@ -14,7 +14,7 @@ import numpy as np
 
 from lsst.utils.threads import disable_implicit_threading
 
-from . import cli_startup, clipstats, colour, combine, gather, measure, report, solver, storage
+from . import cli_startup, clipstats, colour, combine, gather, measure, report, solver, storage, whole_flat
 
 PARTS = {
     "solver": solver.run,
@@ -26,6 +26,7 @@ PARTS = {
     "storage": storage.run,
     "cli_startup": cli_startup.run,
     "report": report.run,
+    "whole_flat": whole_flat.run,
 }
 
 

@@ -121,8 +121,13 @@ class QuickRunTestCase(unittest.TestCase):
     def test_combine_lines(self):
         label = "combine 512x64x12"
         self.assertRegex(self.result.stdout, rf"{label}: ours .*, memory peak \d+ MiB")
-        self.assertRegex(self.result.stdout, rf"{label}: speed ratio astropy / ours [\d.]+x \(goal >= 2x: "
-                                             r".*\); memory ours / astropy ")
+        self.assertRegex(self.result.stdout, rf"{label}: speed ratio astropy / ours [\d.]+x against "
+                                             r"astropy's fastest path, astropy .* \(goal >= 3x: .*\); "
+                                             r"memory ours / astropy ")
+        self.assertRegex(self.result.stdout, rf"{label}: ours = [\d.]+x the floor ")
+        for n_inputs in (3, 5, 10, 20, 50):
+            self.assertRegex(self.result.stdout, rf"combine sweep 512x64x{n_inputs}: ours .* per input, "
+                                                 r".* speed ratio [\d.]+x")
         self.assertRegex(self.result.stdout, rf"{label}: (speed ratio ccdproc / ours|ccdproc skipped: )")
         for n_inputs in (12, 20):
             quality = re.search(rf"combine 512x64x{n_inputs}: quality ours: inputs kept per pixel ([\d.]+) "
@@ -134,6 +139,17 @@ class QuickRunTestCase(unittest.TestCase):
             self.assertGreater(kept / valid, 0.99)
             self.assertLess(pull_rms, 1.05)
             self.assertEqual(leaked, 0)
+
+    def test_whole_flat_lines(self):
+        label = r"whole flat 189x50 of 512x256"
+        out = self.result.stdout
+        self.assertRegex(out, rf"{label}: chain per \(exposure, detector\) read .*, measure .*, "
+                              r"combine share .*, normalization share .*: .* = [\d.]+x the floor")
+        self.assertRegex(out, rf"{label}: assumptions: 9640 quanta; ")
+        for cores in (2, 16, 64):
+            self.assertRegex(out, rf"{label}: 1 machine of {cores} cores \(pipetask -j {cores}\): "
+                                  r"[\d.]+ (min|h) \(measure ")
+        self.assertRegex(out, rf"{label}: bps Slurm on 4 machine\(s\) of 64 cores, .*: [\d.]+ (min|h) ")
 
     def test_storage_lines(self):
         label = "storage 512x400"

@@ -1,17 +1,16 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Tests of the pure-numpy clipped-mean stack combination."""
+"""Tests of the clipped-mean stack combination and its compiled kernel."""
 
 import math
 import unittest
-import unittest.mock
 import warnings
 
 import numpy as np
 
 import lsst.utils.tests
-import lsst.cp.flatnorm.combine_stack as combine_stack_module
+from lsst.cp.flatnorm.combine_kernel import BLOCK_PIXELS, sorting_network
 from lsst.cp.flatnorm.combine_stack import (
     IQR_TO_SIGMA,
     MEDIAN_VARIANCE_FACTOR,
@@ -250,17 +249,17 @@ class ReferenceTestCase(lsst.utils.tests.TestCase):
         values, variances, valid = self.stack(20, np.float64, seed=5)
         self.check(values, np.zeros_like(variances), valid)
 
-    def test_chunks_and_single_pixel_chunks(self):
-        """Pixels are combined in chunks; a pixel's result must not depend on its chunk."""
-        values, variances, valid = self.stack(9, np.float32, seed=6, shape=(7, 11))
+    def test_blocks_and_single_pixel_blocks(self):
+        """Pixels are combined in blocks of a row; a pixel's result must not depend on its block."""
+        values, variances, valid = self.stack(9, np.float32, seed=6, shape=(6, BLOCK_PIXELS + 90))
         whole = combine_stack(values, variances, valid, variance_from_inputs=False)
-        for chunk in (9, 18, 27 * 9):  # 1, 2 and 27 pixels per chunk
-            with self.subTest(chunk=chunk), unittest.mock.patch.object(combine_stack_module, "_CHUNK_VALUES",
-                                                                       chunk):
-                part = combine_stack(values, variances, valid, variance_from_inputs=False)
-                np.testing.assert_array_equal(part.image, whole.image)
-                np.testing.assert_array_equal(part.variance, whole.variance)
-                np.testing.assert_array_equal(part.n_used, whole.n_used)
+        for columns in (slice(5, 6), slice(1, BLOCK_PIXELS + 2), slice(BLOCK_PIXELS - 1, None)):
+            with self.subTest(columns=columns):
+                part = combine_stack(values[:, :, columns], variances[:, :, columns], valid[:, :, columns],
+                                     variance_from_inputs=False)
+                np.testing.assert_array_equal(part.image, whole.image[:, columns])
+                np.testing.assert_array_equal(part.variance, whole.variance[:, columns])
+                np.testing.assert_array_equal(part.n_used, whole.n_used[:, columns])
 
     def test_negative_values_and_ties(self):
         # Keys of negative floats sort in reverse bit order; zeros of both signs and repeated values.
@@ -271,6 +270,40 @@ class ReferenceTestCase(lsst.utils.tests.TestCase):
         values[5, 3, 3] = -1e6
         variances = np.full(values.shape, 9.0, np.float32)
         self.check(values, variances, np.ones(values.shape, bool))
+
+
+class KernelTestCase(lsst.utils.tests.TestCase):
+    """The compiled kernel's pieces and the arrays it accepts."""
+
+    def test_sorting_network_sorts(self):
+        rng = np.random.default_rng(9)
+        for n in range(1, 70):
+            with self.subTest(n=n):
+                columns = np.round(rng.normal(size=(n, 300)), 1)  # with ties
+                for low, high in sorting_network(n):
+                    columns[[low, high]] = np.sort(columns[[low, high]], axis=0)
+                np.testing.assert_array_equal(columns, np.sort(columns, axis=0))
+
+    def test_read_only_strided_and_mixed_inputs(self):
+        """Read-only and strided arrays, integer values and a float32/float64 mix give the float64
+        answers."""
+        values, variances, valid = ReferenceTestCase().stack(8, np.float64, seed=12)
+        values = np.where(np.isfinite(values), np.round(values), 0.0)  # integers
+        expected = combine_stack(values, variances, valid)
+        strided = [np.repeat(array, 2, axis=2)[:, :, ::2] for array in (values, variances, valid)]
+        for array in strided:
+            array.flags.writeable = False
+        rounded = variances.astype(np.float32)
+        for case, arrays, expected in (
+                ("read-only, strided", strided, expected),
+                ("integer values", (values.astype(np.int32), variances, valid), expected),
+                ("float32 variances", (values, rounded, valid),
+                 combine_stack(values, rounded.astype(np.float64), valid))):
+            with self.subTest(case=case):
+                result = combine_stack(*arrays)
+                np.testing.assert_array_equal(result.n_used, expected.n_used)
+                np.testing.assert_array_equal(result.image, expected.image)
+                np.testing.assert_array_equal(result.variance, expected.variance)
 
 
 class StatisticsTestCase(lsst.utils.tests.TestCase):
