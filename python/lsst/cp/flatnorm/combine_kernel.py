@@ -31,9 +31,10 @@ __all__ = ["BLOCK_PIXELS", "IQR_TO_SIGMA", "MEDIAN_VARIANCE_FACTOR", "combine_pi
 import functools
 import math
 
-import numba  # type: ignore[import-untyped]
+import numba
 import numpy as np
 import numpy.typing as npt
+from numba.core.typing.templates import Signature
 
 IQR_TO_SIGMA = 0.741301109252802
 """Ratio of a Gaussian's standard deviation to its interquartile range, 1 / (2 x 0.67449) (afw's)."""
@@ -332,7 +333,7 @@ def _write_block(size: int, count: npt.NDArray[np.int64], n_valid: npt.NDArray[n
         clipped[b] = use_mean & (n > 0)
 
 
-def _signature(dtype: numba.types.Float) -> numba.types.Signature:
+def _signature(dtype: numba.types.Float) -> Signature:
     """`combine_pixels`'s signature for stacks of ``dtype`` (any strides, read-only accepted)."""
     stack = numba.types.Array(dtype, 3, "A", readonly=True)
     valid = numba.types.Array(numba.types.boolean, 3, "A", readonly=True)
