@@ -11,6 +11,7 @@ reference to this package must resolve (``nitpicky``, below).
 """
 
 import pkgutil
+import shutil
 import sys
 from pathlib import Path
 
@@ -87,3 +88,6 @@ def write_api_page(modules: list[str]) -> None:
 
 
 write_api_page(public_modules())
+# automodapi writes a page per object into py-api/ and never removes one: a page left by an object
+# that moved or was renamed would fail the build ("not included in any toctree"), so start afresh.
+shutil.rmtree(Path(__file__).parent / automodapi_toctreedirnm, ignore_errors=True)
