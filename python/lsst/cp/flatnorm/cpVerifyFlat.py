@@ -290,6 +290,22 @@ class CpVerifyFlatConfig(CameraConfig, pipeBase.PipelineTaskConfig,
     maxDetectorScatter: pexConfig.Field[float] = _threshold_field(
         Thresholds.max_detector_scatter,
         "Largest detector SCATTER / MEAN (cp_verify's SCATTER).")
+    changeBinFactor: pexConfig.RangeField = pexConfig.RangeField(
+        dtype=int, default=8, min=1, doc="Bin side (pixels) of the ratio of the flat to the previous flat.")
+    changeSmoothBins: pexConfig.RangeField = pexConfig.RangeField(
+        dtype=int, default=5, min=3,
+        doc="Side (bins) of the median filter giving the large-scale ratio of the flat to the previous "
+            "flat; a feature must be smaller than half of it.")
+    maxChangeStep: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_change_step,
+        "Largest |amplifier level of flat / previous flat over the detector's - 1| (CHANGE_AMP_STEP).")
+    maxChangeLargeScale: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_change_large_scale,
+        "Largest |smoothed flat / previous flat - 1|, the amplifiers levelled (CHANGE_LARGE_SCALE).")
+    maxChangeFeature: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_change_feature,
+        "Largest departure of a bin of flat / previous flat from its smoothed surroundings "
+        "(CHANGE_FEATURE).")
     informationalTests: pexConfig.ListField[str] = _informational_tests_field(
         ["NOISE"], "cp_verify's NOISE <= sqrt(MEAN), which images independent of the flat fail by "
         "Poisson and read noise alone"

@@ -351,6 +351,12 @@ class Thresholds:
     """Largest ``|log residual| / uncertainty`` of the normalization's used entries."""
     max_rejected_fraction: float = 0.05
     """Fraction of a detector's or an exposure's normalization entries rejected or invalid."""
+    max_change_step: float = 0.005
+    """``|amplifier level of new / previous flat over the detector's - 1|`` (`flat_change`)."""
+    max_change_large_scale: float = 0.005
+    """Largest ``|smoothed new / previous flat - 1|`` with the amplifiers levelled."""
+    max_change_feature: float = 0.01
+    """Largest departure of a bin of ``new / previous flat`` from its smoothed surroundings."""
 
 
 def amplifier_tests(statistics: Mapping[str, float], offset: float, gain: float,
