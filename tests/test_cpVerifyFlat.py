@@ -5,7 +5,10 @@
 
 One repository: a flat made by SimFlatCam/cpFlat.yaml from 6 exposures (one entry shadowed), and
 6 new exposures with one defect each at a different detector, amplifier or exposure (a gain jump
-on detector 2, a low-level, a lamp-off, a gradient and a saturated exposure).  SimFlatCam's
+on detector 2, a low-level, a lamp-off, a gradient and a saturated exposure), and a previous flat
+(``previousFlat``) that is the flat but for a dust mote that appeared since on detector 1 and an
+amplifier of detector 0 whose response stepped (the change tests' statistics against noise are
+`test_flat_change`'s).  SimFlatCam's
 verifyFlat.yaml runs on them in this process with pipetask's executor; the verdicts must flag
 exactly those defects.  Every other instrument's verifyFlat.yaml builds its quantum graph against
 the same repository (a one-detector exposure of that instrument added), and one of them runs
@@ -21,7 +24,7 @@ import pytest
 from lsst.cp.flatnorm import cli
 from lsst.cp.flatnorm.cpVerifyFlat import CpVerifyFlatConfig, CpVerifyFlatTask
 from lsst.cp.flatnorm.exposure_records import insert_exposure_records
-from lsst.cp.flatnorm.sim.defects import InjectedDefects
+from lsst.cp.flatnorm.sim.defects import InjectedDefects, dust_mote_profile
 from lsst.cp.flatnorm.sim.run import pipeline_uri, run_pipetask
 from lsst.cp.flatnorm.sim.verify_demo import (
     FLAT_COLLECTION,
@@ -36,6 +39,11 @@ from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from flat_repo import flat_instrument
 from worker_cache import built_once
 
+PREVIOUS_FLAT_RUN = "SimFlatCam/calib/previous"
+MOTE = (1, 100.0, 36.0, 3.0, 0.05)
+"""Dust mote (detector, x, y, sigma, depth) of the flat and not of the previous flat."""
+STEP = (0, "C03", 1.02)
+"""Amplifier whose flat stepped since the previous flat, and by how much."""
 DEFECTS = InjectedDefects(gain_jump=(2, "C15", 1.1), low_level=(1, 0.03), lamp_off=2, gradient=(3, 0.05))
 OTHER_INSTRUMENTS = ("DECam", "HSC", "LSSTCam", "LSSTComCam")
 LABELS = {"verifyFlatIsr": 1, "verifyFlatDet": 1, "verifyFlatExp": 1, "verifyFlat": 1}
@@ -45,9 +53,30 @@ LABELS = {"verifyFlatIsr": 1, "verifyFlatDet": 1, "verifyFlatExp": 1, "verifyFla
 @built_once
 def verified(tmp_path_factory):
     verification = build_verification_repo(tmp_path_factory.mktemp("verify") / "repo", DEFECTS)
-    verdicts = run_verification(verification)
+    put_previous_flats(verification)
+    verdicts = run_verification(verification, extra_inputs=[PREVIOUS_FLAT_RUN])
     butler = Butler.from_config(str(verification.repo.root), collections=VERIFY_COLLECTION)
     return verification, verdicts, butler
+
+
+def put_previous_flats(verification):
+    """The flat of every detector as ``previousFlat``, without MOTE and with STEP undone."""
+    butler = Butler.from_config(str(verification.repo.root), writeable=True)
+    dataset_type = DatasetType("previousFlat", ("instrument", "detector", "physical_filter"), "MaskedImageV2",
+                               universe=butler.dimensions, isCalibration=True)
+    butler.registry.registerDatasetType(dataset_type)
+    butler.collections.register(PREVIOUS_FLAT_RUN)
+    camera = verification.repo.instrument.getCamera()
+    for det in camera:
+        flat = butler.get("flat", instrument="SimFlatCam", detector=det.getId(), physical_filter="sim_r",
+                          collections=FLAT_COLLECTION)
+        if det.getId() == MOTE[0]:
+            flat.image.array[...] /= dust_mote_profile(flat.image.array.shape, *MOTE[1:])
+        if det.getId() == STEP[0]:
+            box = next(amp.getBBox() for amp in det if amp.getName() == STEP[1])
+            flat.image.array[box.getMinY():box.getMaxY() + 1, box.getMinX():box.getMaxX() + 1] /= STEP[2]
+        butler.put(flat, dataset_type, instrument="SimFlatCam", detector=det.getId(), physical_filter="sim_r",
+                   run=PREVIOUS_FLAT_RUN)
 
 
 def exposure_ids(verification):
@@ -59,8 +88,10 @@ def test_verdicts_flag_exactly_the_injected_defects(verified):
     truth = verification.simulator.expected_failures()
     assert truth["amplifiers"] == {(2, "C15"): {"AMP_OFFSET"}}
     # Detector 2's amplifier C15 fails in the two exposures not blamed on their input quality.
+    # The flat's change since the previous flat is found once, at its detector and amplifier.
     assert verdicts.failed_detectors() == {
-        0: ["NORMALIZATION_REJECTED (1 of 6 entries)"],
+        0: ["C03 CHANGE_AMP_STEP (+2.0%)", "NORMALIZATION_REJECTED (1 of 6 entries)"],
+        1: ["CHANGE_FEATURE (1: x=100 y=36 -2.9%)"],
         2: ["C15 AMP_OFFSET (2 of 2 exposures)"],
     }
     shadowed = verification.repo.truth.expected_rejected()
@@ -125,6 +156,33 @@ def test_exposure_columns_read_back(verified):
     assert "detector 2 C15 AMP_OFFSET (2 of 2 exposures)" in stats["FAILURES"]
 
 
+def test_change_columns_read_back(verified):
+    """The change since the previous flat: its columns and located features, the same in every exposure."""
+    verification, _, butler = verified
+    stats = butler.get("verifyFlatStats", instrument="SimFlatCam", physical_filter="sim_r")
+    assert stats["CHANGE_APPLICABLE"] == {0: True, 1: True, 2: True}
+    ids = exposure_ids(verification)
+    for exposure in (ids[0], ids[5]):
+        tables = {det: butler.get("verifyFlatDetResults", instrument="SimFlatCam", exposure=exposure,
+                                  detector=det) for det in (0, 1, 2)}
+        for det, table in tables.items():
+            amps, det_row = table[table["amplifier"] != ""], table[table["amplifier"] == ""][0]
+            stepped = amps["amplifier"] == (STEP[1] if det == STEP[0] else "")
+            assert np.all(amps["FLAT_CHANGE_AMP_STEP"][stepped] == pytest.approx(0.02, abs=0.001))
+            assert np.all(np.abs(amps["FLAT_CHANGE_AMP_STEP"][~stepped]) < 0.002)
+            assert list(amps["FLAT_VERIFY_CHANGE_AMP_STEP"]) == list(~stepped)
+            assert det_row["FLAT_DET_CHANGE_N_FEATURES"] == (1 if det == MOTE[0] else 0)
+            assert det_row["FLAT_DET_VERIFY_CHANGE_FEATURE"] == (det != MOTE[0])
+            assert det_row["FLAT_DET_VERIFY_CHANGE_LARGE_SCALE"]
+            assert det_row["FLAT_DET_CHANGE_LARGE_SCALE"] < 0.002
+        det_stats = butler.get("verifyFlatDetStats", instrument="SimFlatCam", exposure=exposure, detector=1)
+        (feature,) = det_stats["CHANGE"]["FEATURES"]
+        assert (feature["X"], feature["Y"], feature["N_BINS"]) == (100.0, 36.0, 1)
+        # The change is between the two flats only: the new images agree with the flat, and the
+        # exposure's own failures are none, while the detector's SUCCESS counts the change.
+        assert det_stats["FAILURES"] == [] and not det_stats["SUCCESS"]
+
+
 def test_binned_images(verified):
     verification, _, butler = verified
     data_id = {"instrument": "SimFlatCam", "exposure": exposure_ids(verification)[0], "detector": 1}
@@ -168,8 +226,10 @@ def test_cli_prints_the_verdicts(verified):
     assert status == 3
     assert lines[0].startswith("Flat verification of SimFlatCam sim_r (u/verify/verifyFlat/")
     assert lines[0].endswith("): FAILED")
-    assert lines[1:4] == ["  1 of 3 detectors passed.",
-                          "  detector 0 FAILED: NORMALIZATION_REJECTED (1 of 6 entries)",
+    assert lines[1:5] == ["  0 of 3 detectors passed.",
+                          "  detector 0 FAILED: C03 CHANGE_AMP_STEP (+2.0%); NORMALIZATION_REJECTED (1 of 6 "
+                          "entries)",
+                          "  detector 1 FAILED: CHANGE_FEATURE (1: x=100 y=36 -2.9%)",
                           "  detector 2 FAILED: C15 AMP_OFFSET (2 of 2 exposures)"]
     assert "  7 of 12 exposures passed." in lines
 
@@ -210,6 +270,12 @@ def test_every_instrument_pipeline_builds_its_graph(verified):
     cli_butler = Butler.from_config(root, collections="u/HSC/cli")
     table = cli_butler.get("verifyFlatResults", instrument="HSC", physical_filter="sim_r")
     assert read_verdicts(table).detectors == {0: []}
+    # Without a previous flat the change tests are not applicable, and not failed.
+    stats = cli_butler.get("verifyFlatStats", instrument="HSC", physical_filter="sim_r")
+    assert stats["CHANGE_APPLICABLE"] == {0: False}
+    det_stats = cli_butler.get("verifyFlatDetStats", instrument="HSC", detector=0,
+                               exposure=verification.simulator.exposures[0].id)
+    assert det_stats["CHANGE"] == {"APPLICABLE": False, "FAILURES": [], "FEATURES": []}
 
 
 def inputs_of(name):

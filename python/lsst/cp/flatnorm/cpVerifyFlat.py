@@ -57,6 +57,7 @@ from .flat_verification import (
     predicted_variance,
     run_verdicts,
 )
+from .flat_change import change_tests, flat_change
 from .focal_plane_binning import bin_detector
 from .verify_results import (
     Verdicts,
@@ -79,16 +80,17 @@ def _image_output(name: str, doc: str) -> cT.Output:
     return cT.Output(name=name, doc=doc, storageClass="MaskedImageV2", dimensions=_IMAGE_DIMENSIONS)
 
 
+def _flat_input(name: str, doc: str, minimum: int = 1) -> cT.PrerequisiteInput:
+    """A flat found for each exposure as ISR finds it (a certified flat valid at the exposure's time,
+    or the flat of a RUN collection)."""
+    return cT.PrerequisiteInput(name=name, doc=doc, storageClass="MaskedImageV2",
+                                dimensions=("instrument", "detector", "physical_filter"), isCalibration=True,
+                                minimum=minimum)
+
+
 class CpVerifyFlatApplyConnections(pipeBase.PipelineTaskConnections, dimensions=_IMAGE_DIMENSIONS):
     inputExp = post_isr_flat_input("Post-ISR flats to correct with the flat under test.")
-    flat = cT.PrerequisiteInput(
-        name="flat",
-        doc="The flat to verify, found for each exposure as ISR finds it (a certified flat valid at "
-            "the exposure's time, or the flat of a RUN collection).",
-        storageClass="MaskedImageV2",
-        dimensions=("instrument", "detector", "physical_filter"),
-        isCalibration=True,
-    )
+    flat = _flat_input("flat", "The flat to verify.")
     outputExposure = _image_output("verifyFlatIsrExp", "The post-ISR flat divided by the flat, with the "
                                    "variance predicted from both (cp_verify's ISR output).")
     outputBin1Exposure = _image_output("verifyFlatIsrExpBin8", "verifyFlatIsrExp binned by binFactor1.")
@@ -243,6 +245,19 @@ class CpVerifyFlatConnections(CameraConnections, dimensions=_IMAGE_DIMENSIONS):
                                 _IMAGE_DIMENSIONS)
     outputResults = _table_output("verifyFlatDetResults", "One row per amplifier and one for the detector.",
                                   _IMAGE_DIMENSIONS)
+    flat = _flat_input("flat", "The flat to verify, for its change since the previous flat.")
+    previousFlat = _flat_input(
+        "previousFlat",
+        "The previous certified flat of the filter, under this dataset type in the input collections; the "
+        "change tests are not applicable (not failed) without it.",
+        minimum=0,
+    )
+
+    def __init__(self, *, config: CpVerifyFlatConfig):
+        super().__init__(config=config)
+        if not config.doChange:
+            del self.flat
+            del self.previousFlat
 
 
 class CpVerifyFlatConfig(CameraConfig, pipeBase.PipelineTaskConfig,
@@ -290,6 +305,25 @@ class CpVerifyFlatConfig(CameraConfig, pipeBase.PipelineTaskConfig,
     maxDetectorScatter: pexConfig.Field[float] = _threshold_field(
         Thresholds.max_detector_scatter,
         "Largest detector SCATTER / MEAN (cp_verify's SCATTER).")
+    doChange: pexConfig.Field[bool] = pexConfig.Field(
+        dtype=bool, default=True,
+        doc="Test the change of the flat since the previous flat (previousFlat), where there is one.")
+    changeBinFactor: pexConfig.RangeField = pexConfig.RangeField(
+        dtype=int, default=8, min=1, doc="Bin side (pixels) of the ratio of the flat to the previous flat.")
+    changeSmoothBins: pexConfig.RangeField = pexConfig.RangeField(
+        dtype=int, default=5, min=3,
+        doc="Side (bins) of the median filter giving the large-scale ratio of the flat to the previous "
+            "flat; a feature must be smaller than half of it.")
+    maxChangeStep: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_change_step,
+        "Largest |amplifier level of flat / previous flat over the detector's - 1| (CHANGE_AMP_STEP).")
+    maxChangeLargeScale: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_change_large_scale,
+        "Largest |smoothed flat / previous flat - 1|, the amplifiers levelled (CHANGE_LARGE_SCALE).")
+    maxChangeFeature: pexConfig.Field[float] = _threshold_field(
+        Thresholds.max_change_feature,
+        "Largest departure of a bin of flat / previous flat from its smoothed surroundings "
+        "(CHANGE_FEATURE).")
     informationalTests: pexConfig.ListField[str] = _informational_tests_field(
         ["NOISE"], "cp_verify's NOISE <= sqrt(MEAN), which images independent of the flat fail by "
         "Poisson and read noise alone"
@@ -321,10 +355,15 @@ class CpVerifyFlatTask(pipeBase.PipelineTask):
 
     def thresholds(self) -> Thresholds:
         """The thresholds of this config."""
-        return Thresholds(max_noise_ratio=self.config.maxNoiseRatio, max_amp_offset=self.config.maxAmpOffset,
-                          max_detector_scatter=self.config.maxDetectorScatter)
+        config = self.config
+        return Thresholds(max_noise_ratio=config.maxNoiseRatio, max_amp_offset=config.maxAmpOffset,
+                          max_detector_scatter=config.maxDetectorScatter,
+                          max_change_step=config.maxChangeStep,
+                          max_change_large_scale=config.maxChangeLargeScale,
+                          max_change_feature=config.maxChangeFeature)
 
-    def run(self, inputExp: MaskedImage, camera: Any, dimensions: Mapping[str, Any]) -> pipeBase.Struct:
+    def run(self, inputExp: MaskedImage, camera: Any, dimensions: Mapping[str, Any],
+            flat: MaskedImage | None = None, previousFlat: MaskedImage | None = None) -> pipeBase.Struct:
         """Measure and test one image.
 
         Parameters
@@ -335,11 +374,16 @@ class CpVerifyFlatTask(pipeBase.PipelineTask):
             ``camera[detector]`` iterates over amplifiers with ``getName()`` and ``getBBox()``.
         dimensions : `~collections.abc.Mapping`
             ``instrument``, ``exposure`` and ``detector`` of the image.
+        flat, previousFlat : `lsst.images.MaskedImage`, optional
+            The flat under test and the previous flat of its filter; the change tests are not
+            applicable without both.
 
         Returns
         -------
         result : `lsst.pipe.base.Struct`
-            ``outputStats`` (`dict`: ``AMP``, ``DET``, ``VERIFY``, ``FAILURES``, ``SUCCESS``) and
+            ``outputStats`` (`dict`: ``AMP``, ``DET``, ``VERIFY``, ``FAILURES``, ``SUCCESS``, and
+            ``CHANGE``: ``APPLICABLE``, ``FAILURES`` and ``FEATURES``, kept out of ``FAILURES``
+            because they are the flat's, not the exposure's) and
             ``outputResults`` (`astropy.table.Table`, `lsst.cp.flatnorm.verify_results`).
         """
         config = self.config
@@ -368,14 +412,48 @@ class CpVerifyFlatTask(pipeBase.PipelineTask):
         failures = [failure for name, tests in amp_verify.items()
                     for failure in failure_list(self._counted(tests), f"{name} ")]
         failures += failure_list(det_verify)
+        change = self._change(flat, previousFlat, regions, names, frame, amps, det, amp_verify, det_verify)
         for tests in (*amp_verify.values(), det_verify):
             tests["SUCCESS"] = not failure_list(self._counted(tests))
         stats: dict[str, Any] = {"AMP": dict(zip(names, amps)), "DET": det,
-                                 "VERIFY": {"AMP": amp_verify, "DET": det_verify},
-                                 "FAILURES": failures, "SUCCESS": not failures}
+                                 "VERIFY": {"AMP": amp_verify, "DET": det_verify}, "CHANGE": change,
+                                 "FAILURES": failures, "SUCCESS": not failures and not change["FAILURES"]}
         distributions = self._distributions(inputExp.metadata, names)
         return pipeBase.Struct(outputStats=stats,
                                outputResults=_detector_table(stats, dimensions, distributions))
+
+    def _change(self, flat: MaskedImage | None, previous: MaskedImage | None,
+                regions: Sequence[tuple[slice, slice]], names: Sequence[str], frame: Any,
+                amps: Sequence[dict[str, float]], det: dict[str, float],
+                amp_verify: Mapping[str, dict[str, bool]], det_verify: dict[str, bool]) -> dict[str, Any]:
+        """Measure and test the flat's change since the previous flat, adding its statistics and tests
+        to the amplifiers' and the detector's; return its ``APPLICABLE``, ``FAILURES``, ``FEATURES``."""
+        if flat is None or previous is None:
+            return {"APPLICABLE": False, "FAILURES": [], "FEATURES": []}
+        if flat.bbox != previous.bbox:
+            raise ValueError(f"The flat's box {flat.bbox} differs from the previous flat's {previous.bbox}.")
+        config, thresholds = self.config, self.thresholds()
+        usable = ~(_bad(flat) | _bad(previous))
+        change = flat_change(flat.image.array, previous.image.array, usable, regions, config.changeBinFactor,
+                             config.changeSmoothBins, thresholds.max_change_feature)
+        amp_tests, det_tests = change_tests(change, names, thresholds)
+        for amp, name, step in zip(amps, names, change.amp_steps):
+            amp["CHANGE_AMP_STEP"] = step
+            amp_verify[name].update(amp_tests[name])
+        det.update(CHANGE_LARGE_SCALE=change.large_scale, CHANGE_NOISE=change.noise,
+                   CHANGE_N_FEATURES=len(change.features))
+        det_verify.update(det_tests)
+        features = [{"X": feature.x + frame.x.start, "Y": feature.y + frame.y.start,
+                     "AMPLITUDE": feature.amplitude, "N_BINS": feature.n_bins} for feature in change.features]
+        failures = [f"{name} CHANGE_AMP_STEP ({step:+.1%})" for name, step in zip(names, change.amp_steps)
+                    if not amp_tests[name]["CHANGE_AMP_STEP"]]
+        if not det_tests["CHANGE_LARGE_SCALE"]:
+            failures.append(f"CHANGE_LARGE_SCALE ({change.large_scale:.1%})")
+        if features:
+            where = ", ".join(f"x={f['X']:.0f} y={f['Y']:.0f} {f['AMPLITUDE']:+.1%}" for f in features[:3])
+            more = ", ..." if len(features) > 3 else ""
+            failures.append(f"CHANGE_FEATURE ({len(features)}: {where}{more})")
+        return {"APPLICABLE": True, "FAILURES": failures, "FEATURES": features}
 
     def _counted(self, tests: Mapping[str, bool]) -> dict[str, bool]:
         return {name: passed for name, passed in tests.items()
@@ -388,6 +466,11 @@ class CpVerifyFlatTask(pipeBase.PipelineTask):
         levels = self.config.expectedDistributionLevels
         return {name: {distribution_column(level): float(metadata.get(distribution_key(name, level), np.nan))
                        for level in levels} for name in names}
+
+
+def _bad(flat: MaskedImage) -> np.ndarray:
+    """The flat's BAD pixels (none if it has no BAD plane)."""
+    return flat.mask.get("BAD") if "BAD" in flat.mask.schema.names else np.zeros(flat.image.array.shape, bool)
 
 
 def _local_region(box: Any, frame: Any) -> tuple[slice, slice]:
@@ -579,6 +662,9 @@ class CpVerifyFlatRunMergeTask(pipeBase.PipelineTask):
                                 max_pull=self.config.maxNormalizationPull,
                                 max_rejected_fraction=self.config.maxRejectedFraction)
         detectors, exposures, extra = run_verdicts(inputStats, scaleTable, thresholds)
+        if not any(extra["CHANGE_APPLICABLE"].values()):
+            self.log.info("No previous flat (previousFlat) in the input collections: the change tests are "
+                          "not applicable.")
         verdicts = Verdicts.from_failures(detectors, exposures)
         for line in summary_lines(verdicts, title):
             self.log.info("%s", line)

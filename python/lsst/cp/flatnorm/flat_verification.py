@@ -351,6 +351,12 @@ class Thresholds:
     """Largest ``|log residual| / uncertainty`` of the normalization's used entries."""
     max_rejected_fraction: float = 0.05
     """Fraction of a detector's or an exposure's normalization entries rejected or invalid."""
+    max_change_step: float = 0.005
+    """``|amplifier level of new / previous flat over the detector's - 1|`` (`flat_change`)."""
+    max_change_large_scale: float = 0.005
+    """Largest ``|smoothed new / previous flat - 1|`` with the amplifiers levelled."""
+    max_change_feature: float = 0.01
+    """Largest departure of a bin of ``new / previous flat`` from its smoothed surroundings."""
 
 
 def amplifier_tests(statistics: Mapping[str, float], offset: float, gain: float,
@@ -444,19 +450,22 @@ def run_verdicts(
     detectors, exposures : `dict` [`int`, `list` [`str`]]
         The failures of each detector and exposure.  A detector's failures in the exposures that
         pass the `INPUT_QUALITY_TESTS` are listed once each with the number of exposures they
-        failed in.
+        failed in; the failures of the flat's change since the previous flat (a detector's
+        ``CHANGE`` ``FAILURES``, the flat's and not the exposures') once each.
     statistics : `dict` [`str`, `dict`]
-        ``PATTERN_RMS`` of each exposure with the lamp on.
+        ``PATTERN_RMS`` of each exposure with the lamp on; ``CHANGE_APPLICABLE`` of each detector
+        (whether a previous flat was found: without it the change tests are not applicable).
     """
     exposures = {int(exp): list(stats["FAILURES"]) for exp, stats in exposure_stats.items()}
     pattern = _pattern_failures(exposure_stats, thresholds.max_pattern_rms, exposures)
     detectors = _detector_failures(exposure_stats, exposures)
+    applicable = _add_change_failures(exposure_stats, detectors)
     if scale_table is not None:
         by_detector, by_exposure = _normalization_failures(scale_table, thresholds)
         for target, found in ((detectors, by_detector), (exposures, by_exposure)):
             for key, failures in found.items():
                 target.setdefault(key, []).extend(failures)
-    return detectors, exposures, {"PATTERN_RMS": pattern}
+    return detectors, exposures, {"PATTERN_RMS": pattern, "CHANGE_APPLICABLE": applicable}
 
 
 def _pattern_failures(exposure_stats: Mapping[int, Mapping[str, Any]], max_rms: float,
@@ -499,6 +508,20 @@ def _detector_failures(exposure_stats: Mapping[int, Mapping[str, Any]],
                 counter.update(det_stats["FAILURES"])
     return {det: [f"{failure} ({n} of {n_exposures[det]} exposures)"
                   for failure, n in sorted(counter.items())] for det, counter in counts.items()}
+
+
+def _add_change_failures(exposure_stats: Mapping[int, Mapping[str, Any]],
+                         detectors: dict[int, list[str]]) -> dict[int, bool]:
+    """Add each detector's change failures, once whatever the number of exposures; return whether the
+    change was tested for each detector."""
+    applicable: dict[int, bool] = {}
+    for stats in exposure_stats.values():
+        for det, det_stats in stats["DETECTORS"].items():
+            change = det_stats.get("CHANGE", {"APPLICABLE": False, "FAILURES": []})
+            applicable[int(det)] = applicable.get(int(det), False) or bool(change["APPLICABLE"])
+            failures = detectors.setdefault(int(det), [])
+            failures.extend(failure for failure in change["FAILURES"] if failure not in failures)
+    return applicable
 
 
 def _normalization_failures(table: Any, thresholds: Thresholds

@@ -12,14 +12,16 @@ the defects `InjectedDefects` lists, on top of the base simulator's own (a shado
 - an exposure at a low lamp level, too low to help a flat;
 - an exposure with the lamp off (a thousandth of its level: ``0`` would make the simulator treat
   the pixels as dead);
-- an exposure with an extra gradient across the focal plane (a dome light left on).
+- an exposure with an extra gradient across the focal plane (a dome light left on);
+- a dust mote that appeared (a Gaussian dip of the response of one detector in every image), as
+  between a previous flat and a new one.
 
 `expected_failures` says what the verification should report for them: the truth of the tests.
 """
 
 from __future__ import annotations
 
-__all__ = ["InjectedDefects", "DefectSimulator", "LAMP_OFF_FACTOR"]
+__all__ = ["InjectedDefects", "DefectSimulator", "LAMP_OFF_FACTOR", "dust_mote_profile"]
 
 import dataclasses
 
@@ -45,6 +47,9 @@ class InjectedDefects:
     gradient: tuple[int, float] | None = None
     """(exposure index, amplitude): the signal times ``1 + amplitude * x / R`` on the focal plane
     (``x`` the focal-plane x coordinate, ``R`` the focal plane's radius)."""
+    dust_mote: tuple[int, float, float, float, float] | None = None
+    """(detector, x, y, sigma, depth): the response times ``1 - depth exp(-r^2 / 2 sigma^2)``, ``r``
+    the distance in pixels from the detector pixel (x, y)."""
 
 
 class DefectSimulator(FlatSimulator):
@@ -77,6 +82,8 @@ class DefectSimulator(FlatSimulator):
             detector, amp, _ = defects.gain_jump
             if detector not in self.camera or amp not in {a.getName() for a in self.camera[detector]}:
                 raise ValueError(f"gain_jump={defects.gain_jump} names no amplifier of the camera.")
+        if defects.dust_mote is not None and defects.dust_mote[0] not in self.camera:
+            raise ValueError(f"dust_mote={defects.dust_mote} names no detector of the camera.")
         for name, index in (("low_level", defects.low_level and defects.low_level[0]),
                             ("lamp_off", defects.lamp_off),
                             ("gradient", defects.gradient and defects.gradient[0])):
@@ -106,6 +113,9 @@ class DefectSimulator(FlatSimulator):
         jump = self.defects.gain_jump
         if jump is not None and jump[0] == det.getId():
             gains[dict(self._amp_slices(det))[jump[1]]] *= jump[2]
+        mote = self.defects.dust_mote
+        if mote is not None and mote[0] == det.getId():
+            gains *= dust_mote_profile(gains.shape, *mote[1:])
         return gains
 
     def _signal(self, exposure: SimExposure, detector: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,3 +153,21 @@ class DefectSimulator(FlatSimulator):
         if defects.gain_jump is not None:
             amplifiers[defects.gain_jump[:2]] = {"AMP_OFFSET"}
         return {"exposures": exposures, "amplifiers": amplifiers}
+
+
+def dust_mote_profile(shape: tuple[int, ...], x: float, y: float, sigma: float, depth: float) -> np.ndarray:
+    """The response of a detector with a dust mote, relative to its response without.
+
+    Parameters
+    ----------
+    shape : `tuple` [`int`, `int`]
+        The detector's (rows, columns).
+    x, y : `float`
+        Pixel of the mote's centre.
+    sigma : `float`
+        Gaussian width of the mote (pixels).
+    depth : `float`
+        Fraction of the light the mote takes at its centre.
+    """
+    rows, cols = np.indices(shape[:2])
+    return 1.0 - depth * np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / (2 * sigma**2))

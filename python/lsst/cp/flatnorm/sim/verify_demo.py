@@ -157,7 +157,7 @@ def run_in_process(root: str | os.PathLike[str], pipeline: str, inputs: Sequence
 
 
 def run_verification(verification: VerificationRepo, pipeline: str | None = None,
-                     output: str = VERIFY_COLLECTION) -> Verdicts:
+                     output: str = VERIFY_COLLECTION, extra_inputs: Sequence[str] = ()) -> Verdicts:
     """Run the verification of the flat on the new flats and read the verdicts back.
 
     Parameters
@@ -168,10 +168,13 @@ def run_verification(verification: VerificationRepo, pipeline: str | None = None
         Pipeline URI; ``SimFlatCam/verifyFlat.yaml`` if `None`.
     output : `str`, optional
         Output collection.
+    extra_inputs : `~collections.abc.Sequence` [`str`], optional
+        More input collections (the previous flat's, for the change tests).
     """
     pipeline = pipeline or pipeline_uri("SimFlatCam", "verifyFlat.yaml")
     repo = verification.repo
-    butler = run_in_process(repo.root, pipeline, [verification.new_images_run, FLAT_COLLECTION], output,
+    inputs = [verification.new_images_run, FLAT_COLLECTION, *extra_inputs]
+    butler = run_in_process(repo.root, pipeline, inputs, output,
                             where=f"exposure.day_obs = {verification.simulator.config.day_obs}")
     table = butler.get("verifyFlatResults", instrument=repo.instrument.getName(),
                        physical_filter=verification.physical_filter)
