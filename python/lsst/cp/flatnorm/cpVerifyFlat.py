@@ -316,10 +316,13 @@ class CpVerifyFlatConfig(CameraConfig, pipeBase.PipelineTaskConfig,
             "flat; a feature must be smaller than half of it.")
     maxChangeStep: pexConfig.Field[float] = _threshold_field(
         Thresholds.max_change_step,
-        "Largest |amplifier level of flat / previous flat over the detector's - 1| (CHANGE_AMP_STEP).")
+        "Largest absolute value of an amplifier's level of flat / previous flat over the "
+        "detector's, minus 1 "
+        "(CHANGE_AMP_STEP).")
     maxChangeLargeScale: pexConfig.Field[float] = _threshold_field(
         Thresholds.max_change_large_scale,
-        "Largest |smoothed flat / previous flat - 1|, the amplifiers levelled (CHANGE_LARGE_SCALE).")
+        "Largest absolute value of smoothed flat / previous flat - 1, the amplifiers levelled "
+        "(CHANGE_LARGE_SCALE).")
     maxChangeFeature: pexConfig.Field[float] = _threshold_field(
         Thresholds.max_change_feature,
         "Largest departure of a bin of flat / previous flat from its smoothed surroundings "
