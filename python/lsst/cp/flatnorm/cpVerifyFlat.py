@@ -317,8 +317,7 @@ class CpVerifyFlatConfig(CameraConfig, pipeBase.PipelineTaskConfig,
     maxChangeStep: pexConfig.Field[float] = _threshold_field(
         Thresholds.max_change_step,
         "Largest absolute value of an amplifier's level of flat / previous flat over the "
-        "detector's, minus 1 "
-        "(CHANGE_AMP_STEP).")
+        "detector's, minus 1 (CHANGE_AMP_STEP).")
     maxChangeLargeScale: pexConfig.Field[float] = _threshold_field(
         Thresholds.max_change_large_scale,
         "Largest absolute value of smoothed flat / previous flat - 1, the amplifiers levelled "
