@@ -441,8 +441,9 @@ class CpPipeConfigTestCase(lsst.utils.tests.TestCase):
 
     def test_labels_and_instruments(self):
         expected = {
-            "LSSTCam/cpFlat.yaml": ["cpFlatApplyGradients", "cpFlatCombine", "cpFlatFitGradients",
-                                    "cpFlatMeasure", "cpFlatNormalize"],
+            "LSSTCam/cpFlat.yaml": ["cpFlatApplyGradients", "cpFlatBin64", "cpFlatBin8", "cpFlatCombine",
+                                    "cpFlatFitGradients", "cpFlatMeasure", "cpFlatMosaic64", "cpFlatMosaic8",
+                                    "cpFlatNormalize"],
             "LSSTCam/cpFlatGradientReference.yaml": ["cpFlatCombine", "cpFlatFitGradientsReference",
                                                      "cpFlatMeasure", "cpFlatNormalize"],
             "LSSTCam/cpFlatAnaglyph.yaml": ["cpFlatBlueApplyGradients", "cpFlatBlueCombine",
