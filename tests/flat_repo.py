@@ -22,6 +22,7 @@ from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import SimExposure
 from lsst.cp.flatnorm.sim.instrument import SimFlatCam
 from lsst.daf.butler import DatasetType
+from pipetask_in_process import pipetask
 from stats_factory import EXPOSURES
 
 PIPETASK = Path(sys.executable).with_name("pipetask")
@@ -163,22 +164,28 @@ def synthetic_statistics(camera, exposures, seed, pixels=16):
     return statistics
 
 
-def run_pipetask(root, inputs, output, pipeline, *options, query=None, kill_before_put=(), kill_after_puts=0):
-    """Run ``pipetask --long-log run`` in a subprocess (``-j 1``); return the completed process.
+def run_pipetask(root, inputs, output, pipeline, *options, query=None, kill_before_put=(), kill_after_puts=0,
+                 in_process=False):
+    """Run ``pipetask --long-log run`` (``-j 1``) in a subprocess; return the completed process.
 
     ``options`` are further arguments (``-c label:field=value``, ``--extend-run``...).  With
     ``kill_before_put``, dataset type names, the process sends itself SIGTERM just before it writes
-    a dataset of those types, once ``kill_after_puts`` of them are written (`KILL_HOOK`).
+    a dataset of those types, once ``kill_after_puts`` of them are written (`KILL_HOOK`).  With
+    ``in_process``, the command runs in this process instead (`pipetask_in_process.pipetask`).
     """
-    command = [str(PIPETASK), "--long-log", "run", "-b", str(root), "-i", ",".join(inputs), "-o", output,
-               "-p", str(pipeline), "--register-dataset-types", "-j", "1", *options]
+    arguments = ["--long-log", "run", "-b", str(root), "-i", ",".join(inputs), "-o", output,
+                 "-p", str(pipeline), "--register-dataset-types", "-j", "1", *options]
     if query:
-        command += ["-d", query]
+        arguments += ["-d", query]
+    if in_process:
+        if kill_before_put:
+            raise ValueError("Only a subprocess can be killed before a put.")
+        return pipetask(*arguments)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if kill_before_put:
         env.update(KILL_BEFORE_PUT=",".join(kill_before_put), KILL_AFTER_PUTS=str(kill_after_puts),
                    PYTHONPATH=os.pathsep.join(filter(None, [str(KILL_HOOK), env.get("PYTHONPATH")])))
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    return subprocess.run([str(PIPETASK), *arguments], capture_output=True, text=True, timeout=900, env=env)
 
 
 def log_lines(process):
