@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(PY) -m flake8 python compat tests bench
 
 test: $(STAMP) lint
-	$(PY) -m pytest -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 # The site goes to doc/_build/html (git ignores it); warnings are errors, as in tests/test_docs.py.
 docs: $(STAMP)

@@ -23,6 +23,7 @@ from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import SimExposure
 from lsst.cp.flatnorm.sim.instrument import SimFlatCam
 from lsst.daf.butler import DatasetType
+from pipetask_in_process import pipetask
 from stats_factory import EXPOSURES
 
 PIPETASK = Path(sys.executable).with_name("pipetask")
@@ -164,30 +165,41 @@ def synthetic_statistics(camera, exposures, seed, pixels=16):
     return statistics
 
 
+def pipetask_arguments(root, inputs, output, pipeline, *options, query=None, jobs=1):
+    """The arguments of ``pipetask --long-log run``; ``options`` are further arguments."""
+    arguments = ["--long-log", "run", "-b", str(root), "-i", ",".join(inputs), "-o", output,
+                 "-p", str(pipeline), "--register-dataset-types", "-j", str(jobs), *options]
+    if query:
+        arguments += ["-d", query]
+    return arguments
+
+
 def pipetask_command(root, inputs, output, pipeline, *options, query=None, jobs=1):
     """The ``pipetask --long-log run`` command line; ``options`` are further arguments."""
-    command = [str(PIPETASK), "--long-log", "run", "-b", str(root), "-i", ",".join(inputs), "-o", output,
-               "-p", str(pipeline), "--register-dataset-types", "-j", str(jobs), *options]
-    if query:
-        command += ["-d", query]
-    return command
+    return [str(PIPETASK), *pipetask_arguments(root, inputs, output, pipeline, *options, query=query,
+                                               jobs=jobs)]
 
 
 def run_pipetask(root, inputs, output, pipeline, *options, query=None, kill_before_put=(), kill_after_puts=0,
-                 kill_signal="TERM", kill_where="put"):
-    """Run ``pipetask --long-log run`` in a subprocess (``-j 1``); return the completed process.
+                 kill_signal="TERM", kill_where="put", in_process=False):
+    """Run ``pipetask --long-log run`` (``-j 1``) in a subprocess; return the completed process.
 
     ``options`` are further arguments (``-c label:field=value``, ``--extend-run``...).  With
     ``kill_before_put``, dataset type names, the process sends itself ``kill_signal`` just before it
     writes a dataset of those types (or, with ``kill_where="write"``, in the middle of the file's
-    write), once ``kill_after_puts`` of them are written (`KILL_HOOK`).
+    write), once ``kill_after_puts`` of them are written (`KILL_HOOK`).  With ``in_process``, the
+    command runs in this process instead (`pipetask_in_process.pipetask`).
     """
-    command = pipetask_command(root, inputs, output, pipeline, *options, query=query)
+    arguments = pipetask_arguments(root, inputs, output, pipeline, *options, query=query)
+    if in_process:
+        if kill_before_put:
+            raise ValueError("Only a subprocess can be killed before a put.")
+        return pipetask(*arguments)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if kill_before_put:
         env = hooked_env(KILL_BEFORE_PUT=",".join(kill_before_put), KILL_AFTER_PUTS=str(kill_after_puts),
                          KILL_SIGNAL=kill_signal, KILL_WHERE=kill_where)
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    return subprocess.run([str(PIPETASK), *arguments], capture_output=True, text=True, timeout=900, env=env)
 
 
 def run_with_fault(command, pause_file, inject, timeout=900, **settings):

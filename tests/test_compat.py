@@ -131,6 +131,45 @@ STUB_CHECK = textwrap.dedent("""\
 """)
 
 
+# `pipetask build --show pipeline` of each pipeline file (argv[1], JSON) through the pipetask command, in
+# one process: a process per file would start the interpreter and import the middleware 20 times.
+PIPETASK_BUILDS = textwrap.dedent("""\
+    import json, sys
+    from click.testing import CliRunner
+    from lsst.ctrl.mpexec.cli.pipetask import cli
+    from lsst.daf.butler.cli.cliLog import CliLog
+    results = {}
+    for relative in json.loads(sys.argv[1]):
+        uri = f"resource://lsst.cp.flatnorm/pipelines/{relative}"
+        result = CliRunner().invoke(cli, ["build", "-p", uri, "--show", "pipeline"])
+        CliLog.resetLog()
+        results[relative] = {"returncode": result.exit_code, "stdout": result.stdout,
+                             "stderr": result.stderr + repr(result.exception or "")}
+    print(json.dumps(results))
+""")
+
+
+def check_pipetask_builds(test: unittest.TestCase, bin_dir: Path, env: dict[str, str],
+                          cwd: str | Path) -> None:
+    """Check that ``pipetask build --show pipeline`` shows every shipped pipeline file on this
+    package's tasks: the first file through the ``pipetask`` program of ``bin_dir``, every file
+    through its command in one process of ``bin_dir``'s interpreter (`PIPETASK_BUILDS`)."""
+    first_uri = f"resource://lsst.cp.flatnorm/pipelines/{PIPELINE_FILES[0]}"
+    first = subprocess.run([str(bin_dir / "pipetask"), "build", "-p", first_uri, "--show", "pipeline"],
+                           env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    process = subprocess.run([str(bin_dir / "python"), "-c", PIPETASK_BUILDS, json.dumps(PIPELINE_FILES)],
+                             env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    test.assertEqual(process.returncode, 0, process.stderr[-3000:])
+    results = json.loads(process.stdout.splitlines()[-1])
+    test.assertEqual(sorted(results), PIPELINE_FILES)
+    results["pipetask program"] = {"returncode": first.returncode, "stdout": first.stdout,
+                                   "stderr": first.stderr}
+    for relative, result in results.items():
+        with test.subTest(relative):
+            test.assertEqual(result["returncode"], 0, result["stderr"][-3000:])
+            test.assertRegex(result["stdout"], r"class: lsst\.cp\.flatnorm\.")
+
+
 def check_stub_result(test: unittest.TestCase, result: dict, stub: Path) -> None:
     """Check what `STUB_CHECK` printed: the stub won, every module imported, every pipeline built
     on this package's task classes."""
@@ -194,16 +233,7 @@ class BesideRealCpPipeTestCase(lsst.utils.tests.TestCase):
 
     @unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
     def test_pipetask_builds_every_pipeline_file(self):
-        for relative in PIPELINE_FILES:
-            with self.subTest(relative):
-                process = subprocess.run(
-                    [str(PIPETASK), "build", "-p", f"resource://lsst.cp.flatnorm/pipelines/{relative}",
-                     "--show", "pipeline"],
-                    env=self.envs["cp_pipe first"], cwd=self.tmp.name, capture_output=True, text=True,
-                    timeout=300,
-                )
-                self.assertEqual(process.returncode, 0, process.stderr[-3000:])
-                self.assertRegex(process.stdout, r"class: lsst\.cp\.flatnorm\.")
+        check_pipetask_builds(self, PIPETASK.parent, self.envs["cp_pipe first"], self.tmp.name)
 
 
 class EupsTableTestCase(lsst.utils.tests.TestCase):

@@ -1,12 +1,9 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""CpFlatNormalizationTask through the butler: pipe_base's test quanta and a real ``pipetask run``."""
+"""CpFlatNormalizationTask through the butler: pipe_base's test quanta and the ``pipetask run`` command."""
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import unittest
 from pathlib import Path
@@ -22,10 +19,10 @@ from lsst.cp.flatnorm.exposure_records import insert_exposure_records
 from lsst.cp.flatnorm.sim.instrument import SimFlatCam
 from lsst.daf.butler import Butler, DataCoordinate, DatasetType
 from flat_repo import FILTER, INSTRUMENT, fill_repo, log_lines, sim_exposures
+from pipetask_in_process import pipetask
 from stats_factory import EXPOSURES, StatisticsFactory
 
 PIPELINE = Path(__file__).parents[1] / "pipelines" / "_ingredients" / "cpFlatNorm.yaml"
-PIPETASK = Path(sys.executable).with_name("pipetask")
 OTHER_FILTER = "sim_g"
 
 
@@ -140,9 +137,8 @@ class TestQuantumTestCase(lsst.utils.tests.TestCase):
         return mds, self.dims, self.factory.camera
 
 
-@unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
 class PipetaskRunTestCase(lsst.utils.tests.TestCase):
-    """A real ``pipetask run`` of the shipped pipeline's cpFlatNormalize step on an on-disk repo."""
+    """The ``pipetask run`` command of the shipped pipeline's cpFlatNormalize step on an on-disk repo."""
 
     @classmethod
     def setUpClass(cls):
@@ -171,13 +167,13 @@ class PipetaskRunTestCase(lsst.utils.tests.TestCase):
         shutil.rmtree(cls.root, ignore_errors=True)
 
     def pipetask(self, output, *config, query=f"instrument='{INSTRUMENT}' AND physical_filter='{FILTER}'"):
-        command = [str(PIPETASK), "--long-log", "run", "--register-dataset-types", "-b", self.root, "-i",
-                   f"{self.inputs},{INSTRUMENT}/calib", "-o", output, "-p", f"{PIPELINE}#cpFlatNormalize",
-                   "-d", query]
+        """Run the ``pipetask run`` command in this process (the program runs in test_reliability)."""
+        args = ["--long-log", "run", "--register-dataset-types", "-b", self.root, "-i",
+                f"{self.inputs},{INSTRUMENT}/calib", "-o", output, "-p", f"{PIPELINE}#cpFlatNormalize",
+                "-d", query]
         for item in config:
-            command += ["-c", item]
-        return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            args += ["-c", item]
+        return pipetask(*args)
 
     def test_pipetask_run_amp_level(self):
         process = self.pipetask("u/test/amp", "cpFlatNormalize:level=AMP")

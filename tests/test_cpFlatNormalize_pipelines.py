@@ -8,10 +8,7 @@ cp_pipe's ``_ingredients/cpFlatAnaglyphLSST.yaml`` runs ``cpFlatBlueNormalize`` 
 ``downSelectionValue`` (``single_led_flat_m565l3`` and ``single_led_flat_m660l4``).
 """
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import unittest
 from pathlib import Path
@@ -22,9 +19,9 @@ from lsst.daf.butler import Butler, DatasetType, DimensionUniverse
 from lsst.pipe.base import Pipeline
 from lsst.pipe.base.pipeline_graph import DuplicateOutputError
 from flat_repo import FILTER, INSTRUMENT, fill_repo, sim_exposures
+from pipetask_in_process import pipetask
 from stats_factory import EXPOSURES, StatisticsFactory
 
-PIPETASK = Path(sys.executable).with_name("pipetask")
 BLUE, RED = "single_led_flat_m565l3", "single_led_flat_m660l4"
 OTHER_FILTER = "sim_g"
 OTHER_EXPOSURES = [2026112500020, 2026112500021]
@@ -74,9 +71,9 @@ class PipelineBuildTestCase(lsst.utils.tests.TestCase):
             resolved_graph(anaglyph_normalizations("myTable"))
 
 
-@unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
 class AnaglyphPipetaskTestCase(lsst.utils.tests.TestCase):
-    """``pipetask run`` of the red and blue normalizations over two physical filters.
+    """The ``pipetask run`` command, in this process, of the red and blue normalizations over two
+    physical filters.
 
     In ``sim_r`` the exposures alternate blue, red, blue, red; ``sim_g``'s are plain flats, so
     neither normalization has work there and each must say so in the log.
@@ -97,12 +94,11 @@ class AnaglyphPipetaskTestCase(lsst.utils.tests.TestCase):
         pipeline = Path(cls.root) / "anaglyph.yaml"
         pipeline.write_text(anaglyph_normalizations())
         # The blue value in capitals: the records say it in lower case.
-        cls.process = subprocess.run(
-            [str(PIPETASK), "--long-log", "run", "--register-dataset-types", "-b", cls.root,
-             "-i", "test/cpFlatStatistics,test/camera", "-o", "u/test/anaglyph", "-p", str(pipeline),
-             "-d", f"instrument='{INSTRUMENT}'",
-             "-c", f"cpFlatBlueNormalize:downSelectionValue={BLUE.upper()}"],
-            capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        cls.process = pipetask(
+            "--long-log", "run", "--register-dataset-types", "-b", cls.root,
+            "-i", "test/cpFlatStatistics,test/camera", "-o", "u/test/anaglyph", "-p", str(pipeline),
+            "-d", f"instrument='{INSTRUMENT}'",
+            "-c", f"cpFlatBlueNormalize:downSelectionValue={BLUE.upper()}")
         cls.butler = Butler.from_config(cls.root, collections="u/test/anaglyph")
 
     @classmethod

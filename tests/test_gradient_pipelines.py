@@ -40,6 +40,7 @@ from lsst.cp.flatnorm.sim.illumination import (
 from lsst.cp.flatnorm.sim.run import pipeline_uri, run_pipetask
 from lsst.daf.butler import Butler
 from lsst.pipe.base import Pipeline
+from pipetask_in_process import run_pipetask as run_in_process
 
 pytestmark = [pytest.mark.slow]
 
@@ -90,8 +91,9 @@ class LSSTCamGradientPipelinesTestCase(lsst.utils.tests.TestCase):
         cls.data_id = {"instrument": "LSSTCam", "physical_filter": FILTER}
         cls.failure = None
         try:
+            # The first pipeline runs as the pipetask program, the others run its command in this process.
             cls.pipetask("LSSTCam/cpFlatGradientReference.yaml", [cls.repo.sky_collection], "u/sky",
-                         ["cpFlatFitGradientsReference"])
+                         ["cpFlatFitGradientsReference"], run=run_pipetask)
             certify_gradient_reference(cls.repo.butler, "u/sky", cls.repo.dome.calib_collection, FILTER,
                                        "LSSTCam")
             cls.pipetask("LSSTCam/cpFlat.yaml", [cls.repo.dome.defaults_collection], "u/dome",
@@ -113,14 +115,14 @@ class LSSTCamGradientPipelinesTestCase(lsst.utils.tests.TestCase):
         cls.butler = Butler.from_config(str(cls.repo.root))
 
     @classmethod
-    def pipetask(cls, relative, inputs, output, fit_labels, extra_args=()):
+    def pipetask(cls, relative, inputs, output, fit_labels, extra_args=(), run=run_in_process):
         path, _, labels = relative.partition("#")
         uri = pipeline_uri(*path.split("/")) + (f"#{labels}" if labels else "")
         log = Path(cls.root) / f"{output.replace('/', '_')}.log"
         sizes = [arg for label in fit_labels for arg in ("-c", f"{label}:bin_factor={BIN}")]
         try:
-            run_pipetask(cls.repo.root, uri, inputs, output, log_path=log,
-                         extra_args=[*sizes, "-d", "instrument='LSSTCam'", *extra_args])
+            run(cls.repo.root, uri, inputs, output, log_path=log,
+                extra_args=[*sizes, "-d", "instrument='LSSTCam'", *extra_args])
         except Exception as error:
             raise RuntimeError(f"pipetask failed on {relative}:\n{log.read_text()[-4000:]}") from error
 

@@ -1,12 +1,12 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""The shipped pipelines through the pipetask command: build, contracts and quantum graphs."""
+"""The shipped pipelines through the pipetask command, run in this process (the program runs ``build``
+in tests/test_wheel.py, ``qgraph`` in tests/test_cpFlatNormalize_camera.py): build, contracts and
+quantum graphs."""
 
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import unittest
 from pathlib import Path
@@ -16,17 +16,12 @@ from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
 from lsst.cp.flatnorm.sim.repo import build_sim_repo
 from lsst.cp.flatnorm.sim.run import pipeline_uri
+from pipetask_in_process import pipetask
 
-PIPETASK = Path(sys.executable).with_name("pipetask")
 SIM_PIPELINE = pipeline_uri("SimFlatCam", "cpFlat.yaml")
 INGREDIENT = pipeline_uri("_ingredients", "cpFlatNorm.yaml")
 
 
-def pipetask(*args):
-    return subprocess.run([str(PIPETASK), *args], capture_output=True, text=True, timeout=300)
-
-
-@unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
 class PipelineBuildTestCase(lsst.utils.tests.TestCase):
     def test_show_pipeline_has_cp_pipe_labels_and_classes(self):
         process = pipetask("build", "-p", SIM_PIPELINE, "--show", "pipeline")
@@ -46,7 +41,6 @@ class PipelineBuildTestCase(lsst.utils.tests.TestCase):
         self.assertIn("cpFlatNormalize must read the statistics that cpFlatMeasure writes", process.stderr)
 
 
-@unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
 class QuantumGraphTestCase(lsst.utils.tests.TestCase):
     """`pipetask qgraph` on a small simulated repo: one quantum per image, per filter, per detector."""
 

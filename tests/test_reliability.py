@@ -219,20 +219,21 @@ class Repository:
         amp_level = ("-c", "cpFlatNormalize:level=AMP")
         down_selection = ("-c", "cpFlatNormalize:doDownSelection=True",
                           "-c", "cpFlatNormalize:downSelectionValue=flat")
+        # The whole chain runs as the pipetask program; the others run its command in this process.
         return {
             "images": run_pipetask(root, [defaults], OUTPUTS["images"], PIPELINE, *amp_level,
                                    query=query(IMAGE_FILTERS)),
             "statistics": run_pipetask(root, [STATISTICS_RUN, defaults], OUTPUTS["statistics"],
                                        f"{PIPELINE}#cpFlatNormalize,cpFlatCombine", *amp_level,
-                                       *down_selection, query=query(STATISTICS_FILTERS)),
+                                       *down_selection, query=query(STATISTICS_FILTERS), in_process=True),
             "scales": run_pipetask(root, [SCALES_RUN, defaults], OUTPUTS["scales"],
-                                   f"{PIPELINE}#cpFlatCombine", query=query(SCALES_FILTERS)),
+                                   f"{PIPELINE}#cpFlatCombine", query=query(SCALES_FILTERS), in_process=True),
             "normalize_config": run_pipetask(root, [defaults], "u/rel/config1", PIPELINE,
                                              "-c", "cpFlatNormalize:scaleMaxIter=0",
-                                             query=query(["img_flaws"])),
+                                             query=query(["img_flaws"]), in_process=True),
             "combine_config": run_pipetask(root, [defaults], "u/rel/config2", PIPELINE,
                                            "-c", "cpFlatCombine:subregionSize=[0, 200]",
-                                           query=query(["img_flaws"])),
+                                           query=query(["img_flaws"]), in_process=True),
         }
 
 

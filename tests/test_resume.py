@@ -44,8 +44,9 @@ class Runs:
         self.data_id = {"instrument": "SimFlatCam", "physical_filter": CONFIG.physical_filter}
 
         def run(output, *options, **kwargs):
+            # Only the killed runs need a process of their own.
             return run_pipetask(self.repo.root, [self.repo.defaults_collection], output, PIPELINE,
-                                *options, **kwargs)
+                                *options, in_process="kill_before_put" not in kwargs, **kwargs)
 
         self.processes = {
             "reference": run("u/ref"),

@@ -27,7 +27,8 @@ from butler_outputs import compare_outputs, output_dataset_types, run_checks
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
 from lsst.cp.flatnorm.sim.repo import build_sim_repo
-from lsst.cp.flatnorm.sim.run import pipeline_uri, read_normalization, run_pipetask
+from lsst.cp.flatnorm.sim.run import pipeline_uri, read_normalization
+from pipetask_in_process import run_pipetask
 from servers import slurm
 from servers.bps_timeline import read_timeline
 from servers.processes import wait_until
@@ -78,7 +79,7 @@ def session_processes(session_id):
 @pytest.fixture(scope="module")
 def submission(cluster, tmp_path_factory):
     """Submit with the shipped Slurm site; then record the queue and leftovers, and run the same
-    chain locally with pipetask for comparison."""
+    chain locally with pipetask's command, in this process, for comparison."""
     try:  # as on a real cluster, the nodes reach parsl's interchange by the submitter's host name
         socket.gethostbyname(platform.node())
     except OSError as error:

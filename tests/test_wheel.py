@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 import lsst.utils.tests
-from test_compat import (PIPELINE_FILES, PIPELINES_TO_BUILD, STUB_CHECK, check_stub_result,
-                         write_stub_cp_pipe)
+from test_compat import (PIPELINE_FILES, PIPELINES_TO_BUILD, STUB_CHECK, check_pipetask_builds,
+                         check_stub_result, write_stub_cp_pipe)
 
 pytestmark = pytest.mark.slow
 
@@ -97,11 +97,6 @@ class WheelTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(process.returncode, 0, process.stderr[-3000:])
         return json.loads(process.stdout.splitlines()[-1])
 
-    def pipetask_build(self, relative, pythonpath=None):
-        env = dict(self.env, PYTHONPATH=pythonpath) if pythonpath else self.env
-        return run([self.bin / "pipetask", "build", "-p", f"{PIPELINES}/{relative}", "--show", "pipeline"],
-                   env=env, cwd=self.work)
-
     def test_wheel_then_eups_layout(self):
         """One method, so that pytest-xdist builds and installs the wheel once."""
         for check in (self.check_wheel_contents, self.check_imports_from_the_wheel,
@@ -132,10 +127,7 @@ class WheelTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(result["task"], "lsst.cp.flatnorm.cpFlatNormalize")
 
     def check_pipetask_builds_every_pipeline(self):
-        for relative in PIPELINE_FILES:
-            process = self.pipetask_build(relative)
-            self.assertEqual(process.returncode, 0, process.stderr[-3000:])
-            self.assertRegex(process.stdout, r"class: lsst\.cp\.flatnorm\.")
+        check_pipetask_builds(self, self.bin, self.env, self.work)
 
     def check_bps_files_resolve(self):
         result = self.python(BPS_CHECK, *BPS_FILES)
@@ -147,9 +139,7 @@ class WheelTestCase(lsst.utils.tests.TestCase):
     def check_beside_a_stub_cp_pipe(self):
         result = self.python(STUB_CHECK, PIPELINES_TO_BUILD, pythonpath=str(self.stub))
         check_stub_result(self, result, self.stub)
-        for relative in PIPELINE_FILES:
-            process = self.pipetask_build(relative, pythonpath=str(self.stub))
-            self.assertEqual(process.returncode, 0, process.stderr[-3000:])
+        check_pipetask_builds(self, self.bin, dict(self.env, PYTHONPATH=str(self.stub)), self.work)
 
     def check_eups_layout(self):
         """Without the wheel: the table's PYTHONPATH holds lsst.cp.flatnorm and no lsst.cp.pipe."""

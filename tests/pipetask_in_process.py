@@ -1,0 +1,68 @@
+# This file is part of cp_flatnorm.
+# Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
+
+"""Run the ``pipetask`` command line in the test process.
+
+The command is ctrl_mpexec's own click command, so its options, its logging set-up, its graph
+building and its executor (``-j 1`` runs every quantum in this process) are the ones a shell runs;
+what is saved is the interpreter start-up and the middleware imports of a subprocess (about 3 s of
+CPU each).  A command that fails exits as the script does: its exception logged with its traceback
+("Caught an exception, details are in traceback:") and exit status 1.  Tests of the command line as
+a program (its script, its environment, a signal) keep a real subprocess.
+"""
+
+import logging
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from lsst.ctrl.mpexec.cli.pipetask import cli
+from lsst.daf.butler.cli.cliLog import CliLog
+
+
+def pipetask(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``pipetask *args`` in this process; return what a subprocess run would.
+
+    Returns
+    -------
+    process : `subprocess.CompletedProcess`
+        Its ``returncode``, and its ``stdout`` and ``stderr`` (where its log goes) as text.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    # The command configures the root logger as in a fresh process, where it has no handler yet.
+    root.handlers.clear()
+    try:
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
+    finally:
+        CliLog.resetLog()
+        logging.captureWarnings(False)
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(["pipetask", *args], result.exit_code, result.stdout, result.stderr)
+
+
+def run_pipetask(repo: str | Path, pipeline: str, inputs: Sequence[str], output: str, *,
+                 extra_args: Sequence[str] = (), log_path: str | Path | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+    """`lsst.cp.flatnorm.sim.run.run_pipetask` (``-j 1``) in this process.
+
+    Raises
+    ------
+    subprocess.CalledProcessError
+        Raised if the command fails, with its output.
+    """
+    args = ["run", "-b", str(repo), "-i", ",".join(inputs), "-o", output, "-p", str(pipeline), "-j", "1",
+            "--register-dataset-types", *extra_args]
+    process = pipetask(*args)
+    if log_path is not None:
+        Path(log_path).write_text(process.stdout + process.stderr)
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, process.args, process.stdout, process.stderr)
+    return process
