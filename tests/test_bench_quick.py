@@ -14,6 +14,7 @@ import unittest
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import lsst.utils.tests
 
@@ -26,6 +27,8 @@ from bench.solver import (  # noqa: E402
     oracle_scales,
     simulate_levels,
 )
+
+pytestmark = pytest.mark.slow  # a minute: started first (tests/conftest.py)
 
 
 class QuickRunTestCase(unittest.TestCase):

@@ -39,6 +39,8 @@ from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from flat_repo import flat_instrument
 from worker_cache import built_once
 
+pytestmark = pytest.mark.slow  # a minute or more: started first (tests/conftest.py)
+
 PREVIOUS_FLAT_RUN = "SimFlatCam/calib/previous"
 MOTE = (1, 100.0, 36.0, 3.0, 0.05)
 """Dust mote (detector, x, y, sigma, depth) of the flat and not of the previous flat."""

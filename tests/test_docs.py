@@ -20,9 +20,12 @@ import tempfile
 import unittest
 from pathlib import Path
 
+import pytest
 from docutils import nodes
 
 import lsst.utils.tests
+
+pytestmark = pytest.mark.slow  # a minute or more: started first (tests/conftest.py)
 
 DOC = Path(__file__).parents[1] / "doc"
 # Pages whose code blocks a test runs as written (the tutorial: tests/test_tutorial.py).

@@ -12,6 +12,10 @@ import sys
 import unittest
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a minute or more: started first (tests/conftest.py)
+
 ROOT = Path(__file__).parents[1]
 
 
