@@ -21,7 +21,7 @@ from lsst.cp.flatnorm.clipped_stats import sigma_clipped_region_stats
 from lsst.cp.flatnorm.cpCombine import CpFlatCombineConfig, CpFlatCombineTask
 from lsst.cp.flatnorm.scale_dictionary import ScaleDictionaryError
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
-from lsst.daf.butler import Butler, CollectionType, DatasetType, Timespan
+from lsst.daf.butler import Butler, CollectionType, DataCoordinate, DatasetType, DimensionUniverse, Timespan
 from lsst.daf.butler.cli.butler import cli as butler_cli
 from lsst.daf.butler.cli.utils import LogCliRunner
 from lsst.images import Box, Image, MaskedImage, MaskPlane, MaskSchema
@@ -29,6 +29,7 @@ from afw_standin_loader import load_afw_standin
 
 DETECTOR = 0
 INSTRUMENT = "DummyCam"
+UNIVERSE = DimensionUniverse()
 FILTER = "dummy_r"
 SCHEMA = MaskSchema([MaskPlane("BAD", "bad"), MaskPlane("SAT", "saturated"), MaskPlane("CR", "cosmic ray"),
                      MaskPlane("NO_DATA", "no data")])
@@ -101,15 +102,15 @@ class FlatSimulation:
         return {"expScale": {key(DETECTOR): exp_scale}, "detScale": {key(DETECTOR): 1.0}}
 
 
-class DataId(dict):
-    """A data ID stand-in, expanded (with an exposure record) or not, as daf_butler's are."""
+class ExpandedDataId(dict):
+    """An expanded data ID stand-in: it carries an exposure record without a registry to read it from."""
 
-    def __init__(self, values, exposure_record=None):
+    def __init__(self, values, exposure_record):
         super().__init__(values)
         self._exposure_record = exposure_record
 
     def hasRecords(self):
-        return self._exposure_record is not None
+        return True
 
     @property
     def records(self):
@@ -122,7 +123,10 @@ class ImageHandle:
 
     def __init__(self, image, exposure, record=None):
         self.image = image
-        self.dataId = DataId({"instrument": INSTRUMENT, "exposure": exposure, "detector": DETECTOR}, record)
+        values = {"instrument": INSTRUMENT, "exposure": exposure, "detector": DETECTOR}
+        # Without a record, daf_butler's own (unexpanded) data ID: the task must not treat it as a dict.
+        self.dataId = (DataCoordinate.standardize(values, universe=UNIVERSE) if record is None
+                       else ExpandedDataId(values, record))
         self.reads = []
 
     def get(self, *, component=None, parameters=None):
@@ -372,7 +376,7 @@ class CombineTaskTestCase(lsst.utils.tests.TestCase):
     def test_time_scaling_needs_exposure_records(self):
         with self.assertRaisesRegex(ValueError, (
             r"^exposureScaling DarkTime needs the exposure record of exposure 100, but its data ID "
-            r"\{'instrument': 'DummyCam', 'exposure': 100, 'detector': 0\} has none "
+            r"\{instrument: 'DummyCam', detector: 0, exposure: 100\} has none "
             r"\(pass expanded data IDs\)\.$"
         )):
             self.run_task(handles=self.sim.handles(records=False), exposureScaling="DarkTime")

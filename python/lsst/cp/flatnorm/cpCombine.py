@@ -431,7 +431,7 @@ class CpFlatCombineTask(pipeBase.PipelineTask):
         data_id = handle.dataId
         if not getattr(data_id, "hasRecords", lambda: False)():
             raise ValueError(f"exposureScaling {scaling} needs the exposure record of exposure {exposure}, "
-                             f"but its data ID {dict(data_id)} has none (pass expanded data IDs).")
+                             f"but its data ID {data_id} has none (pass expanded data IDs).")
         value = getattr(data_id.records["exposure"], _RECORD_FIELDS[scaling])
         return float("nan") if value is None else float(value)
 
