@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 import lsst.utils.tests
-from lsst.cp.flatnorm.combine_kernel import BLOCK_PIXELS, sorting_network
+from lsst.cp.flatnorm.combine_kernel import block_pixels, sorting_network
 from lsst.cp.flatnorm.combine_stack import (
     IQR_TO_SIGMA,
     MEDIAN_VARIANCE_FACTOR,
@@ -251,9 +251,10 @@ class ReferenceTestCase(lsst.utils.tests.TestCase):
 
     def test_blocks_and_single_pixel_blocks(self):
         """Pixels are combined in blocks of a row; a pixel's result must not depend on its block."""
-        values, variances, valid = self.stack(9, np.float32, seed=6, shape=(6, BLOCK_PIXELS + 90))
+        block = block_pixels(9)
+        values, variances, valid = self.stack(9, np.float32, seed=6, shape=(6, block + 90))
         whole = combine_stack(values, variances, valid, variance_from_inputs=False)
-        for columns in (slice(5, 6), slice(1, BLOCK_PIXELS + 2), slice(BLOCK_PIXELS - 1, None)):
+        for columns in (slice(5, 6), slice(1, block + 2), slice(block - 1, None)):
             with self.subTest(columns=columns):
                 part = combine_stack(values[:, :, columns], variances[:, :, columns], valid[:, :, columns],
                                      variance_from_inputs=False)

@@ -4,14 +4,17 @@
 """The compiled (numba) kernel of `lsst.cp.flatnorm.combine_stack`.
 
 `combine_pixels` combines a (n_inputs, ny, nx) stack by the rule the `lsst.cp.flatnorm.combine_stack`
-module documents.  It works on blocks of ``BLOCK_PIXELS`` pixels of one row at a time, every step a
-loop over the block's pixels that the compiler turns into vector instructions:
+module documents.  It works on blocks of `block_pixels` pixels of one row at a time (more pixels with
+fewer inputs), every step a loop over the block's pixels that the compiler turns into vector
+instructions, on C-contiguous stacks (with any strides, a loop's stride is unknown to the compiler
+and it does not vectorize):
 
 1. the block's inputs are copied into two cache-resident (n_inputs, block) arrays, one in input
    order with NaN where an input is not a candidate, one to be sorted with +inf there;
 2. a sorting network (Batcher's odd-even merge sort: a fixed list of compare-exchange steps for the
    number of inputs, the same for every pixel, so each step is a vector min and max over the block)
-   sorts the second, and the median and quartiles are read at each pixel's ranks;
+   sorts the second, and the median and quartiles are read at the ranks of a pixel with every input a
+   candidate, for all pixels at once, then at their own ranks for the others (a few);
 3. each clipping pass is one sweep over the inputs in order, accumulating the count, the sums of the
    deviations from the median and of their squares, and the smallest and largest value kept.  A kept
    set is always the candidates within an interval of values, so two kept sets are equal exactly when
@@ -25,8 +28,8 @@ of block buffers is allocated besides the outputs.
 
 from __future__ import annotations
 
-__all__ = ["BLOCK_PIXELS", "IQR_TO_SIGMA", "MEDIAN_VARIANCE_FACTOR", "combine_pixels", "compiled_kernel",
-           "sorting_network"]
+__all__ = ["BLOCK_VALUES", "IQR_TO_SIGMA", "MEDIAN_VARIANCE_FACTOR", "block_pixels", "combine_pixels",
+           "compiled_kernel", "sorting_network"]
 
 import functools
 import math
@@ -42,8 +45,8 @@ IQR_TO_SIGMA = 0.741301109252802
 MEDIAN_VARIANCE_FACTOR = math.pi / 2
 """Variance of the median of n Gaussian values over the variance of their mean, for large n."""
 
-BLOCK_PIXELS = 256
-"""Pixels combined together: 50 float32 inputs of a block (50 KB) stay in the level-2 cache."""
+BLOCK_VALUES = 16384
+"""Input values of a block (see `block_pixels`)."""
 
 # cache: the compiled code is kept (beside the module, or in numba's user cache) for later processes;
 # error_model="numpy": a division by zero gives inf or NaN, which the code handles, instead of raising.
@@ -74,9 +77,16 @@ def sorting_network(n: int) -> npt.NDArray[np.intp]:
 
 
 @_jit
+def block_pixels(n_inputs: int) -> int:
+    """Pixels combined together: the block's two (n_inputs, block) buffers of candidates stay within
+    about 128 KB (50 float32 inputs: 320 pixels), and few inputs get long blocks (at most 2048
+    pixels), so that the per-block steps cost little per pixel."""
+    return min(max(BLOCK_VALUES // max(n_inputs, 1) // 64 * 64, 256), 2048)
+
+
+@_jit
 def _load_block(values: np.ndarray, variances: np.ndarray, valid: np.ndarray, y: int, start: int,
-                size: int, in_order: np.ndarray, ordered: np.ndarray,
-                block_variances: npt.NDArray[np.float64], n_valid: npt.NDArray[np.int64],
+                size: int, in_order: np.ndarray, ordered: np.ndarray, n_valid: npt.NDArray[np.int64],
                 value_sum: npt.NDArray[np.float64], variance_sum: npt.NDArray[np.float64]) -> None:
     """Copy the inputs of pixels ``start:start + size`` of row ``y`` into the block buffers; count
     each pixel's candidates and sum their values and variances."""
@@ -85,15 +95,15 @@ def _load_block(values: np.ndarray, variances: np.ndarray, valid: np.ndarray, y:
         row_values = values[i, y, start:start + size]
         row_variances = variances[i, y, start:start + size]
         row_valid = valid[i, y, start:start + size]
+        row_in_order, row_ordered = in_order[i], ordered[i]
         for b in range(size):  # no branch: a vector loop
-            value, variance = row_values[b], np.float64(row_variances[b])
+            value, variance = row_values[b], row_variances[b]
             candidate = row_valid[b] & (value - value == 0) & (variance - variance == 0)  # finite
-            in_order[i, b] = value if candidate else np.nan
-            ordered[i, b] = value if candidate else np.inf
-            block_variances[i, b] = variance if candidate else 0.0
+            row_in_order[b] = value if candidate else np.nan
+            row_ordered[b] = value if candidate else np.inf
             n_valid[b] += candidate
             value_sum[b] += np.float64(value) if candidate else 0.0
-            variance_sum[b] += variance if candidate else 0.0
+            variance_sum[b] += np.float64(variance) if candidate else 0.0
 
 
 @_jit
@@ -115,6 +125,19 @@ def _quantile(ordered: np.ndarray, b: int, n: int, q: float) -> float:
     low_value = np.float64(ordered[low, b])
     high_value = np.float64(ordered[min(low + 1, n - 1), b])
     return low_value + (high_value - low_value) * (position - low)
+
+
+@_jit
+def _quantile_rows(ordered: np.ndarray, n: int, q: float, size: int, out: npt.NDArray[np.float64]) -> None:
+    """`_quantile` of every column of ``ordered[:, :size]`` with ``n`` candidates: the same ranks
+    and weights for every column, so a vector loop."""
+    position = q * (n - 1)
+    low = int(position)
+    fraction = position - low
+    lows, highs = ordered[low], ordered[min(low + 1, n - 1)]
+    for b in range(size):
+        low_value = np.float64(lows[b])
+        out[b] = low_value + (np.float64(highs[b]) - low_value) * fraction
 
 
 @_jit
@@ -153,28 +176,17 @@ def _kept_extremes(in_order: np.ndarray, size: int, low: npt.NDArray[np.float64]
 
 
 @_jit
-def _kept_variance_sum(in_order: np.ndarray, block_variances: npt.NDArray[np.float64], size: int,
-                       low: npt.NDArray[np.float64], high: npt.NDArray[np.float64],
-                       variance_sum: npt.NDArray[np.float64]) -> None:
-    """For each column, the sum of the variances of the values within ``[low, high]``."""
-    variance_sum[:size] = 0.0
-    for i in range(in_order.shape[0]):
-        row, row_variances = in_order[i], block_variances[i]
-        for b in range(size):
-            value = np.float64(row[b])
-            variance_sum[b] += row_variances[b] if (low[b] <= value) & (value <= high[b]) else 0.0
-
-
-@_jit
 def _clip(stack: np.ndarray, size: int, n_valid: npt.NDArray[np.int64], sigma_var: npt.NDArray[np.float64],
           median: npt.NDArray[np.float64], width: npt.NDArray[np.float64], n_sigma: float, n_passes: int,
           low: npt.NDArray[np.float64], high: npt.NDArray[np.float64],
-          scratch: tuple[npt.NDArray[np.float64], ...], counts: tuple[npt.NDArray[np.int64], ...]) -> None:
+          scratch: npt.NDArray[np.float64], counts: npt.NDArray[np.int64]) -> None:
     """Run the clipping passes on the columns of ``stack[:, :size]`` (values in input order, NaN for
     non-candidates), from their median and first width; leave each column's kept interval in
-    ``[low, high]`` (``(-inf, inf)`` where all the candidates are kept)."""
-    new_low, new_high, sum1, sum2, least, most, kept_least, kept_most, centre = scratch
-    new_count, kept_count, active = counts
+    ``[low, high]`` (``(-inf, inf)`` where all the candidates are kept).  ``scratch`` and ``counts``
+    are (9, block) and (3, block) arrays of work space."""
+    new_low, new_high, sum1, sum2 = scratch[0], scratch[1], scratch[2], scratch[3]
+    least, most, kept_least, kept_most, centre = scratch[4], scratch[5], scratch[6], scratch[7], scratch[8]
+    new_count, kept_count, active = counts[0], counts[1], counts[2]
     low[:size], high[:size] = -np.inf, np.inf
     kept_count[:size], active[:size] = n_valid[:size], 1
     centre[:size] = median[:size]
@@ -205,32 +217,92 @@ def _clip(stack: np.ndarray, size: int, n_valid: npt.NDArray[np.int64], sigma_va
 
 
 @_jit
+def _first_width(ordered: np.ndarray, b: int, n: int, variance_sum: float, n_sigma: float,
+                 median: float) -> tuple[float, float, bool]:
+    """The expected and first widths of column ``b`` with ``n`` sorted candidates, and whether the
+    first pass would drop one of them."""
+    sigma_var = math.sqrt(variance_sum / n)
+    iqr = _quantile(ordered, b, n, 0.75) - _quantile(ordered, b, n, 0.25)
+    width = max(IQR_TO_SIGMA * iqr, sigma_var)
+    half_width = n_sigma * width
+    outside = ordered[0, b] < median - half_width or ordered[n - 1, b] > median + half_width
+    return sigma_var, width, outside
+
+
+@_jit
 def _first_widths(ordered: np.ndarray, size: int, n_valid: npt.NDArray[np.int64],
                   variance_sum: npt.NDArray[np.float64], min_inputs_for_mean: int, n_sigma: float,
                   median: npt.NDArray[np.float64], sigma_var: npt.NDArray[np.float64],
-                  width: npt.NDArray[np.float64], to_clip: npt.NDArray[np.intp]) -> int:
+                  width: npt.NDArray[np.float64], outside: npt.NDArray[np.bool_],
+                  to_clip: npt.NDArray[np.intp]) -> int:
     """The median of each column of sorted candidates, and, where clipping applies, the expected
     and first widths; list in ``to_clip`` the columns the first pass would change (a candidate
-    outside its interval), and return their number."""
+    outside its interval), and return their number.
+
+    Columns where every input is a candidate (most) are done together, with the same ranks for
+    every column; the others, one by one.
+    """
+    n_inputs = ordered.shape[0]
+    first, last = ordered[0], ordered[n_inputs - 1]
+    quartile = sigma_var  # the lower quartile, then the expected width
+    _quantile_rows(ordered, n_inputs, 0.5, size, median)
+    _quantile_rows(ordered, n_inputs, 0.25, size, quartile)
+    _quantile_rows(ordered, n_inputs, 0.75, size, width)
+    can_clip = n_inputs >= max(min_inputs_for_mean, 1)
+    for b in range(size):  # no branch: a vector loop
+        iqr = width[b] - quartile[b]
+        sigma_var[b] = math.sqrt(variance_sum[b] / n_inputs)
+        width[b] = max(IQR_TO_SIGMA * iqr, sigma_var[b])
+        half_width = n_sigma * width[b]
+        outside[b] = can_clip & ((first[b] < median[b] - half_width) | (last[b] > median[b] + half_width))
     n_clip = 0
     for b in range(size):
         n = n_valid[b]
-        median[b] = _quantile(ordered, b, n, 0.5) if n > 0 else np.nan
-        if n < max(min_inputs_for_mean, 1):
-            continue
-        sigma_var[b] = math.sqrt(variance_sum[b] / n)
-        iqr = _quantile(ordered, b, n, 0.75) - _quantile(ordered, b, n, 0.25)
-        width[b] = max(IQR_TO_SIGMA * iqr, sigma_var[b])
-        half_width = n_sigma * width[b]
-        if ordered[0, b] < median[b] - half_width or ordered[n - 1, b] > median[b] + half_width:
+        if n != n_inputs:
+            median[b] = _quantile(ordered, b, n, 0.5) if n > 0 else np.nan
+            outside[b] = False
+            if n >= max(min_inputs_for_mean, 1):
+                sigma_var[b], width[b], outside[b] = _first_width(ordered, b, n, variance_sum[b], n_sigma,
+                                                                  median[b])
+        if outside[b]:
             to_clip[n_clip] = b
             n_clip += 1
     return n_clip
 
 
 @_jit
-def _vectors() -> npt.NDArray[np.float64]:
-    return np.empty(BLOCK_PIXELS)
+def _clip_block(in_order: np.ndarray, variances: np.ndarray, y: int, start: int,
+                to_clip: npt.NDArray[np.intp], n_clip: int, n_valid: npt.NDArray[np.int64],
+                sigma_var: npt.NDArray[np.float64], median: npt.NDArray[np.float64],
+                width: npt.NDArray[np.float64], n_sigma: float, n_passes: int, low: npt.NDArray[np.float64],
+                high: npt.NDArray[np.float64],
+                variance_sum: npt.NDArray[np.float64], stack: np.ndarray, scratch: npt.NDArray[np.float64],
+                counts: npt.NDArray[np.int64]) -> None:
+    """Clip the block's columns ``to_clip[:n_clip]``: their inputs, gathered into ``stack``, go
+    through the passes; set their kept intervals and the sums of their kept variances.  ``scratch``
+    and ``counts`` are (14, block) and (4, block) arrays of work space."""
+    clip_n_valid = counts[3]
+    clip_sigma_var, clip_median, clip_width, clip_low, clip_high = (scratch[9], scratch[10], scratch[11],
+                                                                    scratch[12], scratch[13])
+    for k in range(n_clip):
+        b = to_clip[k]
+        clip_n_valid[k], clip_sigma_var[k], clip_median[k], clip_width[k] = (n_valid[b], sigma_var[b],
+                                                                             median[b], width[b])
+    for i in range(in_order.shape[0]):
+        for k in range(n_clip):
+            stack[i, k] = in_order[i, to_clip[k]]
+    _clip(stack, n_clip, clip_n_valid, clip_sigma_var, clip_median, clip_width, n_sigma, n_passes,
+          clip_low, clip_high, scratch[:9], counts[:3])
+    for k in range(n_clip):
+        b = to_clip[k]
+        low[b], high[b], variance_sum[b] = clip_low[k], clip_high[k], 0.0
+    for i in range(in_order.shape[0]):
+        row_variances = variances[i, y, start:]
+        for k in range(n_clip):
+            b = to_clip[k]
+            value = np.float64(stack[i, k])
+            if clip_low[k] <= value <= clip_high[k]:
+                variance_sum[b] += np.float64(row_variances[b])
 
 
 def combine_pixels(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
@@ -243,7 +315,7 @@ def combine_pixels(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
     Parameters
     ----------
     values, variances : `numpy.ndarray` [`float`], shape (n_inputs, ny, nx)
-        The inputs and their variances (float32 or float64, any strides); the values' type is
+        The inputs and their variances (float32 or float64, C-contiguous); the values' type is
         the type of the work (sums are float64 whatever it is).
     valid : `numpy.ndarray` [`bool`], shape (n_inputs, ny, nx)
         `False` for input pixels to ignore.
@@ -263,44 +335,32 @@ def combine_pixels(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
         The outputs, overwritten.
     """
     n_inputs, height, width = values.shape
-    in_order = np.empty((n_inputs, BLOCK_PIXELS), dtype=values.dtype)
-    ordered, to_clip_stack = np.empty_like(in_order), np.empty_like(in_order)
-    block_variances = np.empty((n_inputs, BLOCK_PIXELS))
-    to_clip_variances = np.empty((n_inputs, BLOCK_PIXELS))
-    n_valid, count = np.empty(BLOCK_PIXELS, np.int64), np.empty(BLOCK_PIXELS, np.int64)
-    to_clip = np.empty(BLOCK_PIXELS, np.intp)
-    counts = (np.empty(BLOCK_PIXELS, np.int64), np.empty(BLOCK_PIXELS, np.int64),
-              np.empty(BLOCK_PIXELS, np.int64))
-    scratch = (_vectors(), _vectors(), _vectors(), _vectors(), _vectors(), _vectors(), _vectors(), _vectors(),
-               _vectors())
-    value_sum, variance_sum, centre, sigma_var = _vectors(), _vectors(), _vectors(), _vectors()
-    first_width, low, high, sum1, sum2 = _vectors(), _vectors(), _vectors(), _vectors(), _vectors()
-    clip_low, clip_high, clip_variance_sum = _vectors(), _vectors(), _vectors()
+    block = block_pixels(n_inputs)
+    in_order = np.empty((n_inputs, block), dtype=values.dtype)
+    ordered = np.empty_like(in_order)
+    clip_stack = np.empty_like(in_order)
+    n_valid, count, to_clip = np.empty(block, np.int64), np.empty(block, np.int64), np.empty(block, np.intp)
+    outside = np.empty(block, np.bool_)
+    counts, scratch = np.empty((4, block), np.int64), np.empty((14, block))
+    vectors = np.empty((9, block))
+    value_sum, variance_sum, centre, sigma_var, first_width = (vectors[0], vectors[1], vectors[2], vectors[3],
+                                                               vectors[4])
+    low, high, sum1, sum2 = vectors[5], vectors[6], vectors[7], vectors[8]
+    n_min = min_inputs_for_mean if n_passes > 0 else n_inputs + 1
     for y in range(height):
-        for start in range(0, width, BLOCK_PIXELS):
-            size = min(BLOCK_PIXELS, width - start)
-            _load_block(values, variances, valid, y, start, size, in_order, ordered, block_variances,
-                        n_valid, value_sum, variance_sum)
+        for start in range(0, width, block):
+            size = min(block, width - start)
+            _load_block(values, variances, valid, y, start, size, in_order, ordered, n_valid, value_sum,
+                        variance_sum)
             low[:size], high[:size] = -np.inf, np.inf
             if need_median:
                 _sort_block(ordered, network, size)
-                n_clip = _first_widths(ordered, size, n_valid, variance_sum,
-                                       min_inputs_for_mean if n_passes > 0 else n_inputs + 1,
-                                       n_sigma, centre, sigma_var, first_width, to_clip)
+                n_clip = _first_widths(ordered, size, n_valid, variance_sum, n_min, n_sigma, centre,
+                                       sigma_var, first_width, outside, to_clip)
                 if n_clip:
-                    # Only the pixels the first pass changes are clipped further: their inputs,
-                    # gathered into a block of their own, go through the passes.
-                    pixels = to_clip[:n_clip]
-                    for i in range(n_inputs):
-                        for k in range(n_clip):
-                            to_clip_stack[i, k] = in_order[i, pixels[k]]
-                            to_clip_variances[i, k] = block_variances[i, pixels[k]]
-                    _clip(to_clip_stack, n_clip, n_valid[pixels], sigma_var[pixels], centre[pixels],
-                          first_width[pixels], n_sigma, n_passes, clip_low, clip_high, scratch, counts)
-                    _kept_variance_sum(to_clip_stack, to_clip_variances, n_clip, clip_low, clip_high,
-                                       clip_variance_sum)
-                    low[pixels], high[pixels] = clip_low[:n_clip], clip_high[:n_clip]
-                    variance_sum[pixels] = clip_variance_sum[:n_clip]
+                    _clip_block(in_order, variances, y, start, to_clip, n_clip, n_valid, sigma_var, centre,
+                                first_width, n_sigma, n_passes, low, high, variance_sum, clip_stack, scratch,
+                                counts)
             else:
                 for b in range(size):
                     centre[b] = value_sum[b] / n_valid[b]
@@ -335,8 +395,8 @@ def _write_block(size: int, count: npt.NDArray[np.int64], n_valid: npt.NDArray[n
 
 def _signature(dtype: numba.types.Float) -> Signature:
     """`combine_pixels`'s signature for stacks of ``dtype`` (any strides, read-only accepted)."""
-    stack = numba.types.Array(dtype, 3, "A", readonly=True)
-    valid = numba.types.Array(numba.types.boolean, 3, "A", readonly=True)
+    stack = numba.types.Array(dtype, 3, "C", readonly=True)
+    valid = numba.types.Array(numba.types.boolean, 3, "C", readonly=True)
 
     def output(item: numba.types.Type) -> numba.types.Array:
         return numba.types.Array(item, 2, "C")

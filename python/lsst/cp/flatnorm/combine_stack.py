@@ -209,8 +209,11 @@ def combine_stack(
     if variances.dtype != work_type:
         work_type = np.dtype(np.float64)
     min_inputs_for_mean = {"MEANCLIP": min_inputs_for_clip, "MEAN": 1, "MEDIAN": n_inputs + 1}[statistic]
-    compiled_kernel()(values.astype(work_type, copy=False), variances.astype(work_type, copy=False),
-                      valid.astype(bool, copy=False), sorting_network(n_inputs), float(n_sigma),
+    # The kernel reads C-contiguous stacks (the combine task's tiles are): its loops over a row's
+    # pixels then compile to vector instructions.
+    compiled_kernel()(np.ascontiguousarray(values, dtype=work_type),
+                      np.ascontiguousarray(variances, dtype=work_type),
+                      np.ascontiguousarray(valid, dtype=bool), sorting_network(n_inputs), float(n_sigma),
                       n_iter if statistic == "MEANCLIP" else 0, min_inputs_for_mean, statistic != "MEAN",
                       variance_from_inputs, result.image, result.variance, result.n_used, result.clipped)
     return result
