@@ -118,26 +118,26 @@ def _sort_block(ordered: np.ndarray, network: npt.NDArray[np.intp], size: int) -
 
 
 @_jit
-def _quantile(ordered: np.ndarray, b: int, n: int, q: float) -> float:
-    """Quantile ``q`` of the ``n`` sorted candidates of column ``b``, interpolated as numpy does."""
+def _ranks(n: int, q: float) -> tuple[int, int, float]:
+    """The two ranks among ``n`` sorted values that quantile ``q`` interpolates between, as numpy
+    does, and the weight of the second."""
     position = q * (n - 1)
     low = int(position)
-    low_value = np.float64(ordered[low, b])
-    high_value = np.float64(ordered[min(low + 1, n - 1), b])
-    return low_value + (high_value - low_value) * (position - low)
+    return low, min(low + 1, n - 1), position - low
 
 
 @_jit
-def _quantile_rows(ordered: np.ndarray, n: int, q: float, size: int, out: npt.NDArray[np.float64]) -> None:
-    """`_quantile` of every column of ``ordered[:, :size]`` with ``n`` candidates: the same ranks
-    and weights for every column, so a vector loop."""
-    position = q * (n - 1)
-    low = int(position)
-    fraction = position - low
-    lows, highs = ordered[low], ordered[min(low + 1, n - 1)]
-    for b in range(size):
-        low_value = np.float64(lows[b])
-        out[b] = low_value + (np.float64(highs[b]) - low_value) * fraction
+def _interpolate(ordered: np.ndarray, ranks: tuple[int, int, float], b: int) -> float:
+    """The quantile of the sorted column ``b`` at `_ranks` ``ranks``."""
+    low, high, weight = ranks
+    low_value = np.float64(ordered[low, b])
+    return low_value + (np.float64(ordered[high, b]) - low_value) * weight
+
+
+@_jit
+def _quantile(ordered: np.ndarray, b: int, n: int, q: float) -> float:
+    """Quantile ``q`` of the ``n`` sorted candidates of column ``b``."""
+    return _interpolate(ordered, _ranks(n, q), b)
 
 
 @_jit
@@ -160,16 +160,22 @@ def _kept_moments(in_order: np.ndarray, size: int, low: npt.NDArray[np.float64],
 
 
 @_jit
-def _kept_extremes(in_order: np.ndarray, size: int, low: npt.NDArray[np.float64],
-                   high: npt.NDArray[np.float64], least: npt.NDArray[np.float64],
-                   most: npt.NDArray[np.float64]) -> None:
-    """For each column, the smallest and largest value within ``[low, high]``."""
+def _kept_summary(in_order: np.ndarray, size: int, low: npt.NDArray[np.float64],
+                  high: npt.NDArray[np.float64], centre: npt.NDArray[np.float64],
+                  count: npt.NDArray[np.int64], sum1: npt.NDArray[np.float64], sum2: npt.NDArray[np.float64],
+                  least: npt.NDArray[np.float64], most: npt.NDArray[np.float64]) -> None:
+    """`_kept_moments`, and the smallest and largest value within ``[low, high]``, in one sweep."""
+    count[:size], sum1[:size], sum2[:size] = 0, 0.0, 0.0
     least[:size], most[:size] = np.inf, -np.inf
     for i in range(in_order.shape[0]):
         row = in_order[i]
         for b in range(size):
             value = np.float64(row[b])
             inside = (low[b] <= value) & (value <= high[b])
+            deviation = value - centre[b] if inside else 0.0
+            count[b] += inside
+            sum1[b] += deviation
+            sum2[b] += deviation * deviation
             smaller, larger = (value, value) if inside else (np.inf, -np.inf)
             least[b] = smaller if smaller < least[b] else least[b]
             most[b] = larger if larger > most[b] else most[b]
@@ -194,8 +200,7 @@ def _clip(stack: np.ndarray, size: int, n_valid: npt.NDArray[np.int64], sigma_va
         for b in range(size):
             new_low[b] = centre[b] - n_sigma * width[b]
             new_high[b] = centre[b] + n_sigma * width[b]
-        _kept_moments(stack, size, new_low, new_high, median, new_count, sum1, sum2)
-        _kept_extremes(stack, size, new_low, new_high, least, most)
+        _kept_summary(stack, size, new_low, new_high, median, new_count, sum1, sum2, least, most)
         any_active = False
         for b in range(size):
             n = new_count[b]
@@ -244,13 +249,12 @@ def _first_widths(ordered: np.ndarray, size: int, n_valid: npt.NDArray[np.int64]
     """
     n_inputs = ordered.shape[0]
     first, last = ordered[0], ordered[n_inputs - 1]
-    quartile = sigma_var  # the lower quartile, then the expected width
-    _quantile_rows(ordered, n_inputs, 0.5, size, median)
-    _quantile_rows(ordered, n_inputs, 0.25, size, quartile)
-    _quantile_rows(ordered, n_inputs, 0.75, size, width)
+    median_rows, lower_rows = _ranks(n_inputs, 0.5), _ranks(n_inputs, 0.25)
+    upper_rows = _ranks(n_inputs, 0.75)
     can_clip = n_inputs >= max(min_inputs_for_mean, 1)
     for b in range(size):  # no branch: a vector loop
-        iqr = width[b] - quartile[b]
+        median[b] = _interpolate(ordered, median_rows, b)
+        iqr = _interpolate(ordered, upper_rows, b) - _interpolate(ordered, lower_rows, b)
         sigma_var[b] = math.sqrt(variance_sum[b] / n_inputs)
         width[b] = max(IQR_TO_SIGMA * iqr, sigma_var[b])
         half_width = n_sigma * width[b]
@@ -275,12 +279,13 @@ def _clip_block(in_order: np.ndarray, variances: np.ndarray, y: int, start: int,
                 to_clip: npt.NDArray[np.intp], n_clip: int, n_valid: npt.NDArray[np.int64],
                 sigma_var: npt.NDArray[np.float64], median: npt.NDArray[np.float64],
                 width: npt.NDArray[np.float64], n_sigma: float, n_passes: int, low: npt.NDArray[np.float64],
-                high: npt.NDArray[np.float64],
-                variance_sum: npt.NDArray[np.float64], stack: np.ndarray, scratch: npt.NDArray[np.float64],
+                high: npt.NDArray[np.float64], variance_sum: npt.NDArray[np.float64], stack: np.ndarray,
+                stack_variances: np.ndarray, scratch: npt.NDArray[np.float64],
                 counts: npt.NDArray[np.int64]) -> None:
-    """Clip the block's columns ``to_clip[:n_clip]``: their inputs, gathered into ``stack``, go
-    through the passes; set their kept intervals and the sums of their kept variances.  ``scratch``
-    and ``counts`` are (14, block) and (4, block) arrays of work space."""
+    """Clip the block's columns ``to_clip[:n_clip]``: their inputs and variances, gathered into
+    ``stack`` and ``stack_variances``, go through the passes; set their kept intervals and the sums
+    of their kept variances.  ``scratch`` and ``counts`` are (14, block) and (4, block) arrays of
+    work space."""
     clip_n_valid = counts[3]
     clip_sigma_var, clip_median, clip_width, clip_low, clip_high = (scratch[9], scratch[10], scratch[11],
                                                                     scratch[12], scratch[13])
@@ -289,20 +294,23 @@ def _clip_block(in_order: np.ndarray, variances: np.ndarray, y: int, start: int,
         clip_n_valid[k], clip_sigma_var[k], clip_median[k], clip_width[k] = (n_valid[b], sigma_var[b],
                                                                              median[b], width[b])
     for i in range(in_order.shape[0]):
+        row, row_variances = in_order[i], variances[i, y, start:]
         for k in range(n_clip):
-            stack[i, k] = in_order[i, to_clip[k]]
+            stack[i, k] = row[to_clip[k]]
+            stack_variances[i, k] = row_variances[to_clip[k]]
     _clip(stack, n_clip, clip_n_valid, clip_sigma_var, clip_median, clip_width, n_sigma, n_passes,
           clip_low, clip_high, scratch[:9], counts[:3])
+    kept_variance_sum = clip_median  # no longer needed
+    kept_variance_sum[:n_clip] = 0.0
+    for i in range(in_order.shape[0]):
+        row, row_variances = stack[i], stack_variances[i]
+        for k in range(n_clip):  # no branch: a vector loop
+            value = np.float64(row[k])
+            inside = (clip_low[k] <= value) & (value <= clip_high[k])
+            kept_variance_sum[k] += np.float64(row_variances[k]) if inside else 0.0
     for k in range(n_clip):
         b = to_clip[k]
-        low[b], high[b], variance_sum[b] = clip_low[k], clip_high[k], 0.0
-    for i in range(in_order.shape[0]):
-        row_variances = variances[i, y, start:]
-        for k in range(n_clip):
-            b = to_clip[k]
-            value = np.float64(stack[i, k])
-            if clip_low[k] <= value <= clip_high[k]:
-                variance_sum[b] += np.float64(row_variances[b])
+        low[b], high[b], variance_sum[b] = clip_low[k], clip_high[k], kept_variance_sum[k]
 
 
 def combine_pixels(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
@@ -338,7 +346,7 @@ def combine_pixels(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
     block = block_pixels(n_inputs)
     in_order = np.empty((n_inputs, block), dtype=values.dtype)
     ordered = np.empty_like(in_order)
-    clip_stack = np.empty_like(in_order)
+    clip_stack, clip_variances = np.empty_like(in_order), np.empty((n_inputs, block), dtype=variances.dtype)
     n_valid, count, to_clip = np.empty(block, np.int64), np.empty(block, np.int64), np.empty(block, np.intp)
     outside = np.empty(block, np.bool_)
     counts, scratch = np.empty((4, block), np.int64), np.empty((14, block))
@@ -359,8 +367,8 @@ def combine_pixels(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
                                        sigma_var, first_width, outside, to_clip)
                 if n_clip:
                     _clip_block(in_order, variances, y, start, to_clip, n_clip, n_valid, sigma_var, centre,
-                                first_width, n_sigma, n_passes, low, high, variance_sum, clip_stack, scratch,
-                                counts)
+                                first_width, n_sigma, n_passes, low, high, variance_sum, clip_stack,
+                                clip_variances, scratch, counts)
             else:
                 for b in range(size):
                     centre[b] = value_sum[b] / n_valid[b]
