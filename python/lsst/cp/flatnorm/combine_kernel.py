@@ -87,23 +87,32 @@ def block_pixels(n_inputs: int) -> int:
 @_jit
 def _load_block(values: np.ndarray, variances: np.ndarray, valid: np.ndarray, y: int, start: int,
                 size: int, in_order: np.ndarray, ordered: np.ndarray, n_valid: npt.NDArray[np.int64],
-                value_sum: npt.NDArray[np.float64], variance_sum: npt.NDArray[np.float64]) -> None:
+                variance_sum: npt.NDArray[np.float64]) -> None:
     """Copy the inputs of pixels ``start:start + size`` of row ``y`` into the block buffers; count
-    each pixel's candidates and sum their values and variances."""
-    n_valid[:size], value_sum[:size], variance_sum[:size] = 0, 0.0, 0.0
-    for i in range(values.shape[0]):
-        row_values = values[i, y, start:start + size]
-        row_variances = variances[i, y, start:start + size]
-        row_valid = valid[i, y, start:start + size]
-        row_in_order, row_ordered = in_order[i], ordered[i]
+    each pixel's candidates and sum their variances.
+
+    Inputs are read in pairs, which halves the passes over the counts and sums; with an odd number,
+    the last input's pair is the buffers' pad row, which gets no candidate.
+    """
+    n_inputs = values.shape[0]
+    n_valid[:size], variance_sum[:size] = 0, 0.0
+    for i in range(0, in_order.shape[0], 2):
+        other = min(i + 1, n_inputs - 1)
+        has_other = i + 1 < n_inputs
+        values0, values1 = values[i, y, start:start + size], values[other, y, start:start + size]
+        variances0, variances1 = variances[i, y, start:start + size], variances[other, y, start:start + size]
+        valid0, valid1 = valid[i, y, start:start + size], valid[other, y, start:start + size]
+        in_order0, in_order1, ordered0, ordered1 = in_order[i], in_order[i + 1], ordered[i], ordered[i + 1]
         for b in range(size):  # no branch: a vector loop
-            value, variance = row_values[b], row_variances[b]
-            candidate = row_valid[b] & (value - value == 0) & (variance - variance == 0)  # finite
-            row_in_order[b] = value if candidate else np.nan
-            row_ordered[b] = value if candidate else np.inf
-            n_valid[b] += candidate
-            value_sum[b] += np.float64(value) if candidate else 0.0
-            variance_sum[b] += np.float64(variance) if candidate else 0.0
+            value0, variance0, value1, variance1 = values0[b], variances0[b], values1[b], variances1[b]
+            # finite value and variance
+            candidate0 = valid0[b] & (value0 - value0 == 0) & (variance0 - variance0 == 0)
+            candidate1 = has_other & valid1[b] & (value1 - value1 == 0) & (variance1 - variance1 == 0)
+            in_order0[b], ordered0[b] = (value0, value0) if candidate0 else (np.nan, np.inf)
+            in_order1[b], ordered1[b] = (value1, value1) if candidate1 else (np.nan, np.inf)
+            n_valid[b] += candidate0 + candidate1
+            variance_sum[b] += ((np.float64(variance0) if candidate0 else 0.0)
+                                + (np.float64(variance1) if candidate1 else 0.0))
 
 
 @_jit
@@ -141,44 +150,35 @@ def _quantile(ordered: np.ndarray, b: int, n: int, q: float) -> float:
 
 
 @_jit
-def _kept_moments(in_order: np.ndarray, size: int, low: npt.NDArray[np.float64],
-                  high: npt.NDArray[np.float64], centre: npt.NDArray[np.float64],
-                  count: npt.NDArray[np.int64], sum1: npt.NDArray[np.float64],
-                  sum2: npt.NDArray[np.float64]) -> None:
-    """For each column, the count of the values within ``[low, high]`` (never NaN, a non-candidate)
-    and the sums of their deviations from ``centre`` and of the squares."""
-    count[:size], sum1[:size], sum2[:size] = 0, 0.0, 0.0
-    for i in range(in_order.shape[0]):
-        row = in_order[i]
-        for b in range(size):
-            value = np.float64(row[b])
-            inside = (low[b] <= value) & (value <= high[b])
-            deviation = value - centre[b] if inside else 0.0
-            count[b] += inside
-            sum1[b] += deviation
-            sum2[b] += deviation * deviation
+def _kept_sums(stack: np.ndarray, size: int, low: npt.NDArray[np.float64], high: npt.NDArray[np.float64],
+               centre: npt.NDArray[np.float64], count: npt.NDArray[np.int64], sum1: npt.NDArray[np.float64],
+               sum2: npt.NDArray[np.float64], least: npt.NDArray[np.float64], most: npt.NDArray[np.float64],
+               with_extremes: bool) -> None:
+    """For each column of ``stack[:, :size]`` (an even number of rows), the count of the values within
+    ``[low, high]`` (never NaN, a non-candidate), the sums of their deviations from ``centre`` and of
+    the squares, and if ``with_extremes`` the smallest and largest of them.
 
-
-@_jit
-def _kept_summary(in_order: np.ndarray, size: int, low: npt.NDArray[np.float64],
-                  high: npt.NDArray[np.float64], centre: npt.NDArray[np.float64],
-                  count: npt.NDArray[np.int64], sum1: npt.NDArray[np.float64], sum2: npt.NDArray[np.float64],
-                  least: npt.NDArray[np.float64], most: npt.NDArray[np.float64]) -> None:
-    """`_kept_moments`, and the smallest and largest value within ``[low, high]``, in one sweep."""
+    Rows are read in pairs, which halves the passes over the sums.
+    """
     count[:size], sum1[:size], sum2[:size] = 0, 0.0, 0.0
-    least[:size], most[:size] = np.inf, -np.inf
-    for i in range(in_order.shape[0]):
-        row = in_order[i]
-        for b in range(size):
-            value = np.float64(row[b])
-            inside = (low[b] <= value) & (value <= high[b])
-            deviation = value - centre[b] if inside else 0.0
-            count[b] += inside
-            sum1[b] += deviation
-            sum2[b] += deviation * deviation
-            smaller, larger = (value, value) if inside else (np.inf, -np.inf)
-            least[b] = smaller if smaller < least[b] else least[b]
-            most[b] = larger if larger > most[b] else most[b]
+    if with_extremes:
+        least[:size], most[:size] = np.inf, -np.inf
+    for i in range(0, stack.shape[0], 2):
+        row0, row1 = stack[i], stack[i + 1]
+        for b in range(size):  # no branch: a vector loop (the compiler makes one per with_extremes)
+            value0, value1 = np.float64(row0[b]), np.float64(row1[b])
+            inside0 = (low[b] <= value0) & (value0 <= high[b])
+            inside1 = (low[b] <= value1) & (value1 <= high[b])
+            deviation0 = value0 - centre[b] if inside0 else 0.0
+            deviation1 = value1 - centre[b] if inside1 else 0.0
+            count[b] += inside0 + inside1
+            sum1[b] += deviation0 + deviation1
+            sum2[b] += deviation0 * deviation0 + deviation1 * deviation1
+            if with_extremes:
+                smaller = min(value0 if inside0 else np.inf, value1 if inside1 else np.inf)
+                larger = max(value0 if inside0 else -np.inf, value1 if inside1 else -np.inf)
+                least[b] = smaller if smaller < least[b] else least[b]
+                most[b] = larger if larger > most[b] else most[b]
 
 
 @_jit
@@ -200,7 +200,7 @@ def _clip(stack: np.ndarray, size: int, n_valid: npt.NDArray[np.int64], sigma_va
         for b in range(size):
             new_low[b] = centre[b] - n_sigma * width[b]
             new_high[b] = centre[b] + n_sigma * width[b]
-        _kept_summary(stack, size, new_low, new_high, median, new_count, sum1, sum2, least, most)
+        _kept_sums(stack, size, new_low, new_high, median, new_count, sum1, sum2, least, most, True)
         any_active = False
         for b in range(size):
             n = new_count[b]
@@ -226,7 +226,7 @@ def _first_width(ordered: np.ndarray, b: int, n: int, variance_sum: float, n_sig
                  median: float) -> tuple[float, float, bool]:
     """The expected and first widths of column ``b`` with ``n`` sorted candidates, and whether the
     first pass would drop one of them."""
-    sigma_var = math.sqrt(variance_sum / n)
+    sigma_var = math.sqrt(variance_sum * (1.0 / n))
     iqr = _quantile(ordered, b, n, 0.75) - _quantile(ordered, b, n, 0.25)
     width = max(IQR_TO_SIGMA * iqr, sigma_var)
     half_width = n_sigma * width
@@ -235,42 +235,53 @@ def _first_width(ordered: np.ndarray, b: int, n: int, variance_sum: float, n_sig
 
 
 @_jit
+def _columns_where(flags: npt.NDArray[np.bool_], columns: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+    """The indices of the true ``flags``, written into the start of ``columns`` and returned as a
+    view of it: a loop without a branch, quicker than one that branches on rare flags."""
+    n = 0
+    for b in range(flags.size):
+        columns[n] = b
+        n += flags[b]
+    return columns[:n]
+
+
+@_jit
 def _first_widths(ordered: np.ndarray, size: int, n_valid: npt.NDArray[np.int64],
                   variance_sum: npt.NDArray[np.float64], min_inputs_for_mean: int, n_sigma: float,
                   median: npt.NDArray[np.float64], sigma_var: npt.NDArray[np.float64],
-                  width: npt.NDArray[np.float64], outside: npt.NDArray[np.bool_],
+                  width: npt.NDArray[np.float64], flags: npt.NDArray[np.bool_],
                   to_clip: npt.NDArray[np.intp]) -> int:
     """The median of each column of sorted candidates, and, where clipping applies, the expected
     and first widths; list in ``to_clip`` the columns the first pass would change (a candidate
     outside its interval), and return their number.
 
     Columns where every input is a candidate (most) are done together, with the same ranks for
-    every column; the others, one by one.
+    every column; the others, one by one.  ``flags`` is a (2, block) work space.
     """
     n_inputs = ordered.shape[0]
     first, last = ordered[0], ordered[n_inputs - 1]
+    outside, some_masked = flags[0], flags[1]
     median_rows, lower_rows = _ranks(n_inputs, 0.5), _ranks(n_inputs, 0.25)
     upper_rows = _ranks(n_inputs, 0.75)
     can_clip = n_inputs >= max(min_inputs_for_mean, 1)
+    inverse = 1.0 / n_inputs  # no division in the loop
     for b in range(size):  # no branch: a vector loop
         median[b] = _interpolate(ordered, median_rows, b)
         iqr = _interpolate(ordered, upper_rows, b) - _interpolate(ordered, lower_rows, b)
-        sigma_var[b] = math.sqrt(variance_sum[b] / n_inputs)
+        sigma_var[b] = math.sqrt(variance_sum[b] * inverse)
         width[b] = max(IQR_TO_SIGMA * iqr, sigma_var[b])
         half_width = n_sigma * width[b]
         outside[b] = can_clip & ((first[b] < median[b] - half_width) | (last[b] > median[b] + half_width))
-    n_clip = 0
-    for b in range(size):
+        some_masked[b] = n_valid[b] != n_inputs
+    to_fix = _columns_where(some_masked[:size], to_clip)
+    for b in to_fix:
         n = n_valid[b]
-        if n != n_inputs:
-            median[b] = _quantile(ordered, b, n, 0.5) if n > 0 else np.nan
-            outside[b] = False
-            if n >= max(min_inputs_for_mean, 1):
-                sigma_var[b], width[b], outside[b] = _first_width(ordered, b, n, variance_sum[b], n_sigma,
-                                                                  median[b])
-        if outside[b]:
-            to_clip[n_clip] = b
-            n_clip += 1
+        median[b] = _quantile(ordered, b, n, 0.5) if n > 0 else np.nan
+        outside[b] = False
+        if n >= max(min_inputs_for_mean, 1):
+            sigma_var[b], width[b], outside[b] = _first_width(ordered, b, n, variance_sum[b], n_sigma,
+                                                              median[b])
+    n_clip = len(_columns_where(outside[:size], to_clip))
     return n_clip
 
 
@@ -293,7 +304,7 @@ def _clip_block(in_order: np.ndarray, variances: np.ndarray, y: int, start: int,
         b = to_clip[k]
         clip_n_valid[k], clip_sigma_var[k], clip_median[k], clip_width[k] = (n_valid[b], sigma_var[b],
                                                                              median[b], width[b])
-    for i in range(in_order.shape[0]):
+    for i in range(variances.shape[0]):  # the pad row, if any, stays NaN
         row, row_variances = in_order[i], variances[i, y, start:]
         for k in range(n_clip):
             stack[i, k] = row[to_clip[k]]
@@ -302,7 +313,7 @@ def _clip_block(in_order: np.ndarray, variances: np.ndarray, y: int, start: int,
           clip_low, clip_high, scratch[:9], counts[:3])
     kept_variance_sum = clip_median  # no longer needed
     kept_variance_sum[:n_clip] = 0.0
-    for i in range(in_order.shape[0]):
+    for i in range(variances.shape[0]):
         row, row_variances = stack[i], stack_variances[i]
         for k in range(n_clip):  # no branch: a vector loop
             value = np.float64(row[k])
@@ -344,35 +355,36 @@ def combine_pixels(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
     """
     n_inputs, height, width = values.shape
     block = block_pixels(n_inputs)
-    in_order = np.empty((n_inputs, block), dtype=values.dtype)
-    ordered = np.empty_like(in_order)
-    clip_stack, clip_variances = np.empty_like(in_order), np.empty((n_inputs, block), dtype=variances.dtype)
+    # An even number of rows, for the loops that read two at a time: a pad row without candidate.
+    in_order = np.full((n_inputs + n_inputs % 2, block), np.nan, dtype=values.dtype)
+    ordered = np.full_like(in_order, np.inf)
+    clip_stack, clip_variances = np.full_like(in_order, np.nan), np.empty((n_inputs, block), variances.dtype)
     n_valid, count, to_clip = np.empty(block, np.int64), np.empty(block, np.int64), np.empty(block, np.intp)
-    outside = np.empty(block, np.bool_)
+    flags = np.empty((2, block), np.bool_)
     counts, scratch = np.empty((4, block), np.int64), np.empty((14, block))
-    vectors = np.empty((9, block))
-    value_sum, variance_sum, centre, sigma_var, first_width = (vectors[0], vectors[1], vectors[2], vectors[3],
-                                                               vectors[4])
-    low, high, sum1, sum2 = vectors[5], vectors[6], vectors[7], vectors[8]
+    vectors = np.empty((8, block))
+    variance_sum, centre, sigma_var, first_width = vectors[0], vectors[1], vectors[2], vectors[3]
+    low, high, sum1, sum2 = vectors[4], vectors[5], vectors[6], vectors[7]
     n_min = min_inputs_for_mean if n_passes > 0 else n_inputs + 1
     for y in range(height):
         for start in range(0, width, block):
             size = min(block, width - start)
-            _load_block(values, variances, valid, y, start, size, in_order, ordered, n_valid, value_sum,
-                        variance_sum)
+            _load_block(values, variances, valid, y, start, size, in_order, ordered, n_valid, variance_sum)
             low[:size], high[:size] = -np.inf, np.inf
             if need_median:
                 _sort_block(ordered, network, size)
-                n_clip = _first_widths(ordered, size, n_valid, variance_sum, n_min, n_sigma, centre,
-                                       sigma_var, first_width, outside, to_clip)
+                n_clip = _first_widths(ordered[:n_inputs], size, n_valid, variance_sum, n_min, n_sigma,
+                                       centre, sigma_var, first_width, flags, to_clip)
                 if n_clip:
                     _clip_block(in_order, variances, y, start, to_clip, n_clip, n_valid, sigma_var, centre,
                                 first_width, n_sigma, n_passes, low, high, variance_sum, clip_stack,
                                 clip_variances, scratch, counts)
             else:
+                centre[:size] = 0.0  # the mean first, then the deviations from it
+                _kept_sums(in_order, size, low, high, centre, count, sum1, sum2, low, high, False)
                 for b in range(size):
-                    centre[b] = value_sum[b] / n_valid[b]
-            _kept_moments(in_order, size, low, high, centre, count, sum1, sum2)
+                    centre[b] = sum1[b] / count[b]
+            _kept_sums(in_order, size, low, high, centre, count, sum1, sum2, low, high, False)
             end = start + size
             _write_block(size, count, n_valid, centre, sum1, sum2, variance_sum, min_inputs_for_mean,
                          variance_from_inputs, image[y, start:end], variance[y, start:end],
@@ -388,14 +400,15 @@ def _write_block(size: int, count: npt.NDArray[np.int64], n_valid: npt.NDArray[n
                  clipped: npt.NDArray[np.bool_]) -> None:
     """The outputs of a block's pixels from the count and sums of their kept values (deviations
     from ``centre``: the median or, for the plain mean, the mean); NaN where nothing is kept."""
-    for b in range(size):
+    for b in range(size):  # two divisions per pixel, the slowest vector instructions here
         n = count[b]
+        inverse = 1.0 / n  # inf for no input, which makes the outputs NaN
         use_mean = n_valid[b] >= min_inputs_for_mean
-        propagated = variance_sum[b] / (n * n)
-        spread = max(sum2[b] - sum1[b] * sum1[b] / n, 0.0) / (n - 1) / n
+        propagated = variance_sum[b] * inverse * inverse
+        spread = max(sum2[b] - sum1[b] * sum1[b] * inverse, 0.0) / (n * (n - 1))
         result = spread if not variance_from_inputs and n >= 2 else propagated
         median_factor = MEDIAN_VARIANCE_FACTOR if n >= 3 else 1.0
-        image[b] = centre[b] + sum1[b] / n if use_mean else centre[b]
+        image[b] = centre[b] + sum1[b] * inverse if use_mean else centre[b]
         variance[b] = result if use_mean else result * median_factor
         n_used[b] = n
         clipped[b] = use_mean & (n > 0)
