@@ -272,6 +272,32 @@ class ReferenceTestCase(lsst.utils.tests.TestCase):
         variances = np.full(values.shape, 9.0, np.float32)
         self.check(values, variances, np.ones(values.shape, bool))
 
+    def test_every_small_count_of_inputs(self):
+        """At every number of inputs from 1 to 12 (odd counts read with a pad row) and beyond, with
+        most pixels having every input a candidate (the kernel's quartiles at fixed ranks) and a few
+        not (their own ranks): per-input scales as the combine task divides by them, cosmic rays,
+        ties, no input, one input, a NaN variance and an infinite value."""
+        rng = np.random.default_rng(21)
+        shape = (4, 37)
+        for n_inputs in list(range(1, 13)) + [16, 31]:
+            scales = rng.uniform(0.5, 2.0, (n_inputs, 1, 1))
+            level = rng.uniform(500.0, 2000.0, shape) * scales
+            values = (level + np.sqrt(level) * rng.normal(size=level.shape)) / scales
+            hits = rng.random(values.shape) < 0.02
+            values[hits] += rng.exponential(300.0, hits.sum())
+            variances = level / scales**2
+            valid = rng.random(values.shape) > 0.005
+            values[:, 0, 0] = 1000.0  # all tied
+            values[: n_inputs // 2, 0, 1] = 1000.0  # half tied
+            valid[:, 1, 0] = False  # no input
+            valid[1:, 1, 1] = False  # one input
+            variances[0, 2, 0] = np.nan
+            values[n_inputs - 1, 2, 1] = np.inf
+            for variance_from_inputs in (True, False):
+                with self.subTest(n_inputs=n_inputs, variance_from_inputs=variance_from_inputs):
+                    self.check(values.astype(np.float32), variances.astype(np.float32), valid,
+                               variance_from_inputs=variance_from_inputs)
+
 
 class KernelTestCase(lsst.utils.tests.TestCase):
     """The compiled kernel's pieces and the arrays it accepts."""
