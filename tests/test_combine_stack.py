@@ -5,10 +5,12 @@
 
 import math
 import unittest
+import unittest.mock
 import warnings
 
 import numpy as np
 
+import lsst.cp.flatnorm.combine_stack as combine_stack_module
 import lsst.utils.tests
 from lsst.cp.flatnorm.combine_kernel import block_pixels, sorting_network
 from lsst.cp.flatnorm.combine_stack import (
@@ -331,6 +333,18 @@ class KernelTestCase(lsst.utils.tests.TestCase):
                 np.testing.assert_array_equal(result.n_used, expected.n_used)
                 np.testing.assert_array_equal(result.image, expected.image)
                 np.testing.assert_array_equal(result.variance, expected.variance)
+
+    def test_strided_stack_in_copied_bands(self):
+        """A stack that is not C-contiguous is combined in bands of rows copied one at a time (here
+        one row each): the same numbers as the contiguous stack."""
+        values, variances, valid = ReferenceTestCase().stack(6, np.float32, seed=13)
+        expected = combine_stack(values, variances, valid)
+        wide = [np.concatenate([array, array], axis=2) for array in (values, variances, valid)]
+        strided = [array[:, :, :values.shape[2]] for array in wide]
+        with unittest.mock.patch.object(combine_stack_module, "_COPY_BYTES", 1):
+            result = combine_stack(*strided)
+        for name in ("image", "variance", "n_used", "clipped"):
+            np.testing.assert_array_equal(getattr(result, name), getattr(expected, name), err_msg=name)
 
 
 class StatisticsTestCase(lsst.utils.tests.TestCase):
