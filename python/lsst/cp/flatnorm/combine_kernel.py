@@ -4,26 +4,33 @@
 """The compiled (numba) kernel of `lsst.cp.flatnorm.combine_stack`.
 
 `combine_pixels` combines a (n_inputs, ny, nx) stack by the rule the `lsst.cp.flatnorm.combine_stack`
-module documents.  It works on blocks of `block_pixels` pixels of one row at a time (more pixels with
-fewer inputs), every step a loop over the block's pixels that the compiler turns into vector
-instructions, on C-contiguous stacks (with any strides, a loop's stride is unknown to the compiler
-and it does not vectorize):
+module documents.  It works on blocks of `block_pixels` pixels of one row at a time (longer blocks
+with fewer inputs, so that the per-block steps cost little per pixel), every step a loop over the
+block's pixels that the compiler turns into vector instructions.  The stacks must be C-contiguous:
+with a stride unknown to the compiler such loops do not vectorize (`combine_stack` copies other
+stacks in small bands).
 
-1. the block's inputs are copied into two cache-resident (n_inputs, block) arrays, one in input
-   order with NaN where an input is not a candidate, one to be sorted with +inf there;
+1. the block's inputs are copied into two cache-resident arrays, one in input order with NaN where
+   an input is not a candidate, one to be sorted with +inf there, two inputs per pass (an odd
+   number of inputs pairs the last with a pad row of the buffers), counting the candidates and
+   summing their variances;
 2. a sorting network (Batcher's odd-even merge sort: a fixed list of compare-exchange steps for the
    number of inputs, the same for every pixel, so each step is a vector min and max over the block)
-   sorts the second, and the median and quartiles are read at the ranks of a pixel with every input a
-   candidate, for all pixels at once, then at their own ranks for the others (a few);
-3. each clipping pass is one sweep over the inputs in order, accumulating the count, the sums of the
-   deviations from the median and of their squares, and the smallest and largest value kept.  A kept
-   set is always the candidates within an interval of values, so two kept sets are equal exactly when
-   their count, smallest and largest values are;
-4. a last sweep sums the kept values and variances (and, two-pass, the squared deviations from the
-   mean) in float64.
+   sorts the second.  The median and quartiles are read at the fixed ranks of a pixel whose inputs
+   are all candidates, for every pixel in one vector loop with the first widths and the test of
+   whether the first pass drops an input; the few pixels with fewer candidates are then redone one
+   by one at their own ranks;
+3. only the pixels whose first pass drops an input are clipped further: their inputs and variances
+   are gathered into a block of their own, and each clipping pass is one sweep over it, accumulating
+   the count, the sums of the deviations from the median and of their squares, and the smallest and
+   largest value kept.  A kept set is always the candidates within an interval of values, so two
+   kept sets are equal exactly when their count, smallest and largest values are;
+4. a last sweep over the block sums the kept values' deviations from the median (and their squares)
+   in float64, and the outputs take one division per pixel.
 
-Each input pixel is read once from the caller's arrays (any strides) and nothing but a few hundred KB
-of block buffers is allocated besides the outputs.
+Each input pixel is read once from the caller's arrays, and nothing but a few hundred KB of block
+buffers is allocated besides the outputs.  What each step bought is measured in bench/README.md
+(part 5).
 """
 
 from __future__ import annotations

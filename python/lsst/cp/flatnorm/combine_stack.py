@@ -52,14 +52,16 @@ unbiased sample variance (times the median factor where the median is the result
 single value has no spread and keeps the propagated variance.
 
 How it is computed: `lsst.cp.flatnorm.combine_kernel`, compiled with numba, works on blocks of a few
-hundred pixels of one row: it copies their inputs into cache-resident buffers, sorts every pixel's
-candidates with a sorting network (the same compare-exchange steps for every pixel, so each is a
-vector instruction over the block), reads the median and quartiles, and runs the clipping passes only
-on the pixels whose first pass drops an input (about 20% with 50 inputs).  Sums are float64
+hundred to 2048 pixels of one row: it copies their inputs into cache-resident buffers, sorts every
+pixel's candidates with a sorting network (the same compare-exchange steps for every pixel, so each
+is a vector instruction over the block), reads the median and quartiles, and runs the clipping passes
+only on the pixels whose first pass drops an input (about 20% with 50 inputs).  Sums are float64
 (deviations from the median), so the results equal a float64 computation of the rule to rounding.
 Each input pixel is read once; besides the outputs (26 bytes per pixel), memory is a few hundred KB
-of block buffers.  On 50 inputs of 4072 x 1000 pixels it takes a few times the time of copying its
-inputs once (bench/README.md, part 5).
+of block buffers.  The kernel reads C-contiguous stacks, as the combine task's tiles are; any other
+stack is copied to it in bands of ``_COPY_BYTES``.  On 50 inputs of 4072 x 1000 pixels it takes a
+few times the time of copying its inputs once, and with 3 to 50 inputs about the same time per
+input (bench/README.md, part 5).
 
 `weighted_mean` combines a few images with fixed weights (cp_pipe's two-flat combination).
 """
