@@ -422,7 +422,7 @@ def _write_block(size: int, count: npt.NDArray[np.int64], n_valid: npt.NDArray[n
 
 
 def _signature(dtype: numba.types.Float) -> Signature:
-    """`combine_pixels`'s signature for stacks of ``dtype`` (any strides, read-only accepted)."""
+    """`combine_pixels`'s signature for stacks of ``dtype`` (C-contiguous, read-only accepted)."""
     stack = numba.types.Array(dtype, 3, "C", readonly=True)
     valid = numba.types.Array(numba.types.boolean, 3, "C", readonly=True)
 
@@ -436,12 +436,12 @@ def _signature(dtype: numba.types.Float) -> Signature:
 
 
 @functools.cache
-def compiled_kernel() -> numba.core.dispatcher.Dispatcher:
-    """`combine_pixels` compiled for float32 and float64 stacks, on first use (about 10 s, once:
-    numba keeps the machine code in its cache for later processes).
+def compiled_kernel(dtype: np.dtype) -> numba.core.dispatcher.Dispatcher:
+    """`combine_pixels` compiled for stacks of ``dtype`` (float32 or float64), on first use (about
+    8 s of CPU per type, once: numba keeps the machine code in its cache for later processes).
 
-    Only these two signatures exist, whatever the strides of the arrays a caller passes, so no
-    call compiles again.
+    Each type is compiled only when a stack of that type comes (the combine task's are float32),
+    with one signature, so no call compiles again.
     """
-    return numba.njit([_signature(numba.types.float32), _signature(numba.types.float64)], cache=True,
-                      nogil=True, error_model="numpy")(combine_pixels)
+    return numba.njit([_signature(numba.from_dtype(dtype))], cache=True, nogil=True,
+                      error_model="numpy")(combine_pixels)

@@ -214,7 +214,7 @@ def combine_stack(
     if variances.dtype != work_type:
         work_type = np.dtype(np.float64)
     min_inputs_for_mean = {"MEANCLIP": min_inputs_for_clip, "MEAN": 1, "MEDIAN": n_inputs + 1}[statistic]
-    kernel, network = compiled_kernel(), sorting_network(n_inputs)
+    kernel, network = compiled_kernel(work_type), sorting_network(n_inputs)
     for rows in _row_bands(values, variances, valid, work_type):
         band = (slice(None), rows)
         kernel(np.ascontiguousarray(values[band], dtype=work_type),
