@@ -38,7 +38,8 @@ A second, smaller crop with 20 inputs repeats the quality comparison.
 The floor is the time to read the input planes once (4 + 4 + 1 bytes per input pixel: value,
 variance, valid flag) at the speed numpy copies a 64 MiB array, measured on the spot
 (`bench.clipstats.copy_rate`).  A sweep over 3, 5, 10, 20 and 50 inputs on one 200-row band times
-ours against astropy's NaN cube with the mean centre (the fastest astropy path), per input.
+ours against astropy's NaN cube with the mean centre (the fastest astropy path), per input, with the
+quality of both at each number.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ _MASKED_FRACTION = 1e-3
 _PULL_LIMIT = 5.0
 _BYTES_PER_INPUT_PIXEL = 4 + 4 + 1  # float32 value and variance, bool valid flag
 _SWEEP_INPUTS = (3, 5, 10, 20, 50)
+_SWEEP_PEER = "astropy NaN cube mean"
 
 
 @dataclass
@@ -113,7 +115,11 @@ def simulate_stack(n_inputs: int, shape: tuple[int, int], seed: int = 16) -> Com
 
 
 def ours(data: CombineData) -> tuple[np.ndarray, np.ndarray]:
-    """`combine_stack` in bands of rows, as the combine task calls it: (flat, inputs kept)."""
+    """`combine_stack` in bands of rows, as the combine task calls it: (flat, inputs kept).
+
+    The bands are slices of the stack, which `combine_stack` copies to contiguous arrays (the task
+    reads each tile into contiguous arrays); a single band's results are returned as they are.
+    """
     images, kept = [], []
     for top in range(0, data.values.shape[1], _BAND_ROWS):
         band = (slice(None), slice(top, top + _BAND_ROWS))
@@ -121,6 +127,8 @@ def ours(data: CombineData) -> tuple[np.ndarray, np.ndarray]:
                                n_sigma=3.0, n_iter=3, variance_from_inputs=False)
         images.append(result.image)
         kept.append(result.n_used)
+    if len(images) == 1:
+        return images[0], kept[0]
     return np.concatenate(images), np.concatenate(kept)
 
 
@@ -222,6 +230,8 @@ class SweepPoint:
     ours: float
     astropy: float
     floor: float
+    ours_quality: QualityResult
+    astropy_quality: QualityResult
 
 
 @dataclass
@@ -297,6 +307,9 @@ class CombineResult:
                          f"{speed:.1f}x (goal >= 3x: {_verdict(speed >= 3, self.quick)}); per input "
                          f"<= at {last.n_inputs} inputs: "
                          f"{_verdict(per_input <= 1.05 * per_input_at_most, self.quick)}")
+            lines += _quality_lines(f"combine sweep {nx}x{ny}x{point.n_inputs}",
+                                    {"ours": point.ours_quality, _SWEEP_PEER: point.astropy_quality},
+                                    _SWEEP_PEER, self.quick)
         return lines
 
 
@@ -347,7 +360,9 @@ def sweep(shape: tuple[int, int], rate: float, repeats: int) -> list[SweepPoint]
         cube = nan_cube(data)
         points.append(SweepPoint(n_inputs=n_inputs, ours=_best(lambda: ours(data), repeats),
                                  astropy=_best(lambda: astropy_nan(cube, "mean"), repeats),
-                                 floor=n_inputs * shape[0] * shape[1] * _BYTES_PER_INPUT_PIXEL / rate))
+                                 floor=n_inputs * shape[0] * shape[1] * _BYTES_PER_INPUT_PIXEL / rate,
+                                 ours_quality=quality(data, *ours(data)),
+                                 astropy_quality=quality(data, *astropy_nan(cube, "mean"))))
     return points
 
 

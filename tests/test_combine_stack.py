@@ -5,12 +5,14 @@
 
 import math
 import unittest
+import unittest.mock
 import warnings
 
 import numpy as np
 
+import lsst.cp.flatnorm.combine_stack as combine_stack_module
 import lsst.utils.tests
-from lsst.cp.flatnorm.combine_kernel import BLOCK_PIXELS, sorting_network
+from lsst.cp.flatnorm.combine_kernel import block_pixels, sorting_network
 from lsst.cp.flatnorm.combine_stack import (
     IQR_TO_SIGMA,
     MEDIAN_VARIANCE_FACTOR,
@@ -251,9 +253,10 @@ class ReferenceTestCase(lsst.utils.tests.TestCase):
 
     def test_blocks_and_single_pixel_blocks(self):
         """Pixels are combined in blocks of a row; a pixel's result must not depend on its block."""
-        values, variances, valid = self.stack(9, np.float32, seed=6, shape=(6, BLOCK_PIXELS + 90))
+        block = block_pixels(9)
+        values, variances, valid = self.stack(9, np.float32, seed=6, shape=(6, block + 90))
         whole = combine_stack(values, variances, valid, variance_from_inputs=False)
-        for columns in (slice(5, 6), slice(1, BLOCK_PIXELS + 2), slice(BLOCK_PIXELS - 1, None)):
+        for columns in (slice(5, 6), slice(1, block + 2), slice(block - 1, None)):
             with self.subTest(columns=columns):
                 part = combine_stack(values[:, :, columns], variances[:, :, columns], valid[:, :, columns],
                                      variance_from_inputs=False)
@@ -270,6 +273,32 @@ class ReferenceTestCase(lsst.utils.tests.TestCase):
         values[5, 3, 3] = -1e6
         variances = np.full(values.shape, 9.0, np.float32)
         self.check(values, variances, np.ones(values.shape, bool))
+
+    def test_every_small_count_of_inputs(self):
+        """At every number of inputs from 1 to 12 (odd counts read with a pad row) and beyond, with
+        most pixels having every input a candidate (the kernel's quartiles at fixed ranks) and a few
+        not (their own ranks): per-input scales as the combine task divides by them, cosmic rays,
+        ties, no input, one input, a NaN variance and an infinite value."""
+        rng = np.random.default_rng(21)
+        shape = (4, 37)
+        for n_inputs in list(range(1, 13)) + [16, 31]:
+            scales = rng.uniform(0.5, 2.0, (n_inputs, 1, 1))
+            level = rng.uniform(500.0, 2000.0, shape) * scales
+            values = (level + np.sqrt(level) * rng.normal(size=level.shape)) / scales
+            hits = rng.random(values.shape) < 0.02
+            values[hits] += rng.exponential(300.0, hits.sum())
+            variances = level / scales**2
+            valid = rng.random(values.shape) > 0.005
+            values[:, 0, 0] = 1000.0  # all tied
+            values[: n_inputs // 2, 0, 1] = 1000.0  # half tied
+            valid[:, 1, 0] = False  # no input
+            valid[1:, 1, 1] = False  # one input
+            variances[0, 2, 0] = np.nan
+            values[n_inputs - 1, 2, 1] = np.inf
+            for variance_from_inputs in (True, False):
+                with self.subTest(n_inputs=n_inputs, variance_from_inputs=variance_from_inputs):
+                    self.check(values.astype(np.float32), variances.astype(np.float32), valid,
+                               variance_from_inputs=variance_from_inputs)
 
 
 class KernelTestCase(lsst.utils.tests.TestCase):
@@ -304,6 +333,18 @@ class KernelTestCase(lsst.utils.tests.TestCase):
                 np.testing.assert_array_equal(result.n_used, expected.n_used)
                 np.testing.assert_array_equal(result.image, expected.image)
                 np.testing.assert_array_equal(result.variance, expected.variance)
+
+    def test_strided_stack_in_copied_bands(self):
+        """A stack that is not C-contiguous is combined in bands of rows copied one at a time (here
+        one row each): the same numbers as the contiguous stack."""
+        values, variances, valid = ReferenceTestCase().stack(6, np.float32, seed=13)
+        expected = combine_stack(values, variances, valid)
+        wide = [np.concatenate([array, array], axis=2) for array in (values, variances, valid)]
+        strided = [array[:, :, :values.shape[2]] for array in wide]
+        with unittest.mock.patch.object(combine_stack_module, "_COPY_BYTES", 1):
+            result = combine_stack(*strided)
+        for name in ("image", "variance", "n_used", "clipped"):
+            np.testing.assert_array_equal(getattr(result, name), getattr(expected, name), err_msg=name)
 
 
 class StatisticsTestCase(lsst.utils.tests.TestCase):

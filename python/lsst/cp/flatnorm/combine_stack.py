@@ -52,14 +52,16 @@ unbiased sample variance (times the median factor where the median is the result
 single value has no spread and keeps the propagated variance.
 
 How it is computed: `lsst.cp.flatnorm.combine_kernel`, compiled with numba, works on blocks of a few
-hundred pixels of one row: it copies their inputs into cache-resident buffers, sorts every pixel's
-candidates with a sorting network (the same compare-exchange steps for every pixel, so each is a
-vector instruction over the block), reads the median and quartiles, and runs the clipping passes only
-on the pixels whose first pass drops an input (about 20% with 50 inputs).  Sums are float64
+hundred to 2048 pixels of one row: it copies their inputs into cache-resident buffers, sorts every
+pixel's candidates with a sorting network (the same compare-exchange steps for every pixel, so each
+is a vector instruction over the block), reads the median and quartiles, and runs the clipping passes
+only on the pixels whose first pass drops an input (about 20% with 50 inputs).  Sums are float64
 (deviations from the median), so the results equal a float64 computation of the rule to rounding.
 Each input pixel is read once; besides the outputs (26 bytes per pixel), memory is a few hundred KB
-of block buffers.  On 50 inputs of 4072 x 1000 pixels it takes a few times the time of copying its
-inputs once (bench/README.md, part 5).
+of block buffers.  The kernel reads C-contiguous stacks, as the combine task's tiles are; any other
+stack is copied to it in bands of ``_COPY_BYTES``.  On 50 inputs of 4072 x 1000 pixels it takes a
+few times the time of copying its inputs once, and with 3 to 50 inputs about the same time per
+input (bench/README.md, part 5).
 
 `weighted_mean` combines a few images with fixed weights (cp_pipe's two-flat combination).
 """
@@ -82,6 +84,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from .combine_kernel import IQR_TO_SIGMA, MEDIAN_VARIANCE_FACTOR, compiled_kernel, sorting_network
+
+_COPY_BYTES = 8 * 2**20
+"""Bytes of input copied at a time when the stack is not C-contiguous (it stays in the L3 cache)."""
 
 STATISTICS = ("MEANCLIP", "MEAN", "MEDIAN")
 """The statistics `combine_stack` computes (afw's names)."""
@@ -209,11 +214,30 @@ def combine_stack(
     if variances.dtype != work_type:
         work_type = np.dtype(np.float64)
     min_inputs_for_mean = {"MEANCLIP": min_inputs_for_clip, "MEAN": 1, "MEDIAN": n_inputs + 1}[statistic]
-    compiled_kernel()(values.astype(work_type, copy=False), variances.astype(work_type, copy=False),
-                      valid.astype(bool, copy=False), sorting_network(n_inputs), float(n_sigma),
-                      n_iter if statistic == "MEANCLIP" else 0, min_inputs_for_mean, statistic != "MEAN",
-                      variance_from_inputs, result.image, result.variance, result.n_used, result.clipped)
+    kernel, network = compiled_kernel(work_type), sorting_network(n_inputs)
+    for rows in _row_bands(values, variances, valid, work_type):
+        band = (slice(None), rows)
+        kernel(np.ascontiguousarray(values[band], dtype=work_type),
+               np.ascontiguousarray(variances[band], dtype=work_type),
+               np.ascontiguousarray(valid[band], dtype=bool), network, float(n_sigma),
+               n_iter if statistic == "MEANCLIP" else 0, min_inputs_for_mean, statistic != "MEAN",
+               variance_from_inputs, result.image[rows], result.variance[rows], result.n_used[rows],
+               result.clipped[rows])
     return result
+
+
+def _row_bands(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
+               work_type: np.dtype) -> list[slice]:
+    """The bands of rows to give the kernel at a time: all of them if the stack is C-contiguous and of
+    the kernel's types (the combine task's tiles are), otherwise bands of about ``_COPY_BYTES`` of
+    input, each copied to contiguous arrays (the kernel's loops over a row's pixels compile to vector
+    instructions only for contiguous rows), so that a copy never holds more than one band."""
+    height = values.shape[1]
+    ready = (values.dtype == work_type and variances.dtype == work_type and valid.dtype == bool
+             and values.flags.c_contiguous and variances.flags.c_contiguous and valid.flags.c_contiguous)
+    bytes_per_row = values.shape[0] * values.shape[2] * (2 * work_type.itemsize + 1)
+    rows = height if ready else max(_COPY_BYTES // max(bytes_per_row, 1), 1)
+    return [slice(top, min(top + rows, height)) for top in range(0, height, rows)]
 
 
 def weighted_mean(values: np.ndarray, variances: np.ndarray, valid: np.ndarray,
