@@ -22,7 +22,9 @@ from numpydoc.docscrape_sphinx import get_doc_object as numpydoc_get_doc_object
 from sphinx.application import Sphinx
 
 _templates: dict[int, Any] = {}
-"""The compiled template for each builder (by ``id``; key 0 when numpydoc passes no builder)."""
+"""The compiled template for each builder of the current build (by ``id``; key 0 when numpydoc
+passes no builder); emptied when a build starts, so a later build in the same process compiles its
+own."""
 
 
 def get_doc_object(obj: object, what: str | None = None, doc: str | None = None,
@@ -39,7 +41,13 @@ def get_doc_object(obj: object, what: str | None = None, doc: str | None = None,
                             func_doc=SphinxFunctionDoc, obj_doc=SphinxObjDoc)
 
 
+def forget_templates(app: Sphinx) -> None:
+    """Empty the compiled templates when a builder starts."""
+    _templates.clear()
+
+
 def setup(app: Sphinx) -> dict[str, bool]:
     app.setup_extension("numpydoc")
     numpydoc.numpydoc.get_doc_object = get_doc_object
+    app.connect("builder-inited", forget_templates)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
