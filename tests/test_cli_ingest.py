@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from flat_files import CAMERA, Flats, make_flat_repo, write_mef
+from flat_files import CAMERA, Flats, copy_flat_repo, write_mef
 
 from lsst.cp.flatnorm.cli import main
 from lsst.cp.flatnorm.flat_ingest import INGEST_DATASET_TYPE
@@ -20,9 +20,9 @@ CP_FLATNORM = Path(sys.executable).with_name("cp-flatnorm")
 
 
 @pytest.fixture
-def repo(tmp_path):
+def repo(tmp_path, tmp_path_factory):
     root = tmp_path / "repo"
-    make_flat_repo(root)
+    copy_flat_repo(root, tmp_path_factory)
     return root
 
 

@@ -12,7 +12,7 @@ amplifier of detector 0 whose response stepped (the change tests' statistics aga
 verifyFlat.yaml runs on them in this process with pipetask's executor; the verdicts must flag
 exactly those defects.  Every other instrument's verifyFlat.yaml builds its quantum graph against
 the same repository (a one-detector exposure of that instrument added), and one of them runs
-through the ``pipetask run`` command.
+through the ``pipetask run`` command (in this process: tests/pipetask_in_process.py).
 """
 
 import contextlib
@@ -25,7 +25,7 @@ from lsst.cp.flatnorm import cli
 from lsst.cp.flatnorm.cpVerifyFlat import CpVerifyFlatConfig, CpVerifyFlatTask
 from lsst.cp.flatnorm.exposure_records import insert_exposure_records
 from lsst.cp.flatnorm.sim.defects import InjectedDefects, dust_mote_profile
-from lsst.cp.flatnorm.sim.run import pipeline_uri, run_pipetask
+from lsst.cp.flatnorm.sim.run import pipeline_uri
 from lsst.cp.flatnorm.sim.verify_demo import (
     FLAT_COLLECTION,
     VERIFY_COLLECTION,
@@ -37,6 +37,7 @@ from lsst.cp.flatnorm.verify_results import read_verdicts
 from lsst.daf.butler import Butler, DatasetType
 from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from flat_repo import flat_instrument
+from pipetask_in_process import run_pipetask
 from worker_cache import built_once
 
 pytestmark = pytest.mark.slow  # a minute or more: started first (tests/conftest.py)

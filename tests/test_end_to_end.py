@@ -2,7 +2,10 @@
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
 """End to end: simulated flats in an on-disk repo, the SimFlatCam pipeline run by ``pipetask``, and the
-scales read back from the butler checked against the simulator's truth."""
+scales read back from the butler checked against the simulator's truth.
+
+Every ``pipetask run`` here is the command run in this process (tests/pipetask_in_process.py): the
+program itself runs as a user runs it in test_tutorial (and killed in test_faults_kill)."""
 
 import numpy as np
 import pytest
@@ -11,8 +14,8 @@ from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.cp.flatnorm.sim.demo import measure_flats, read_flats, write_figures
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
 from lsst.cp.flatnorm.sim.repo import build_sim_repo
-from lsst.cp.flatnorm.sim.run import pipeline_uri, read_normalization, run_pipetask
-from pipetask_in_process import run_pipetask as run_in_process
+from lsst.cp.flatnorm.sim.run import pipeline_uri, read_normalization
+from pipetask_in_process import run_pipetask
 from worker_cache import built_once
 
 # One repository per module: "--dist loadfile" (Makefile) keeps a module on one worker, and built_once
@@ -44,15 +47,14 @@ def repo(tmp_path_factory):
     repo = build_sim_repo(tmp_path_factory.mktemp("e2e") / "repo", camera=CAMERA, config=CONFIG)
     pipeline = pipeline_uri("SimFlatCam", "cpFlat.yaml")
     run_pipetask(repo.root, pipeline, [repo.defaults_collection], OUTPUT)
-    # The reruns of a subset run pipetask's command in this process: the program ran above.
-    run_in_process(repo.root, f"{pipeline}#cpFlatNormalize", [OUTPUT], OUTPUT + "Amp",
-                   extra_args=["-c", "cpFlatNormalize:level=AMP"])
-    run_in_process(repo.root, f"{pipeline}#cpFlatCombine", [OUTPUT], UNSCALED,
-                   extra_args=["-c", "cpFlatCombine:exposureScaling=Unity"])
-    run_in_process(repo.root, f"{pipeline}#cpFlatNormalize,cpFlatCombine", [OUTPUT], OMITTED,
-                   extra_args=["-c", "cpFlatNormalize:omitUnusedScales=True"])
-    run_in_process(repo.root, f"{pipeline}#cpFlatNormalize,cpFlatCombine", [OUTPUT], COLOUR,
-                   extra_args=["-c", "cpFlatNormalize:colourTerms=1"])
+    run_pipetask(repo.root, f"{pipeline}#cpFlatNormalize", [OUTPUT], OUTPUT + "Amp",
+                 extra_args=["-c", "cpFlatNormalize:level=AMP"])
+    run_pipetask(repo.root, f"{pipeline}#cpFlatCombine", [OUTPUT], UNSCALED,
+                 extra_args=["-c", "cpFlatCombine:exposureScaling=Unity"])
+    run_pipetask(repo.root, f"{pipeline}#cpFlatNormalize,cpFlatCombine", [OUTPUT], OMITTED,
+                 extra_args=["-c", "cpFlatNormalize:omitUnusedScales=True"])
+    run_pipetask(repo.root, f"{pipeline}#cpFlatNormalize,cpFlatCombine", [OUTPUT], COLOUR,
+                 extra_args=["-c", "cpFlatNormalize:colourTerms=1"])
     return repo
 
 

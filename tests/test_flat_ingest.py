@@ -2,7 +2,8 @@
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
 """Ingesting post-ISR flat FITS files into a repository: what goes in, the all-or-nothing guarantee,
-refusals, and a normalization run by ``pipetask`` on the ingested flats."""
+refusals, and a normalization run by the ``pipetask`` command (in this process:
+tests/pipetask_in_process.py) on the ingested flats."""
 
 import os
 
@@ -11,13 +12,14 @@ import numpy as np
 import pytest
 from astropy.time import Time
 from flat_files import (
-    BAD_COLUMN, CAMERA, DAY_OBS, Flats, make_flat_repo, write_detector_file, write_mef, write_mixed_set,
+    BAD_COLUMN, CAMERA, DAY_OBS, Flats, copy_flat_repo, write_detector_file, write_mef, write_mixed_set,
 )
 
 from lsst.cp.flatnorm.flat_fits import FlatIngestError, FlatSource
 from lsst.cp.flatnorm.flat_ingest import INGEST_DATASET_TYPE, ingest_flats
-from lsst.cp.flatnorm.sim.run import pipeline_uri, read_normalization, run_pipetask
+from lsst.cp.flatnorm.sim.run import pipeline_uri, read_normalization
 from lsst.daf.butler import Butler, MissingDatasetTypeError
+from pipetask_in_process import run_pipetask
 
 FLATS = Flats()
 INSTRUMENT = "SimFlatCam"
@@ -28,9 +30,9 @@ DETECTORS = list(CAMERA)
 
 
 @pytest.fixture
-def repo(tmp_path):
+def repo(tmp_path, tmp_path_factory):
     root = tmp_path / "repo"
-    return root, make_flat_repo(root)
+    return root, copy_flat_repo(root, tmp_path_factory)
 
 
 def repository_state(root, butler):

@@ -4,11 +4,18 @@
 """The "own camera" tutorial (doc/lsst.cp.flatnorm/own-camera.rst), run exactly as written.
 
 Every code block of the page is taken from the page itself: a block with a ``:caption:`` is
-written to the file it names, and every ``bash`` block is run, in page order, in an empty
-directory with this interpreter's ``bin`` first on ``PATH`` (so ``python``, ``cp-flatnorm``,
-``pipetask`` and ``butler`` are the installed ones).  The test then reads the certified flat and
-the normalization scales back and compares them with the truth ``make_flats.py`` recorded.
+written to the file it names, and every command of every ``bash`` block is run, in page order, in
+an empty directory with this interpreter's ``bin`` first on ``PATH`` (so ``python``, ``cp-flatnorm``,
+``pipetask`` and ``butler`` are the installed ones), its words expanded by bash.  The ``python`` and
+``pipetask`` commands run as programs; ``cp-flatnorm`` and ``butler`` run their command-line entry
+points in this process (saving a middleware import each; their programs run in test_cli_ingest,
+test_cli_camera_register and test_front_door, and in daf_butler's own tests).  The test then reads
+the certified flat and the normalization scales back and compares them with the truth
+``make_flats.py`` recorded.
 """
+
+import contextlib
+import io
 
 import json
 import os
@@ -27,8 +34,10 @@ import yaml
 
 import lsst.utils.tests
 from check_methods import run_check_methods
+from lsst.cp.flatnorm import cli
 from lsst.cp.flatnorm.scale_dictionary import exposure_scales
 from lsst.daf.butler import Butler, Timespan
+from pipetask_in_process import butler
 
 PAGE = Path(__file__).parents[1] / "doc" / "lsst.cp.flatnorm" / "own-camera.rst"
 BIN = Path(sys.executable).parent
@@ -44,6 +53,29 @@ def page_blocks(text):
         code = "\n".join(line[3:] for line in match.group(3).splitlines()).strip() + "\n"
         blocks.append((match.group(1), options.get("caption"), code))
     return blocks
+
+
+def block_commands(code):
+    """The commands of a bash block: one per line, a line ending in a backslash continued."""
+    return [command.strip() for command in code.replace("\\\n", " ").splitlines() if command.strip()]
+
+
+def run_command(command, cwd, env):
+    """Run one command of the page, its words expanded by bash; return its (status, stdout, stderr)."""
+    expand = subprocess.run(["bash", "-c", f'printf "%s\\0" {command}'], cwd=cwd, env=env,
+                            capture_output=True, text=True, check=True)
+    argv = expand.stdout.split("\0")[:-1]
+    if argv[0] == "butler":
+        with contextlib.chdir(cwd):
+            process = butler(*argv[1:])
+        return process.returncode, process.stdout, process.stderr
+    if argv[0] == "cp-flatnorm":
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = cli.main(argv[1:])
+        return status, out.getvalue(), err.getvalue()
+    process = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return process.returncode, process.stdout, process.stderr
 
 
 pytestmark = pytest.mark.slow
@@ -63,12 +95,15 @@ class TutorialTestCase(lsst.utils.tests.TestCase):
             if caption is not None:
                 (cls.work / caption).write_text(code)
             elif language == "bash":
-                process = subprocess.run(["bash", "-e", "-c", code], cwd=cls.work, env=env,
-                                         capture_output=True, text=True, timeout=600)
-                if process.returncode != 0:
-                    raise RuntimeError(f"Tutorial step failed:\n{code}\n{process.stdout}\n{process.stderr}")
-                cls.outputs.append(process.stdout)
-                cls.errors.append(process.stderr)
+                outputs, errors = [], []
+                for command in block_commands(code):
+                    status, out, err = run_command(command, cls.work, env)
+                    if status != 0:
+                        raise RuntimeError(f"Tutorial step failed:\n{command}\n{out}\n{err}")
+                    outputs.append(out)
+                    errors.append(err)
+                cls.outputs.append("".join(outputs))
+                cls.errors.append("".join(errors))
         cls.truth = json.loads((cls.work / "truth.json").read_text())
         cls.butler = Butler.from_config(str(cls.work / "repo"))
 
