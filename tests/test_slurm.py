@@ -14,6 +14,7 @@ and workers, pipetask). The phases' times (``servers.bps_timeline``) are printed
 
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -24,10 +25,12 @@ import numpy as np
 import pytest
 
 from butler_outputs import compare_outputs, output_dataset_types, run_checks
+from lsst.cp.flatnorm.repo_check import check_repository
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
 from lsst.cp.flatnorm.sim.repo import build_sim_repo
 from lsst.cp.flatnorm.sim.run import pipeline_uri, read_normalization
+from lsst.daf.butler import Butler
 from pipetask_in_process import run_pipetask
 from servers import slurm
 from servers.bps_timeline import read_timeline
@@ -45,6 +48,11 @@ CAMERA = make_sim_camera(n_side=1, n_wavefront=1, amp_width=8, amp_height=16)
 CONFIG = FlatSimConfig(n_exposures=6, dead_amplifier=None, shadow=None, saturation=(4, 1))
 OUTPUT = "u/test/cpFlatSlurm"
 LOCAL = "u/test/cpFlatLocal"
+KILLED = "u/test/cpFlatSlurmKilled"
+# The Slurm site with parsl's heartbeat at 10 s instead of 120 s: the time a lost pilot job costs
+# before its jobs fail (the submitting process imports it from tests/).
+TESTS = Path(__file__).parent
+QUICK_HEARTBEAT_SITE = "servers.quick_heartbeat_site.QuickHeartbeatSlurm"
 SUBMIT_TIMEOUT = 420  # seconds; about a minute on 2 busy cores
 
 
@@ -87,35 +95,11 @@ def submission(cluster, tmp_path_factory):
                     f"to resolve (/etc/hosts): {error}")
     root = tmp_path_factory.mktemp("slurm")
     repo = build_sim_repo(root / "repo", camera=CAMERA, config=CONFIG)
-    submit_yaml = root / "submit.yaml"
-    submit_yaml.write_text(f"""\
-includeConfigs:
-  - resource://lsst.cp.flatnorm/bps/bps_cpFlat.yaml
-  - resource://lsst.cp.flatnorm/bps/sites/parsl_slurm.yaml
-pipelineYaml: {PIPELINE}
-payload:
-  butlerConfig: {repo.root}
-  inCollection: {repo.defaults_collection}
-  dataQuery: "instrument='SimFlatCam' AND physical_filter='{CONFIG.physical_filter}'"
-  output: {OUTPUT}
-submitPath: {root}/submit/{{outputRun}}
-numberOfRetries: 0
-site:
-  slurm:
-    retries: 0
-""")
-    # The pilot job inherits this environment (sbatch --export=ALL): the venv's bin first on PATH.
-    env = dict(cluster.env, PATH=f"{ENV_BIN}{os.pathsep}{os.environ['PATH']}")
-    command = [sys.executable, "-m", "lsst.cp.flatnorm.bps_support", "bps", "submit", str(submit_yaml)]
+    write_submit_file(root / "submit.yaml", repo, OUTPUT)
     start = time.monotonic()
     with open(root / "bps.log", "w") as log:
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            process.wait(timeout=SUBMIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process = start_bps(["submit", str(root / "submit.yaml")], root, bps_env(cluster), log)
+        finish(process)
     elapsed = time.monotonic() - start
     result = {
         "repo": repo, "root": root, "returncode": process.returncode, "elapsed": elapsed,
@@ -134,10 +118,108 @@ site:
     return result
 
 
+@pytest.fixture(scope="module")
+def killed_submission(cluster, submission, tmp_path_factory):
+    """Submit again (same repository, another output), cancel the pilot job with ``scancel`` while it
+    runs the normalization, let the submission end, then ``bps restart`` it from the same directory;
+    record what the repository held after each and what was left."""
+    root = tmp_path_factory.mktemp("slurm_killed")
+    repo = submission["repo"]
+    write_submit_file(root / "submit.yaml", repo, KILLED, site_class=QUICK_HEARTBEAT_SITE)
+    env = bps_env(cluster, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    result = {"repo": repo, "root": root}
+    start = time.monotonic()
+    with open(root / "submit.log", "w") as log:
+        process = start_bps(["submit", str(root / "submit.yaml")], root, env, log)
+        # A worker opens a job's log file when it starts the job.
+        normalizing = lambda: list(root.glob("submit/**/logs/cpFlatNormalize/**/*.stderr"))  # noqa: E731
+        wait_until(lambda: normalizing() or process.poll() is not None, SUBMIT_TIMEOUT)
+        result["normalizing"] = bool(normalizing()) and process.poll() is None
+        result["queue_when_cancelled"] = cluster.jobs()
+        running = [job_id for job_id, _, state in result["queue_when_cancelled"] if state == "RUNNING"]
+        if result["normalizing"] and running:
+            cluster.client("scancel", *running, check=True)
+        finish(process)
+    result["submit"] = (process.returncode, (root / "submit.log").read_text())
+    result["pilot"] = cluster.job_times(running[0]) if running else {}
+    result["after_submit"] = output_counts(repo.root, KILLED)
+    (submit_dir,) = re.findall(r"^Submit dir: (.+)$", result["submit"][1], re.MULTILINE) or [""]
+    with open(root / "restart.log", "w") as log:
+        # The documented resume: the plugin's service named (the default is HTCondor's), from the
+        # directory of the submission, where parsl keeps its checkpoints (runinfo/).
+        restart = start_bps(["restart", "--wms-service-class", "lsst.ctrl.bps.parsl.ParslService",
+                             "--id", submit_dir], root, env, log)
+        finish(restart)
+    result["restart"] = (restart.returncode, (root / "restart.log").read_text())
+    result["after_restart"] = output_counts(repo.root, KILLED)
+    result["queue"] = settled(cluster.jobs)
+    result["leftovers"] = settled(cluster.leftovers)
+    result["session"] = settled(lambda: session_processes(process.pid) + session_processes(restart.pid))
+    for pid in result["session"]:
+        os.kill(pid, 9)
+    result["check"] = check_repository(Butler.from_config(str(repo.root)))
+    result["elapsed"] = time.monotonic() - start
+    return result
+
+
+def output_counts(repo_root, collection):
+    """Number of datasets of each output type of the pipeline in ``collection`` (none if it does not
+    exist), read with a new butler."""
+    butler = Butler.from_config(str(repo_root))
+    if not butler.collections.query(collection):
+        return {}
+    return {dataset_type: len(butler.query_datasets(dataset_type, collections=collection, explain=False))
+            for dataset_type in output_dataset_types(PIPELINE)}
+
+
 def settled(listing, patience=15.0):
     """What ``listing()`` still lists once it is empty or ``patience`` seconds have passed."""
     wait_until(lambda: not listing(), patience)
     return listing()
+
+
+def write_submit_file(path, repo, output, site_class=None):
+    """A submit file of the shipped template and Slurm site for ``repo``, without retries (a failed
+    job fails the submission at once); ``site_class`` replaces the site's class."""
+    site_class = f"\n    class: {site_class}" if site_class else ""
+    path.write_text(f"""\
+includeConfigs:
+  - resource://lsst.cp.flatnorm/bps/bps_cpFlat.yaml
+  - resource://lsst.cp.flatnorm/bps/sites/parsl_slurm.yaml
+pipelineYaml: {PIPELINE}
+payload:
+  butlerConfig: {repo.root}
+  inCollection: {repo.defaults_collection}
+  dataQuery: "instrument='SimFlatCam' AND physical_filter='{CONFIG.physical_filter}'"
+  output: {output}
+submitPath: {path.parent}/submit/{{outputRun}}
+numberOfRetries: 0
+site:
+  slurm:
+    retries: 0{site_class}
+""")
+
+
+def bps_env(cluster, **extra):
+    """The submitting process's environment; the pilot job inherits it (sbatch --export=ALL): the
+    venv's bin first on PATH."""
+    return dict(cluster.env, PATH=f"{ENV_BIN}{os.pathsep}{os.environ['PATH']}", **extra)
+
+
+def start_bps(arguments, cwd, env, log):
+    """``bps ARGUMENTS`` through the package's wrapper, in a session of its own, logging to ``log``."""
+    command = [sys.executable, "-m", "lsst.cp.flatnorm.bps_support", "bps", *arguments]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def finish(process):
+    """Wait for a bps process, killing it after `SUBMIT_TIMEOUT` seconds."""
+    try:
+        process.wait(timeout=SUBMIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _all_job_ids(cluster):
@@ -145,16 +227,27 @@ def _all_job_ids(cluster):
     return [item.split("=", 1)[1] for item in result.stdout.split() if item.startswith("JobId=")]
 
 
-def test_bps_submit_to_slurm(submission):
-    """One test item, so that pytest-xdist runs the submission once (it tears module fixtures
-    down between the items of a group when its queue runs short)."""
-    run_checks(submission, checks=[
-        check_submission_succeeded,
-        check_jobs_ran_in_a_slurm_pilot_job,
-        check_nothing_is_left_behind,
-        check_outputs_equal_the_local_run_exactly,
-        check_outputs_match_truth,
-    ])
+def test_bps_submit_to_slurm(submission, killed_submission):
+    """One test item, so that pytest-xdist runs the submissions once (it tears module fixtures
+    down between the items of a group when its queue runs short): the uninterrupted submission's
+    checks, then those of the submission whose pilot job was cancelled (reported even when the
+    first fail)."""
+    try:
+        run_checks(submission, checks=[
+            check_submission_succeeded,
+            check_jobs_ran_in_a_slurm_pilot_job,
+            check_nothing_is_left_behind,
+            check_outputs_equal_the_local_run_exactly,
+            check_outputs_match_truth,
+        ])
+    finally:
+        run_checks(killed_submission, checks=[
+            check_the_pilot_job_was_cancelled_while_it_ran_the_normalization,
+            check_the_submission_ended_with_the_measurements_only,
+            check_the_restart_ran_only_the_lost_jobs,
+            check_restarted_outputs_equal_the_local_run_exactly,
+            check_the_repository_is_consistent_and_nothing_is_left,
+        ])
 
 
 def check_submission_succeeded(submission):
@@ -216,3 +309,63 @@ def check_outputs_match_truth(submission):
         assert np.mean(ratio) == pytest.approx(1.0, rel=2e-3)
         # Six exposures of ~10^4 electrons: ~0.4% noise per pixel.
         assert np.percentile(np.abs(ratio - 1), 99) < 0.02
+
+
+def _shutdown_counts(log):
+    """parsl's task counts at the end of a run, from its shutdown line: (completed, failed)."""
+    (line,) = [line for line in log.splitlines() if "Workflow shutdown information" in line]
+    completed = re.search(r"'tasks_completed_count': (\d+)", line)
+    failed = re.search(r"'tasks_failed_count': (\d+)", line)
+    assert completed and failed, line
+    return int(completed.group(1)), int(failed.group(1))
+
+
+def _completed_jobs(run_dir):
+    """The BPS jobs (labels) that a parsl run completed on its workers."""
+    return sorted(job.app for job in read_timeline(run_dir).jobs)
+
+
+def check_the_pilot_job_was_cancelled_while_it_ran_the_normalization(killed):
+    assert killed["normalizing"], killed["submit"][1][-3000:]
+    (pilot,) = [job for job in killed["queue_when_cancelled"] if job[2] == "RUNNING"]
+    assert killed["pilot"]["JobId"] == pilot[0]
+    assert killed["pilot"]["JobState"] == "CANCELLED"
+
+
+def check_the_submission_ended_with_the_measurements_only(killed):
+    """The normalization was lost with its worker pool; the combines never ran; bps's exit status
+    does not say so, its log does; the final job registered what was done."""
+    returncode, log = killed["submit"]
+    assert returncode == 0, log[-3000:]
+    assert "Task failure due to loss of manager" in log, log[-3000:]
+    assert _shutdown_counts(log) == (2, 1)
+    first_run = killed["root"] / "runinfo" / "000"
+    assert _completed_jobs(first_run) == ["measureByDetector", "measureByDetector"]
+    assert killed["after_submit"] == {"cpFlatStatistics": len(CAMERA) * CONFIG.n_exposures,
+                                      "cpFlatNormalizeScaleTable": 0, "cpFlatNormalizeScales": 0, "flat": 0}
+
+
+def check_the_restart_ran_only_the_lost_jobs(killed):
+    """parsl's checkpoint of the first run spared the measurements."""
+    returncode, log = killed["restart"]
+    assert returncode == 0, log[-3000:]
+    assert _shutdown_counts(log)[1] == 0, log[-3000:]
+    assert "Restart failed" not in log, log[-3000:]
+    runs = sorted((killed["root"] / "runinfo").iterdir())
+    assert [run.name for run in runs] == ["000", "001"]
+    assert _completed_jobs(runs[1]) == ["cpFlatCombine", "cpFlatCombine", "cpFlatNormalize"]
+    print(f"bps submit with its pilot job cancelled, then bps restart: {killed['elapsed']:.1f} s")
+
+
+def check_restarted_outputs_equal_the_local_run_exactly(killed):
+    butler = Butler.from_config(str(killed["repo"].root))
+    counts = compare_outputs(butler, KILLED, butler, LOCAL, output_dataset_types(PIPELINE))
+    assert counts == killed["after_restart"]
+    assert sorted(counts.values()) == [1, 1, len(CAMERA), len(CAMERA) * CONFIG.n_exposures]
+
+
+def check_the_repository_is_consistent_and_nothing_is_left(killed):
+    assert killed["check"].consistent, killed["check"].report()
+    assert killed["queue"] == []
+    assert killed["leftovers"] == []
+    assert killed["session"] == []
