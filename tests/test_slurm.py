@@ -10,6 +10,14 @@ sbatch and runs the BPS jobs in it. The outputs must match the simulation's trut
 exactly, those of the same chain run locally by ``pipetask run``; afterwards the queue must be
 empty and no process of the submission or of its jobs may be left (job steps, parsl's worker pool
 and workers, pipetask). The phases' times (``servers.bps_timeline``) are printed with ``-s``.
+
+Then the fault that ``doc/lsst.cp.flatnorm/when-a-run-fails.rst`` describes: the same chain submitted
+again, without retries, and its pilot job cancelled with ``scancel`` while it runs the normalization.
+The submission must end with the measurements done and registered and nothing else, having lost the
+normalization with its worker pool (parsl's ``ManagerLost``); ``bps restart`` of it must run only the
+normalization and the combines, with outputs equal to the local run's, exactly, and a consistent
+repository (`lsst.cp.flatnorm.repo_check`). parsl's heartbeat is cut to 10 s for it
+(``servers.quick_heartbeat_site``), the time parsl takes to declare the pool lost.
 """
 
 import os
