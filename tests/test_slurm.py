@@ -11,13 +11,17 @@ exactly, those of the same chain run locally by ``pipetask run``; afterwards the
 empty and no process of the submission or of its jobs may be left (job steps, parsl's worker pool
 and workers, pipetask). The phases' times (``servers.bps_timeline``) are printed with ``-s``.
 
-Then the fault that ``doc/lsst.cp.flatnorm/when-a-run-fails.rst`` describes: the same chain submitted
-again, without retries, and its pilot job cancelled with ``scancel`` while it runs the normalization.
-The submission must end with the measurements done and registered and nothing else, having lost the
-normalization with its worker pool (parsl's ``ManagerLost``); ``bps restart`` of it must run only the
-normalization and the combines, with outputs equal to the local run's, exactly, and a consistent
-repository (`lsst.cp.flatnorm.repo_check`). parsl's heartbeat is cut to 10 s for it
-(``servers.quick_heartbeat_site``), the time parsl takes to declare the pool lost.
+Then the two faults that ``doc/lsst.cp.flatnorm/when-a-run-fails.rst`` describes, on the same chain
+submitted again, without retries and with one worker (the jobs run one at a time): its pilot job
+cancelled with ``scancel`` while it runs the normalization, then the pilot job of its ``bps restart``
+killed abruptly (SIGKILL of every process of the job, as the OOM killer or a crashed node does it,
+unbeknown to Slurm) while it runs the second of the two combines. The submission must end
+with the measurements done and registered and nothing else, the restart with the normalization and
+one flat more, each having lost its running job with its worker pool (parsl's ``ManagerLost``); the
+same ``bps restart`` again must run only the lost combine, with outputs equal to the local run's,
+exactly, and a consistent repository (`lsst.cp.flatnorm.repo_check`) after each restart. parsl's
+heartbeat is cut to 10 s for it (``servers.quick_heartbeat_site``), the time parsl takes to declare
+the pool lost.
 """
 
 import os
@@ -60,7 +64,10 @@ KILLED = "u/test/cpFlatSlurmKilled"
 # The Slurm site with parsl's heartbeat at 10 s instead of 120 s: the time a lost pilot job costs
 # before its jobs fail (the submitting process imports it from tests/).
 TESTS = Path(__file__).parent
-QUICK_HEARTBEAT_SITE = "servers.quick_heartbeat_site.QuickHeartbeatSlurm"
+ONE_WORKER_QUICK_HEARTBEAT_SITE = """\
+    class: servers.quick_heartbeat_site.QuickHeartbeatSlurm
+    max_workers_per_node: 1
+"""
 SUBMIT_TIMEOUT = 420  # seconds; about a minute on 2 busy cores
 
 
@@ -128,52 +135,69 @@ def submission(cluster, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def killed_submission(cluster, submission, tmp_path_factory):
-    """Submit again (same repository, another output), cancel the pilot job with ``scancel`` while it
-    runs the normalization, let the submission end, then ``bps restart`` it from the same directory;
-    record what the repository held after each and what was left."""
+    """Submit again (same repository, another output, one worker), cancel the pilot job with
+    ``scancel`` while it runs the normalization, let the submission end; ``bps restart`` it from the
+    same directory and SIGKILL that restart's pilot job while it runs the second combine; ``bps
+    restart`` again. Record each run's log, pilot job and outputs, and what was left at the end."""
     root = tmp_path_factory.mktemp("slurm_killed")
     repo = submission["repo"]
-    write_submit_file(root / "submit.yaml", repo, KILLED, site_class=QUICK_HEARTBEAT_SITE)
+    write_submit_file(root / "submit.yaml", repo, KILLED, site=ONE_WORKER_QUICK_HEARTBEAT_SITE)
     env = bps_env(cluster, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     result = {"repo": repo, "root": root}
     start = time.monotonic()
-    with open(root / "submit.log", "w") as log:
-        process = start_bps(["submit", str(root / "submit.yaml")], root, env, log)
-        # A worker opens a job's log file when it starts the job.
-        normalizing = lambda: list(root.glob("submit/**/logs/cpFlatNormalize/**/*.stderr"))  # noqa: E731
-        wait_until(lambda: normalizing() or process.poll() is not None, SUBMIT_TIMEOUT)
-        result["normalizing"] = bool(normalizing()) and process.poll() is None
-        result["queue_when_cancelled"] = cluster.jobs()
-        running = [job_id for job_id, _, state in result["queue_when_cancelled"] if state == "RUNNING"]
-        if result["normalizing"] and running:
-            cluster.client("scancel", *running, check=True)
-        finish(process)
-    result["submit"] = (process.returncode, (root / "submit.log").read_text())
-    result["pilot"] = cluster.job_times(running[0]) if running else {}
-    result["after_submit"] = output_counts(repo.root, KILLED)
-    (submit_dir,) = re.findall(r"^Submit dir: (.+)$", result["submit"][1], re.MULTILINE) or [""]
-    with open(root / "restart.log", "w") as log:
-        # The documented resume: the plugin's service named (the default is HTCondor's), from the
-        # directory of the submission, where parsl keeps its checkpoints (runinfo/).
-        restart = start_bps(["restart", "--wms-service-class", "lsst.ctrl.bps.parsl.ParslService",
-                             "--id", submit_dir], root, env, log)
-        finish(restart)
-    result["restart"] = (restart.returncode, (root / "restart.log").read_text())
-    result["after_restart"] = output_counts(repo.root, KILLED)
+    cancel = lambda job_id: cluster.client("scancel", job_id, check=True)  # noqa: E731
+    # A worker opens a job's log file when it starts the job.
+    started = lambda label: list(root.glob(f"submit/**/logs/{label}/**/*.stderr"))  # noqa: E731
+    result["submit"] = run_bps(cluster, ["submit", str(root / "submit.yaml")], root, env, repo,
+                               interrupt=(lambda: started("cpFlatNormalize"), cancel))
+    (submit_dir,) = re.findall(r"^Submit dir: (.+)$", result["submit"]["log"], re.MULTILINE) or [""]
+    # The documented resume: the plugin's service named (the default is HTCondor's), from the
+    # directory of the submission, where parsl keeps its checkpoints (runinfo/).
+    restart = ["restart", "--wms-service-class", "lsst.ctrl.bps.parsl.ParslService", "--id", submit_dir]
+    result["restart"] = run_bps(cluster, restart, root, env, repo, interrupt=(
+        lambda: len(started("cpFlatCombine")) > 1, cluster.kill_job_processes))
+    result["second_restart"] = run_bps(cluster, restart, root, env, repo)
     result["queue"] = settled(cluster.jobs)
     result["leftovers"] = settled(cluster.leftovers)
-    result["session"] = settled(lambda: session_processes(process.pid) + session_processes(restart.pid))
+    sessions = [run["pid"] for run in (result["submit"], result["restart"], result["second_restart"])]
+    result["session"] = settled(lambda: [pid for session in sessions for pid in session_processes(session)])
     for pid in result["session"]:
         os.kill(pid, 9)
-    result["check"] = check_repository(Butler.from_config(str(repo.root)))
     result["elapsed"] = time.monotonic() - start
     return result
 
 
-def output_counts(repo_root, collection):
+def run_bps(cluster, arguments, root, env, repo, interrupt=None):
+    """``bps ARGUMENTS`` in ``root``, logged to ``root``/ARGUMENTS[0]-N.log; with ``interrupt =
+    (started, stop)``, ``stop(job_id)`` its running pilot job once ``started()`` is true. Return
+    its pid, exit status and log, the queue when it was interrupted, what ``stop`` returned, the
+    pilot job's record (scontrol), and the outputs in the repository afterwards (their counts) and
+    its consistency."""
+    log_path = root / f"{arguments[0]}-{len(list(root.glob(arguments[0] + '-*.log')))}.log"
+    with open(log_path, "w") as log:
+        process = start_bps(arguments, root, env, log)
+        run = {"pid": process.pid, "interrupted": False, "queue": [], "pilot": {}}
+        if interrupt:
+            started, stop = interrupt
+            wait_until(lambda: started() or process.poll() is not None, SUBMIT_TIMEOUT)
+            run["queue"] = cluster.jobs()
+            running = [job_id for job_id, _, state in run["queue"] if state == "RUNNING"]
+            if started() and process.poll() is None and running:
+                (pilot,) = running
+                run["stopped"] = stop(pilot)
+                run["interrupted"] = True
+        finish(process)
+    if run["interrupted"]:
+        run["pilot"] = cluster.job_times(pilot)
+    butler = Butler.from_config(str(repo.root))
+    run.update(returncode=process.returncode, log=log_path.read_text(),
+               outputs=output_counts(butler, KILLED), check=check_repository(butler))
+    return run
+
+
+def output_counts(butler, collection):
     """Number of datasets of each output type of the pipeline in ``collection`` (none if it does not
-    exist), read with a new butler."""
-    butler = Butler.from_config(str(repo_root))
+    exist)."""
     if not butler.collections.query(collection):
         return {}
     return {dataset_type: len(butler.query_datasets(dataset_type, collections=collection, explain=False))
@@ -186,10 +210,9 @@ def settled(listing, patience=15.0):
     return listing()
 
 
-def write_submit_file(path, repo, output, site_class=None):
+def write_submit_file(path, repo, output, site=""):
     """A submit file of the shipped template and Slurm site for ``repo``, without retries (a failed
-    job fails the submission at once); ``site_class`` replaces the site's class."""
-    site_class = f"\n    class: {site_class}" if site_class else ""
+    job fails the submission at once); ``site`` adds settings (lines) to the site's."""
     path.write_text(f"""\
 includeConfigs:
   - resource://lsst.cp.flatnorm/bps/bps_cpFlat.yaml
@@ -204,8 +227,8 @@ submitPath: {path.parent}/submit/{{outputRun}}
 numberOfRetries: 0
 site:
   slurm:
-    retries: 0{site_class}
-""")
+    retries: 0
+{site}""")
 
 
 def bps_env(cluster, **extra):
@@ -238,8 +261,8 @@ def _all_job_ids(cluster):
 def test_bps_submit_to_slurm(submission, killed_submission):
     """One test item, so that pytest-xdist runs the submissions once (it tears module fixtures
     down between the items of a group when its queue runs short): the uninterrupted submission's
-    checks, then those of the submission whose pilot job was cancelled (reported even when the
-    first fail)."""
+    checks, then those of the submission whose pilot jobs were cancelled and killed (reported even
+    when the first fail)."""
     try:
         run_checks(submission, checks=[
             check_submission_succeeded,
@@ -252,7 +275,9 @@ def test_bps_submit_to_slurm(submission, killed_submission):
         run_checks(killed_submission, checks=[
             check_the_pilot_job_was_cancelled_while_it_ran_the_normalization,
             check_the_submission_ended_with_the_measurements_only,
-            check_the_restart_ran_only_the_lost_jobs,
+            check_the_restart_pilot_job_was_killed_while_it_ran_the_second_combine,
+            check_the_restart_ended_with_one_combine_lost,
+            check_the_second_restart_ran_only_the_lost_combine,
             check_restarted_outputs_equal_the_local_run_exactly,
             check_the_repository_is_consistent_and_nothing_is_left,
         ])
@@ -337,46 +362,75 @@ def _jobs_done(run_dir):
 
 
 def check_the_pilot_job_was_cancelled_while_it_ran_the_normalization(killed):
-    assert killed["normalizing"], killed["submit"][1][-3000:]
-    (pilot,) = [job for job in killed["queue_when_cancelled"] if job[2] == "RUNNING"]
-    assert killed["pilot"]["JobId"] == pilot[0]
-    assert killed["pilot"]["JobState"] == "CANCELLED"
+    submit = killed["submit"]
+    assert submit["interrupted"], submit["log"][-3000:]
+    (pilot,) = [job for job in submit["queue"] if job[2] == "RUNNING"]
+    assert submit["pilot"]["JobId"] == pilot[0]
+    assert submit["pilot"]["JobState"] == "CANCELLED"
 
 
 def check_the_submission_ended_with_the_measurements_only(killed):
-    """The normalization was lost with its worker pool; the combines never ran; bps's exit status
-    does not say so, its log does; the final job registered what was done."""
-    returncode, log = killed["submit"]
-    assert returncode == 0, log[-3000:]
-    assert "Task failure due to loss of manager" in log, log[-3000:]
-    assert _shutdown_counts(log) == (2, 1)
-    first_run = killed["root"] / "runinfo" / "000"
-    assert _jobs_done(first_run) == ["measureByDetector", "measureByDetector"]
-    assert killed["after_submit"] == {"cpFlatStatistics": len(CAMERA) * CONFIG.n_exposures,
-                                      "cpFlatNormalizeScaleTable": 0, "cpFlatNormalizeScales": 0, "flat": 0}
+    """The normalization was lost with its worker pool; the combines never ran."""
+    _check_the_run_lost_one_job(killed["submit"], killed["root"] / "runinfo" / "000",
+                                done=["measureByDetector", "measureByDetector"], normalized=0, flats=0)
 
 
-def check_the_restart_ran_only_the_lost_jobs(killed):
-    """parsl's checkpoint of the first run spared the measurements."""
-    returncode, log = killed["restart"]
-    assert returncode == 0, log[-3000:]
-    assert _shutdown_counts(log)[1] == 0, log[-3000:]
-    assert "Restart failed" not in log, log[-3000:]
+def check_the_restart_pilot_job_was_killed_while_it_ran_the_second_combine(killed):
+    """SIGKILL of its processes, not a cancellation: Slurm records the job as failed, its script
+    killed by signal 9."""
+    restart = killed["restart"]
+    assert restart["interrupted"], restart["log"][-3000:]
+    killed_commands = " ".join(command for _, command in restart["stopped"])
+    assert "process_worker_pool" in killed_commands and "run-qbb" in killed_commands, killed_commands
+    (pilot,) = [job for job in restart["queue"] if job[2] == "RUNNING"]
+    assert restart["pilot"]["JobId"] == pilot[0] != killed["submit"]["pilot"]["JobId"]
+    assert (restart["pilot"]["JobState"], restart["pilot"]["ExitCode"]) == ("FAILED", "0:9")
+
+
+def check_the_restart_ended_with_one_combine_lost(killed):
+    """The submission's checkpoint spared the measurements; the normalization and the first combine
+    ran; the second was lost with the pilot job, and its flat is not registered."""
+    assert "Restart failed" not in killed["restart"]["log"], killed["restart"]["log"][-3000:]
+    _check_the_run_lost_one_job(killed["restart"], killed["root"] / "runinfo" / "001",
+                                done=["cpFlatCombine", "cpFlatNormalize"], normalized=1, flats=1)
+
+
+def _check_the_run_lost_one_job(run, run_dir, done, normalized, flats):
+    """bps's exit status does not say that a job was lost, its log does; parsl ran the jobs ``done``;
+    the final job registered their outputs, and only theirs, each with its whole file."""
+    assert run["returncode"] == 0, run["log"][-3000:]
+    assert "Task failure due to loss of manager" in run["log"], run["log"][-3000:]
+    assert _shutdown_counts(run["log"])[1] == 1, run["log"][-3000:]
+    assert _jobs_done(run_dir) == done
+    assert run["outputs"] == {"cpFlatStatistics": len(CAMERA) * CONFIG.n_exposures,
+                              "cpFlatNormalizeScaleTable": normalized, "cpFlatNormalizeScales": normalized,
+                              "flat": flats}
+    assert run["check"].consistent, run["check"].report()
+
+
+def check_the_second_restart_ran_only_the_lost_combine(killed):
+    """The restart's checkpoint listed the jobs it took from the submission's as well as its own:
+    neither the measurements nor the normalization ran again."""
+    run = killed["second_restart"]
+    assert run["returncode"] == 0, run["log"][-3000:]
+    assert _shutdown_counts(run["log"])[1] == 0, run["log"][-3000:]
+    assert "Restart failed" not in run["log"], run["log"][-3000:]
     runs = sorted((killed["root"] / "runinfo").iterdir())
-    assert [run.name for run in runs] == ["000", "001"]
-    assert _jobs_done(runs[1]) == ["cpFlatCombine", "cpFlatCombine", "cpFlatNormalize"]
-    print(f"bps submit with its pilot job cancelled, then bps restart: {killed['elapsed']:.1f} s")
+    assert [run.name for run in runs] == ["000", "001", "002"]
+    assert _jobs_done(runs[2]) == ["cpFlatCombine"]
+    print(f"bps submit with its pilot job cancelled, bps restart with its pilot job killed, bps restart: "
+          f"{killed['elapsed']:.1f} s")
 
 
 def check_restarted_outputs_equal_the_local_run_exactly(killed):
     butler = Butler.from_config(str(killed["repo"].root))
     counts = compare_outputs(butler, KILLED, butler, LOCAL, output_dataset_types(PIPELINE))
-    assert counts == killed["after_restart"]
+    assert counts == killed["second_restart"]["outputs"]
     assert sorted(counts.values()) == [1, 1, len(CAMERA), len(CAMERA) * CONFIG.n_exposures]
 
 
 def check_the_repository_is_consistent_and_nothing_is_left(killed):
-    assert killed["check"].consistent, killed["check"].report()
+    assert killed["second_restart"]["check"].consistent, killed["second_restart"]["check"].report()
     assert killed["queue"] == []
     assert killed["leftovers"] == []
     assert killed["session"] == []
