@@ -409,10 +409,12 @@ def _check_the_run_lost_one_job(run, run_dir, done, normalized, flats):
 
 
 def check_the_second_restart_ran_only_the_lost_combine(killed):
-    """The restart's checkpoint listed the jobs it took from the submission's as well as its own:
-    neither the measurements nor the normalization ran again."""
+    """The restart's checkpoint listed the jobs it took from the submission's as well as its own (the
+    measurements, the normalization and the first combine): none of them ran again."""
     run = killed["second_restart"]
     assert run["returncode"] == 0, run["log"][-3000:]
+    assert re.search(r"Completed loading checkpoint: \S+/runinfo/001/checkpoint/tasks.pkl with 4 tasks",
+                     run["log"]), run["log"][-3000:]
     assert _shutdown_counts(run["log"])[1] == 0, run["log"][-3000:]
     assert "Restart failed" not in run["log"], run["log"][-3000:]
     runs = sorted((killed["root"] / "runinfo").iterdir())
