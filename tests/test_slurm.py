@@ -382,6 +382,8 @@ def check_the_restart_pilot_job_was_killed_while_it_ran_the_second_combine(kille
     assert restart["interrupted"], restart["log"][-3000:]
     killed_commands = " ".join(command for _, command in restart["stopped"])
     assert "process_worker_pool" in killed_commands and "run-qbb" in killed_commands, killed_commands
+    assert "slurmstepd" not in killed_commands, killed_commands
+    print(f"killed the restart's pilot job: {len(restart['stopped'])} processes")
     (pilot,) = [job for job in restart["queue"] if job[2] == "RUNNING"]
     assert restart["pilot"]["JobId"] == pilot[0] != killed["submit"]["pilot"]["JobId"]
     assert (restart["pilot"]["JobState"], restart["pilot"]["ExitCode"]) == ("FAILED", "0:9")
