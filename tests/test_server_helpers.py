@@ -107,3 +107,16 @@ def test_timeline_of_a_parsl_run(tmp_path):
     assert (job.app, job.n_quanta, job.quanta, job.wall, job.overhead) == ("measureByDetector", 2, 1, 6, 5)
     assert job.to_first_log == pytest.approx(2)
     assert "start-up 10.0 s = to scale-out 5.0 + to worker registration 4.0" in timeline.summary()
+
+
+def test_timeline_of_a_parsl_run_that_launched_nothing(tmp_path):
+    """A restart whose jobs were all in the previous run's checkpoint launches none."""
+    run = tmp_path / "runinfo" / "001"
+    run.mkdir(parents=True)
+    (run / "parsl.log").write_text(
+        "1796140440.000000 x dflow:123 __init__ INFO: Starting DataFlowKernel\n"
+        "1796140441.000000 x dflow:1053 submit INFO: Task 0 submitted for App measureByDetector, "
+        "not waiting\n")
+    timeline = read_timeline(run)
+    assert (timeline.executor, timeline.jobs) == ("", [])
+    assert timeline.summary() == "executor (none): no job ran"

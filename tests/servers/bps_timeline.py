@@ -97,6 +97,8 @@ class Timeline:
         return self.cleaned_up - max(job.completed for job in self.jobs)
 
     def summary(self) -> str:
+        if not self.jobs:
+            return f"executor {self.executor or '(none)'}: no job ran"
         overheads = [job.overhead for job in self.jobs]
         lines = [
             f"executor {self.executor}: start-up {self.start_up:.1f} s = to scale-out "
@@ -148,6 +150,8 @@ def read_timeline(run_dir: str | Path) -> Timeline:
             executor_ids[int(match.group(3))] = int(match.group(1))
         elif match := _STDERR.search(line):
             stderr[int(match.group(1))] = Path(match.group(2))
+    if not executor:  # no job was launched (all were done by an earlier run, or none could start)
+        return Timeline(executor, dfk_start, scale_out, [], [], cleaned_up)
     registrations = sorted(stamp for stamp, line in _stamped_lines(run_dir / executor / "interchange.log")
                            if "Registered manager" in line)
     received, completed = {}, {}

@@ -211,6 +211,32 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         return [(pid, command) for pid, command in tagged_processes(self.tag) if pid not in self.baseline
                 and pid not in {daemon.pid for daemon in self.daemons}]
 
+    def kill_job_processes(self, job_id: str) -> list[tuple[int, str]]:
+        """SIGKILL a running job's script and every process it started, as the OOM killer or a
+        crashed node ends them, unbeknown to Slurm (``scancel --signal=KILL`` is a cancellation to
+        it); again until none is left, since a dying worker pool may still have started one.
+
+        Returns
+        -------
+        killed : `list` [`tuple` [`int`, `str`]]
+            PID and command line of each process killed.
+        """
+        killed: list[tuple[int, str]] = []
+
+        def kill_all() -> bool:
+            # The job's processes hold its ID in their environment; its slurmstepd does not.
+            processes = tagged_processes(f"SLURM_JOB_ID={job_id}")
+            for pid, command in processes:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append((pid, command))
+                except ProcessLookupError:
+                    pass
+            return not processes
+
+        wait_until(kill_all, 10.0)
+        return killed
+
     def stop(self) -> list[tuple[int, str]]:
         """Cancel every job, stop the daemons, remove the directory.
 
