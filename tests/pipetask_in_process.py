@@ -1,14 +1,15 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Run the ``pipetask`` command line in the test process.
+"""Run the ``pipetask`` (and ``butler``) command line in the test process.
 
-The command is ctrl_mpexec's own click command, so its options, its logging set-up, its graph
-building and its executor (``-j 1`` runs every quantum in this process) are the ones a shell runs;
-what is saved is the interpreter start-up and the middleware imports of a subprocess (about 3 s of
-CPU each).  A command that fails exits as the script does: its exception logged with its traceback
-("Caught an exception, details are in traceback:") and exit status 1.  Tests of the command line as
-a program (its script, its environment, a signal) keep a real subprocess.
+The command is ctrl_mpexec's own click command (daf_butler's for ``butler``), so its options, its
+logging set-up, its graph building and its executor (``-j 1`` runs every quantum in this process)
+are the ones a shell runs; what is saved is the interpreter start-up and the middleware imports of a
+subprocess (about 3 s of CPU each).  A command that fails exits as the script does: its exception
+logged with its traceback ("Caught an exception, details are in traceback:") and exit status 1.
+Tests of the command line as a program (its script, its environment, a signal) keep a real
+subprocess.
 """
 
 import logging
@@ -16,9 +17,11 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
-from lsst.ctrl.mpexec.cli.pipetask import cli
+from lsst.ctrl.mpexec.cli.pipetask import cli as pipetask_cli
+from lsst.daf.butler.cli.butler import cli as butler_cli
 from lsst.daf.butler.cli.cliLog import CliLog
 
 
@@ -30,12 +33,21 @@ def pipetask(*args: str) -> subprocess.CompletedProcess[str]:
     process : `subprocess.CompletedProcess`
         Its ``returncode``, and its ``stdout`` and ``stderr`` (where its log goes) as text.
     """
+    return _invoke(pipetask_cli, "pipetask", args)
+
+
+def butler(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``butler *args`` in this process; return what a subprocess run would (as `pipetask`)."""
+    return _invoke(butler_cli, "butler", args)
+
+
+def _invoke(command: click.Command, name: str, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     # The command configures the root logger as in a fresh process, where it has no handler yet.
     root.handlers.clear()
     try:
-        result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
+        result = CliRunner().invoke(command, list(args), catch_exceptions=True)
     finally:
         CliLog.resetLog()
         logging.captureWarnings(False)
@@ -45,7 +57,7 @@ def pipetask(*args: str) -> subprocess.CompletedProcess[str]:
         root.setLevel(level)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return subprocess.CompletedProcess(["pipetask", *args], result.exit_code, result.stdout, result.stderr)
+    return subprocess.CompletedProcess([name, *args], result.exit_code, result.stdout, result.stderr)
 
 
 def run_pipetask(repo: str | Path, pipeline: str, inputs: Sequence[str], output: str, *,
