@@ -3,12 +3,13 @@
 
 """Run the ``pipetask`` (and ``butler``) command line in the test process.
 
-The command is ctrl_mpexec's (daf_butler's) own click command, so its options, its logging set-up,
-its graph building and its executor (``-j 1`` runs every quantum in this process) are the ones a
-shell runs; what is saved is the interpreter start-up and the middleware imports of a subprocess
-(about 3 s of CPU each).  A command that fails exits as the script does: its exception logged with
-its traceback ("Caught an exception, details are in traceback:") and exit status 1.  Tests of the
-command line as a program (its script, its environment, a signal) keep a real subprocess.
+The command is ctrl_mpexec's own click command (daf_butler's for ``butler``), so its options, its
+logging set-up, its graph building and its executor (``-j 1`` runs every quantum in this process)
+are the ones a shell runs; what is saved is the interpreter start-up and the middleware imports of a
+subprocess (about 3 s of CPU each).  A command that fails exits as the script does: its exception
+logged with its traceback ("Caught an exception, details are in traceback:") and exit status 1.
+Tests of the command line as a program (its script, its environment, a signal) keep a real
+subprocess.
 """
 
 import logging
@@ -19,7 +20,7 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
-from lsst.ctrl.mpexec.cli.pipetask import cli
+from lsst.ctrl.mpexec.cli.pipetask import cli as pipetask_cli
 from lsst.daf.butler.cli.butler import cli as butler_cli
 from lsst.daf.butler.cli.cliLog import CliLog
 
@@ -32,11 +33,11 @@ def pipetask(*args: str) -> subprocess.CompletedProcess[str]:
     process : `subprocess.CompletedProcess`
         Its ``returncode``, and its ``stdout`` and ``stderr`` (where its log goes) as text.
     """
-    return _invoke(cli, "pipetask", args)
+    return _invoke(pipetask_cli, "pipetask", args)
 
 
 def butler(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``butler *args`` (daf_butler's command) in this process, as `pipetask` does."""
+    """Run ``butler *args`` in this process; return what a subprocess run would (as `pipetask`)."""
     return _invoke(butler_cli, "butler", args)
 
 

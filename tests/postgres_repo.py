@@ -7,7 +7,6 @@ password in an ``LSST_DB_AUTH`` file, ``butler create`` with a seed file includi
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -17,6 +16,7 @@ import yaml
 import lsst.cp.flatnorm.sim.repo as sim_repo
 from lsst.cp.flatnorm.sim.repo import build_sim_repo
 from lsst.daf.butler import Butler
+from pipetask_in_process import butler
 from servers import postgres
 
 NAMESPACE = "cp_flatnorm_test"
@@ -43,7 +43,7 @@ def create_registry(server, auth_dir, database, role):
 
 def create_postgres_repo(root: Path, registry_url: str) -> Butler:
     """The recipe of postgres.rst: a seed file that includes the package's seed config and names the
-    registry database, and ``butler create``."""
+    registry database, and ``butler create`` (its click command, in this process)."""
     seed = root.with_name(root.name + "-seed.yaml")
     seed.write_text(f"""\
 includeConfigs:
@@ -52,9 +52,9 @@ registry:
   db: {registry_url}
   namespace: {NAMESPACE}
 """)
-    butler_cli = str(Path(sys.executable).with_name("butler"))
-    subprocess.run([butler_cli, "create", "--seed-config", str(seed), str(root)], check=True,
-                   capture_output=True, text=True)
+    process = butler("create", "--seed-config", str(seed), str(root))
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, process.args, process.stdout, process.stderr)
     return Butler.from_config(str(root), writeable=True)
 
 

@@ -7,10 +7,12 @@ A test hook (`flat_repo.KILL_HOOK`) kills the process while the datastore writes
 its bytes are in the temporary file beside the final name, nothing is moved or registered.  One
 ``pipetask run`` is killed so in the normalization's second output (the first one registered), its
 resume (``--extend-run --clobber-outputs``) is killed so in the second flat, and the second resume
-(``--extend-run``) completes: its outputs equal an uninterrupted run's, exactly.  A
-``cp-flatnorm ingest`` killed in its second image leaves the registry as it was, and the same
-command run again ingests everything.  ``cp-flatnorm check`` finds, each time, every dataset with
-its file and exactly the files the kills left, and ``--remove-orphans`` removes them.
+(``--extend-run``) completes: its outputs equal an uninterrupted run's (`fault_chain.reference_root`,
+shared with the other fault modules), exactly.  A ``cp-flatnorm ingest`` killed in its second image
+leaves the registry as it was, and the same command run again ingests everything.
+``cp-flatnorm check`` finds, each time, every dataset with its file and exactly the files the kills
+left, and ``--remove-orphans`` removes them.  The killed commands are programs of their own; the
+others run the same commands in this process.
 """
 
 import subprocess
@@ -20,12 +22,12 @@ import pytest
 from flat_files import Flats, make_flat_repo, write_mef
 
 from butler_outputs import compare_outputs, output_dataset_types
-from fault_chain import CAMERA, CONFIG, CP_FLATNORM, EVERY_OUTPUT, NORMALIZATION_OUTPUTS, PIPELINE
+from fault_chain import (CP_FLATNORM, EVERY_OUTPUT, NORMALIZATION_OUTPUTS, PIPELINE, REFERENCE,
+                         copy_of_reference, cp_flatnorm)
 from flat_repo import PIPETASK, hooked_env, log_lines, run_pipetask
 from lsst.cp.flatnorm.cli import main
 from lsst.cp.flatnorm.flat_ingest import INGEST_DATASET_TYPE
 from lsst.cp.flatnorm.repo_check import check_repository
-from lsst.cp.flatnorm.sim.repo import build_sim_repo
 from lsst.daf.butler import Butler
 from worker_cache import built_once
 
@@ -43,15 +45,15 @@ def kill_in_write(dataset_types, after):
 class Runs:
     """The repositories, what each command printed and what ``check_repository`` found after it."""
 
-    def __init__(self, root):
-        self.repo = build_sim_repo(root / "sim", camera=CAMERA, config=CONFIG)
+    def __init__(self, root, tmp_path_factory):
+        # The inputs and the uninterrupted run, REFERENCE, shared with the other fault modules.
+        self.repo = copy_of_reference(tmp_path_factory, root / "sim")
 
         def run(output, *options, **kwargs):
             return run_pipetask(self.repo.root, [self.repo.defaults_collection], output, PIPELINE,
                                 *options, **kwargs)
 
-        self.processes = {"reference": run("u/ref")}
-        self.processes["killed_normalize"] = run("u/kill", **kill_in_write(NORMALIZATION_OUTPUTS, 1))
+        self.processes = {"killed_normalize": run("u/kill", **kill_in_write(NORMALIZATION_OUTPUTS, 1))}
         self.checks = {"killed_normalize": self.check()}
         butler = Butler.from_config(str(self.repo.root))
         self.normalization_written = {name for name in NORMALIZATION_OUTPUTS if butler.query_datasets(
@@ -59,7 +61,8 @@ class Runs:
         self.processes["killed_combine"] = run("u/kill", "--extend-run", "--clobber-outputs",
                                                **kill_in_write(("flat",), 1))
         self.checks["killed_combine"] = self.check()
-        self.processes["resumed"] = run("u/kill", "--extend-run")
+        # Only the killed runs need a process of their own.
+        self.processes["resumed"] = run("u/kill", "--extend-run", in_process=True)
         self.checks["resumed"] = self.check()
         self.butler = Butler.from_config(str(self.repo.root))
         self._ingest(root)
@@ -78,7 +81,7 @@ class Runs:
         self.processes["killed_ingest"] = subprocess.run(command, capture_output=True, text=True, env=env,
                                                          timeout=300)
         self.checks["killed_ingest"] = self.check(self.ingest_repo)
-        self.processes["ingest_again"] = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        self.processes["ingest_again"] = cp_flatnorm(*command[1:])
         self.checks["ingest_again"] = self.check(self.ingest_repo)
 
 
@@ -87,7 +90,7 @@ class Runs:
 def runs(tmp_path_factory):
     if not PIPETASK.exists() or not CP_FLATNORM.exists():
         pytest.skip("pipetask or cp-flatnorm is not installed beside this interpreter")
-    return Runs(tmp_path_factory.mktemp("faults_kill"))
+    return Runs(tmp_path_factory.mktemp("faults_kill"), tmp_path_factory)
 
 
 def half_written(check, dataset_type):
@@ -113,7 +116,7 @@ def test_sigkilled_run_resumes_with_the_documented_commands(runs):
     assert process.returncode == 0, process.stderr[-3000:]
     assert ("lsst.pipe.base.mp_graph_executor INFO: Executed 1 quanta successfully, 0 failed and 0 remain "
             "out of total 1 quanta.") in log_lines(process)
-    counts = compare_outputs(runs.butler, "u/ref", runs.butler, "u/kill", output_dataset_types(PIPELINE))
+    counts = compare_outputs(runs.butler, REFERENCE, runs.butler, "u/kill", output_dataset_types(PIPELINE))
     assert counts == EVERY_OUTPUT
 
 

@@ -5,15 +5,17 @@
 ``doc/lsst.cp.flatnorm/when-a-run-fails.rst`` describes.
 
 A throwaway PostgreSQL server (``servers.postgres``) holds the registry of a small simulated
-repository.  ``pipetask run -j 2`` is paused (`flat_repo.KILL_HOOK`) just before the normalization
-writes its first output, the server is stopped with ``pg_ctl stop -m immediate``, and the run goes
-on: it fails, saying the server is unreachable; the server is restarted.  The resume
-(``--extend-run``) is paused before its combines, the server stopped again (between quanta), and
-that run fails too; the second resume completes, with outputs equal to an uninterrupted run's,
-exactly.  Meanwhile ``cp-flatnorm ingest`` adds other exposures while the uninterrupted run reads
-the registry, and two ingests of different files run at once: each succeeds or fails cleanly, and
-nothing is lost.  ``cp-flatnorm check`` finds every dataset with its file and every file with its
-dataset at the end.
+repository, where the chain's measure has run.  ``pipetask run -j 2 --extend-run`` is paused
+(`flat_repo.KILL_HOOK`) just before the normalization writes its first output, the server is
+stopped with ``pg_ctl stop -m immediate``, and the run goes on: it fails, saying the server is
+unreachable; the server is restarted.  The resume (``--extend-run``) is paused before its combines,
+``cp-flatnorm ingest`` adds other exposures while that run waits, the server is stopped again
+(between quanta), and that run fails too; the second resume completes, with outputs equal to an
+uninterrupted run's (on SQLite: `fault_chain.reference_root`, shared with the other fault modules),
+exactly.  Two ingests of different files run at once: each succeeds or fails cleanly, and nothing
+is lost.  ``cp-flatnorm check`` finds every dataset with its file and every file with its dataset
+at the end.  The runs the server stops under and the two ingests at once are programs of their
+own; the other commands run in this process.
 """
 
 import concurrent.futures
@@ -23,8 +25,9 @@ import pytest
 from flat_files import Flats, write_mef
 
 from butler_outputs import compare_outputs, output_dataset_types, run_checks
-from fault_chain import CAMERA, CONFIG, CP_FLATNORM, EVERY_OUTPUT, NORMALIZATION_OUTPUTS, PIPELINE
-from flat_repo import PIPETASK, log_lines, pipetask_command, run_with_fault
+from fault_chain import (CAMERA, CONFIG, CP_FLATNORM, EVERY_OUTPUT, NORMALIZATION_OUTPUTS, PIPELINE,
+                         REFERENCE, cp_flatnorm, reference_root)
+from flat_repo import PIPETASK, log_lines, pipetask_command, run_pipetask, run_with_fault
 from lsst.cp.flatnorm.flat_ingest import INGEST_DATASET_TYPE
 from lsst.cp.flatnorm.repo_check import check_repository
 from lsst.daf.butler import Butler
@@ -55,7 +58,7 @@ class SmallFlats(Flats):
 class Runs:
     """The server, the repository, what each command printed and the state after each fault."""
 
-    def __init__(self, server, registry_url, root):
+    def __init__(self, server, registry_url, root, reference):
         self.server = server
         self.repo = build_sim_repo_on_postgres(root / "repo", registry_url, camera=CAMERA, config=CONFIG)
         self.root = root
@@ -64,35 +67,37 @@ class Runs:
                       for exposure in range(3)}
         self.processes = {}
         self.server_was_down = []
-
-        def ingest_while_running():
-            self.processes["ingest_while_running"] = self.ingest(self.files[0])
-
-        # The uninterrupted run, paused before its normalization while an ingest writes.
-        self.processes["reference"] = run_with_fault(self.command("u/ref"), root / "pause_ref",
-                                                     ingest_while_running, PAUSE_AT_QUANTUM="cpFlatNormalize")
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             both = list(pool.map(self.ingest, [self.files[1], self.files[2]]))
         self.processes["ingest_a"], self.processes["ingest_b"] = both
-        self.processes["ingest_again"] = [self.ingest(self.files[exposure]) for exposure, process
-                                          in zip((1, 2), both) if process.returncode != 0]
+        self.processes["ingest_again"] = [cp_flatnorm(*self.ingest_arguments(self.files[exposure]))
+                                          for exposure, process in zip((1, 2), both)
+                                          if process.returncode != 0]
+        # The measure first, so that the runs the server stops under start a process for each quantum
+        # (-j 2) only from the normalization on; its resumes skip the measure's quanta all the same.
+        self.processes["measured"] = run_pipetask(self.repo.root, [self.repo.defaults_collection], "u/pg",
+                                                  f"{PIPELINE}#cpFlatMeasure", query=QUERY, in_process=True)
         self.processes["down_in_write"] = self.with_server_down(
-            "u/pg", KILL_BEFORE_PUT=",".join(NORMALIZATION_OUTPUTS), KILL_WHERE="pause")
+            "u/pg", "--extend-run", KILL_BEFORE_PUT=",".join(NORMALIZATION_OUTPUTS), KILL_WHERE="pause")
         self.processes["down_between"] = self.with_server_down(
-            "u/pg", "--extend-run", PAUSE_AT_QUANTUM="cpFlatCombine")
-        self.processes["resumed"] = subprocess.run(self.command("u/pg", "--extend-run"), capture_output=True,
-                                                   text=True, timeout=900)
+            "u/pg", "--extend-run", ingest=self.files[0], PAUSE_AT_QUANTUM="cpFlatCombine")
+        self.processes["resumed"] = run_pipetask(self.repo.root, [self.repo.defaults_collection], "u/pg",
+                                                 PIPELINE, "--extend-run", query=QUERY, in_process=True)
         self.butler = Butler.from_config(str(self.repo.root))
         self.check = check_repository(self.butler)
+        self.reference = Butler.from_config(str(reference))
 
     def command(self, output, *options, jobs=1):
         return pipetask_command(self.repo.root, [self.repo.defaults_collection], output, PIPELINE, *options,
                                 query=QUERY, jobs=jobs)
 
-    def with_server_down(self, output, *options, **pause):
-        """Run pipetask, stop the server immediately where ``pause`` says, let the run go on, and
-        start the server again once the run has ended."""
+    def with_server_down(self, output, *options, ingest=None, **pause):
+        """Run pipetask, stop the server immediately where ``pause`` says (once the file ``ingest``,
+        if given, is ingested, while the run waits), let the run go on, and start the server again
+        once the run has ended."""
         def stop():
+            if ingest is not None:
+                self.processes["ingest_while_running"] = cp_flatnorm(*self.ingest_arguments(ingest))
             result = self.server.stop_immediately()
             self.server_was_down.append((result.returncode, not self.server._accepts()))
 
@@ -101,9 +106,12 @@ class Runs:
         self.server.restart()
         return process
 
+    def ingest_arguments(self, path):
+        return ["ingest", str(self.repo.root), "--instrument", "SimFlatCam", str(path)]
+
     def ingest(self, path):
-        command = [str(CP_FLATNORM), "ingest", str(self.repo.root), "--instrument", "SimFlatCam", str(path)]
-        return subprocess.run(command, capture_output=True, text=True, timeout=600)
+        return subprocess.run([str(CP_FLATNORM), *self.ingest_arguments(path)], capture_output=True,
+                              text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +121,8 @@ def runs(tmp_path_factory):
     with start_server() as server:
         url, env = create_registry(server, tmp_path_factory.mktemp("auth"), "faults", "butler")
         with auth_env(env):
-            yield Runs(server, url, tmp_path_factory.mktemp("faults_postgres"))
+            yield Runs(server, url, tmp_path_factory.mktemp("faults_postgres"),
+                       reference_root(tmp_path_factory))
 
 
 def test_faults_of_the_postgres_registry(runs):
@@ -141,10 +150,9 @@ def check_failed_runs_say_the_server_is_unreachable(runs):
 
 
 def check_resumed_run_equals_the_uninterrupted_run(runs):
-    process = runs.processes["resumed"]
-    assert process.returncode == 0, process.stderr[-3000:]
-    assert runs.processes["reference"].returncode == 0, runs.processes["reference"].stderr[-3000:]
-    counts = compare_outputs(runs.butler, "u/ref", runs.butler, "u/pg", output_dataset_types(PIPELINE))
+    for name in ("measured", "resumed"):
+        assert runs.processes[name].returncode == 0, (name, runs.processes[name].stderr[-3000:])
+    counts = compare_outputs(runs.reference, REFERENCE, runs.butler, "u/pg", output_dataset_types(PIPELINE))
     assert counts == EVERY_OUTPUT
 
 

@@ -219,10 +219,10 @@ class Repository:
         amp_level = ("-c", "cpFlatNormalize:level=AMP")
         down_selection = ("-c", "cpFlatNormalize:doDownSelection=True",
                           "-c", "cpFlatNormalize:downSelectionValue=flat")
-        # The whole chain runs as the pipetask program; the others run its command in this process.
+        # pipetask's command in this process: no run here is killed or tests the program itself.
         return {
             "images": run_pipetask(root, [defaults], OUTPUTS["images"], PIPELINE, *amp_level,
-                                   query=query(IMAGE_FILTERS)),
+                                   query=query(IMAGE_FILTERS), in_process=True),
             "statistics": run_pipetask(root, [STATISTICS_RUN, defaults], OUTPUTS["statistics"],
                                        f"{PIPELINE}#cpFlatNormalize,cpFlatCombine", *amp_level,
                                        *down_selection, query=query(STATISTICS_FILTERS), in_process=True),

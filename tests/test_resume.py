@@ -6,32 +6,23 @@
 Runs killed by SIGTERM (a test hook, `flat_repo.KILL_HOOK`) just before the normalization's first
 write and between its two writes (the scales and the scale table, written in no fixed order) are
 resumed with the documented options, and their outputs compared, exactly, with an uninterrupted
-run's.
+run's (`fault_chain.reference_root`, shared with the fault modules).
 ``--extend-run`` on a completed collection, and on a run whose quantum wrote part of its outputs,
 fail as the middleware makes them fail.
 """
 
 import pytest
 
-from lsst.cp.flatnorm.sim.camera import make_sim_camera
-from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig
-from lsst.cp.flatnorm.sim.repo import build_sim_repo
-from lsst.cp.flatnorm.sim.run import pipeline_uri
 from lsst.daf.butler import Butler
 from butler_outputs import compare_outputs, output_dataset_types
+from fault_chain import CONFIG, EVERY_OUTPUT, NORMALIZATION_OUTPUTS, PIPELINE, REFERENCE, copy_of_reference
 from flat_repo import PIPETASK, log_lines, run_pipetask
 from worker_cache import built_once
 
 pytestmark = pytest.mark.slow
 
-PIPELINE = pipeline_uri("SimFlatCam", "cpFlat.yaml")
-CAMERA = make_sim_camera(n_side=1, amp_width=4, amp_height=4, n_wavefront=1)
-CONFIG = FlatSimConfig(n_exposures=3, dead_amplifier=None, shadow=None, saturation=None, n_cosmic_rays=0)
-N_MEASURED = 3 * len(CAMERA)
-EVERY_OUTPUT = {"cpFlatStatistics": N_MEASURED, "cpFlatNormalizeScaleTable": 1, "cpFlatNormalizeScales": 1,
-                "flat": len(CAMERA)}
+N_MEASURED = EVERY_OUTPUT["cpFlatStatistics"]
 EMPTY = "Error: QuantumGraph was empty; ERROR logs above should provide details."
-NORMALIZATION_OUTPUTS = ("cpFlatNormalizeScales", "cpFlatNormalizeScaleTable")
 MEASURE_SKIPPED = ("lsst.pipe.base.quantum_graph_builder INFO: Dropping task cpFlatMeasure because no "
                    f"quanta remain ({N_MEASURED} previously succeeded and skipped).")
 
@@ -39,8 +30,9 @@ MEASURE_SKIPPED = ("lsst.pipe.base.quantum_graph_builder INFO: Dropping task cpF
 class Runs:
     """The repository and what each pipetask run printed."""
 
-    def __init__(self, root):
-        self.repo = build_sim_repo(root, camera=CAMERA, config=CONFIG)
+    def __init__(self, root, tmp_path_factory):
+        # The inputs and the uninterrupted run, REFERENCE, shared with the fault modules.
+        self.repo = copy_of_reference(tmp_path_factory, root)
         self.data_id = {"instrument": "SimFlatCam", "physical_filter": CONFIG.physical_filter}
 
         def run(output, *options, **kwargs):
@@ -49,8 +41,7 @@ class Runs:
                                 *options, in_process="kill_before_put" not in kwargs, **kwargs)
 
         self.processes = {
-            "reference": run("u/ref"),
-            "completed": run("u/ref", "--extend-run"),
+            "completed": run(REFERENCE, "--extend-run"),
             # Killed before the normalization's first write: nothing of it is written.
             "killed_before": run("u/before", kill_before_put=NORMALIZATION_OUTPUTS),
             # Killed between its two writes: one of the two is written.
@@ -82,7 +73,7 @@ class Runs:
 def runs(tmp_path_factory):
     if not PIPETASK.exists():
         pytest.skip("pipetask is not installed beside this interpreter")
-    return Runs(tmp_path_factory.mktemp("resume") / "repo")
+    return Runs(tmp_path_factory.mktemp("resume") / "repo", tmp_path_factory)
 
 
 def test_the_kills_happened_where_intended(runs):
@@ -108,7 +99,7 @@ def test_killed_before_the_normalization_wrote_resumes_with_extend_run(runs):
     process = runs.processes["before_extend"]
     assert process.returncode == 0, process.stderr[-3000:]
     assert MEASURE_SKIPPED in log_lines(process)
-    counts = compare_outputs(runs.butler, "u/ref", runs.butler, "u/before", output_dataset_types(PIPELINE))
+    counts = compare_outputs(runs.butler, REFERENCE, runs.butler, "u/before", output_dataset_types(PIPELINE))
     assert counts == EVERY_OUTPUT
 
 
@@ -129,5 +120,5 @@ def test_killed_between_the_normalization_writes_needs_clobber_outputs(runs):
     assert MEASURE_SKIPPED in lines
     assert ("lsst.pipe.base.mp_graph_executor INFO: Executed 3 quanta successfully, 0 failed and 0 remain "
             "out of total 3 quanta.") in lines
-    counts = compare_outputs(runs.butler, "u/ref", runs.butler, "u/between", output_dataset_types(PIPELINE))
+    counts = compare_outputs(runs.butler, REFERENCE, runs.butler, "u/between", output_dataset_types(PIPELINE))
     assert counts == EVERY_OUTPUT

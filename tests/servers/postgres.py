@@ -156,7 +156,13 @@ class PostgresServer:
 
     def stop_immediately(self) -> subprocess.CompletedProcess:
         """``pg_ctl stop -m immediate``: the server quits at once, without rolling back or closing its
-        clients' sessions, as when it crashes; its data directory stays for `restart`."""
+        clients' sessions, as when it crashes; its data directory stays for `restart`.
+
+        What was committed survives, as on a server that confirms a commit once it is in the WAL (the
+        default): this one does not wait for that (``synchronous_commit`` is off), so the WAL is
+        written out first, with a checkpoint.
+        """
+        self.execute(["CHECKPOINT"])
         command = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "stop", "-m", "immediate"]
         result = subprocess.run(command, capture_output=True, text=True, cwd=self.root, **self._as_user())
         if self.daemon is not None:
