@@ -7,19 +7,19 @@ Run as a script with ``tests/afw_standin`` on ``PYTHONPATH`` (see
 ``tests/afw_standin/lsst/afw/cameraGeom``), in a process of its own: the test process has
 daf_butler's ``Camera`` storage class without a formatter or an importable type.
 
-``python afw_camera_repo.py create ROOT SEED`` writes the seed config, makes the repository with it
-and puts the `stats_factory` statistics (seed ``SEED``) in ``test/cpFlatStatistics`` and the stand-in
-camera in ``test/camera``.  ``python afw_camera_repo.py read ROOT COLLECTION`` prints the scales
-that collection holds as JSON.
-
-``python afw_camera_repo.py create-images ROOT SEED`` makes such a repository with simulated
-post-ISR flats (`images_camera`, seed ``SEED``) in ``test/images`` instead of statistics, for the
-whole flat chain; ``python afw_camera_repo.py read-flats ROOT COLLECTION`` prints what the flats in
-that collection hold as JSON.
+``python afw_camera_repo.py ROOT SEED KIND STEPS`` makes the repository and runs ``STEPS`` (JSON) on
+it in that one process, printing a JSON list of their results.  ``KIND`` ``create`` puts the
+`stats_factory` statistics (seed ``SEED``) in ``test/cpFlatStatistics`` and the stand-in camera in
+``test/camera``; ``create-images`` puts simulated post-ISR flats (`images_camera`, seed ``SEED``) in
+``test/images`` instead of statistics, for the whole flat chain.  A step is ``["pipetask", *args]``
+(the command line run in this process: its ``returncode``, ``stdout`` and ``stderr``), ``["read",
+COLLECTION]`` (the scales that collection holds) or ``["read-flats", COLLECTION]`` (what the flats
+in that collection hold).
 """
 
 import json
 import sys
+import traceback
 
 from lsst.afw.cameraGeom import camera_from_model
 from lsst.cp.flatnorm.butler_setup import seed_config
@@ -29,6 +29,7 @@ from lsst.cp.flatnorm.sim.instrument import SimFlatCam
 from lsst.cp.flatnorm.sim.repo import put_images
 from lsst.daf.butler import Butler, DatasetType
 from flat_repo import FILTER, INSTRUMENT, fill_repo, images_camera
+from pipetask_in_process import pipetask
 from stats_factory import StatisticsFactory
 
 STATS_RUN = "test/cpFlatStatistics"
@@ -80,24 +81,30 @@ def read_flats(root, collection):
             "n_vignetted": int(flat.mask.get("VIGNETTED").sum()),
             "inputs": [flat.metadata[f"CP_COMBINE_INPUT_{i}"] for i in range(n_inputs)],
         }
-    json.dump(flats, sys.stdout)
+    return flats
 
 
 def read(root, collection):
     butler = Butler.from_config(root, collections=collection)
     scales = butler.get("cpFlatNormalizeScales", instrument=INSTRUMENT, physical_filter=FILTER)
     camera = butler.get("camera", instrument=INSTRUMENT, collections=CAMERA_RUN)
-    json.dump({"cameraType": f"{type(camera).__module__}.{type(camera).__name__}", "scales": scales},
-              sys.stdout)
+    return {"cameraType": f"{type(camera).__module__}.{type(camera).__name__}", "scales": scales}
 
+
+def run_pipetask(*args):
+    process = pipetask(*args)
+    return {"returncode": process.returncode, "stdout": process.stdout, "stderr": process.stderr}
+
+
+STEPS = {"pipetask": run_pipetask, "read": read, "read-flats": read_flats}
 
 if __name__ == "__main__":
-    command, root, argument = sys.argv[1:]
-    if command == "create":
-        create(root, int(argument))
-    elif command == "create-images":
-        create_images(root, int(argument))
-    elif command == "read-flats":
-        read_flats(root, argument)
-    else:
-        read(root, argument)
+    root, seed, kind, steps = sys.argv[1:]
+    {"create": create, "create-images": create_images}[kind](root, int(seed))
+    results = []
+    for name, *args in json.loads(steps):
+        try:
+            results.append(STEPS[name](*args) if name == "pipetask" else STEPS[name](root, *args))
+        except Exception:  # the test shows it, beside the other steps' results
+            results.append({"error": traceback.format_exc()})
+    print(json.dumps(results))

@@ -5,7 +5,8 @@
 the normalization alone, and the whole measure -> normalize -> combine chain.
 
 The repository holds a stand-in afw camera (``tests/afw_standin``), so every butler that opens it
-runs in a subprocess (see ``afw_camera_repo.py``).
+runs in a subprocess (see ``afw_camera_repo.py``): one per test case, which makes the repository and
+runs the case's ``pipetask`` command lines (ctrl_mpexec's command, in that process) and reads.
 """
 
 import json
@@ -26,7 +27,6 @@ TESTS = Path(__file__).parent
 PIPELINE = TESTS.parent / "pipelines" / "_ingredients" / "cpFlatNorm.yaml"
 CHAIN = TESTS.parent / "pipelines" / "_ingredients" / "cpFlat.yaml"
 VIGNETTE_RADIUS = 0.15  # mm: cuts the corners of the science detector and most of the wavefront one
-PIPETASK = Path(sys.executable).with_name("pipetask")
 SEED = 31
 
 
@@ -36,40 +36,46 @@ def standin_environment():
     return dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
 
 
-def run(command):
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=standin_environment())
+def run_session(root, kind, steps):
+    """Make a repository of ``kind`` in ``root`` and run ``steps`` on it in one subprocess
+    (``afw_camera_repo.py``); return their results."""
+    process = subprocess.run([sys.executable, str(TESTS / "afw_camera_repo.py"), root, str(SEED), kind,
+                              json.dumps(steps)],
+                             capture_output=True, text=True, timeout=600, env=standin_environment())
+    assert process.returncode == 0, process.stderr[-3000:]
+    return json.loads(process.stdout.splitlines()[-1])
 
 
-@unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
+def normalize_args(root, output, *config):
+    """``pipetask run`` of the normalization alone, with ``config`` overrides."""
+    args = ["run", "--register-dataset-types", "-b", root, "-i", "test/cpFlatStatistics,test/camera",
+            "-o", output, "-p", f"{PIPELINE}#cpFlatNormalize",
+            "-d", f"instrument='{INSTRUMENT}' AND physical_filter='{FILTER}'",
+            "-c", "cpFlatNormalize:level=AMP"]
+    for item in config:
+        args += ["-c", item]
+    return args
+
+
 class CameraStorageClassTestCase(lsst.utils.tests.TestCase):
 
     @classmethod
     def setUpClass(cls):
         cls.root = tempfile.mkdtemp()
-        process = run([sys.executable, str(TESTS / "afw_camera_repo.py"), "create", cls.root, str(SEED)])
-        assert process.returncode == 0, process.stderr[-3000:]
+        chosen = normalize_args(cls.root, "u/test/camera", "cpFlatNormalize:cameraStorageClass=Camera")
+        steps = [["pipetask", *chosen], ["read", "u/test/camera"],
+                 ["pipetask", *normalize_args(cls.root, "u/test/default")]]
+        cls.chosen, cls.read, cls.default = run_session(cls.root, "create", steps)
         cls.factory = StatisticsFactory(seed=SEED)
 
     @classmethod
     def tearDownClass(cls):
         shutil.rmtree(cls.root, ignore_errors=True)
 
-    def pipetask(self, output, *config):
-        command = [str(PIPETASK), "run", "--register-dataset-types", "-b", self.root,
-                   "-i", "test/cpFlatStatistics,test/camera", "-o", output,
-                   "-p", f"{PIPELINE}#cpFlatNormalize",
-                   "-d", f"instrument='{INSTRUMENT}' AND physical_filter='{FILTER}'",
-                   "-c", "cpFlatNormalize:level=AMP"]
-        for item in config:
-            command += ["-c", item]
-        return run(command)
-
     def test_camera_storage_class_chosen_by_config(self):
-        process = self.pipetask("u/test/camera", "cpFlatNormalize:cameraStorageClass=Camera")
-        self.assertEqual(process.returncode, 0, process.stderr[-3000:])
-        read = run([sys.executable, str(TESTS / "afw_camera_repo.py"), "read", self.root, "u/test/camera"])
-        self.assertEqual(read.returncode, 0, read.stderr[-3000:])
-        result = json.loads(read.stdout)
+        self.assertEqual(self.chosen["returncode"], 0, self.chosen["stderr"][-3000:])
+        self.assertNotIn("error", self.read)
+        result = self.read
         self.assertEqual(result["cameraType"], "lsst.afw.cameraGeom.Camera")
         det_scale, exp_scale = result["scales"]["detScale"], result["scales"]["expScale"]
         gains = self.factory.amp_gain
@@ -82,15 +88,13 @@ class CameraStorageClassTestCase(lsst.utils.tests.TestCase):
                                    places=6)
 
     def test_default_storage_class_is_refused(self):
-        process = self.pipetask("u/test/default")
-        self.assertNotEqual(process.returncode, 0)
+        self.assertNotEqual(self.default["returncode"], 0)
         self.assertIn("Incompatible definition for input dataset type 'camera'; task 'cpFlatNormalize' has "
                       "DatasetType('camera', {instrument}, CameraModel, isCalibration=True), but the "
                       "definition from data repository is DatasetType('camera', {instrument}, Camera, "
-                      "isCalibration=True).", process.stderr)
+                      "isCalibration=True).", self.default["stderr"])
 
 
-@unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
 class FlatChainCameraStorageClassTestCase(lsst.utils.tests.TestCase):
     """Measure, normalization and combine (with vignetting, which places each detector through the
     camera) read the ``Camera`` camera when each task's cameraStorageClass says so."""
@@ -98,28 +102,26 @@ class FlatChainCameraStorageClassTestCase(lsst.utils.tests.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.root = tempfile.mkdtemp()
-        process = run([sys.executable, str(TESTS / "afw_camera_repo.py"), "create-images", cls.root,
-                       str(SEED)])
-        assert process.returncode == 0, process.stderr[-3000:]
+        chain = ["run", "--register-dataset-types", "-b", cls.root,
+                 "-i", "test/images,test/camera", "-o", "u/test/chain", "-p", str(CHAIN),
+                 "-d", f"instrument='{INSTRUMENT}' AND physical_filter='{FILTER}'",
+                 "-c", "cpFlatCombine:doVignetteMask=True",
+                 "-c", f"cpFlatCombine:vignette.radius={VIGNETTE_RADIUS}"]
+        for label in ("cpFlatMeasure", "cpFlatNormalize", "cpFlatCombine"):
+            chain += ["-c", f"{label}:cameraStorageClass=Camera"]
+        measure_default = ["qgraph", "-b", cls.root, "-i", "test/images,test/camera", "-o", "u/x",
+                           "-p", f"{CHAIN}#cpFlatMeasure", "-d", f"instrument='{INSTRUMENT}'"]
+        steps = [["pipetask", *chain], ["read-flats", "u/test/chain"], ["pipetask", *measure_default]]
+        cls.chain, cls.flats, cls.measure_default = run_session(cls.root, "create-images", steps)
 
     @classmethod
     def tearDownClass(cls):
         shutil.rmtree(cls.root, ignore_errors=True)
 
     def test_chain_reads_the_camera_storage_class(self):
-        command = [str(PIPETASK), "run", "--register-dataset-types", "-b", self.root,
-                   "-i", "test/images,test/camera", "-o", "u/test/chain", "-p", str(CHAIN),
-                   "-d", f"instrument='{INSTRUMENT}' AND physical_filter='{FILTER}'",
-                   "-c", "cpFlatCombine:doVignetteMask=True",
-                   "-c", f"cpFlatCombine:vignette.radius={VIGNETTE_RADIUS}"]
-        for label in ("cpFlatMeasure", "cpFlatNormalize", "cpFlatCombine"):
-            command += ["-c", f"{label}:cameraStorageClass=Camera"]
-        process = run(command)
-        self.assertEqual(process.returncode, 0, process.stderr[-3000:])
-        read = run([sys.executable, str(TESTS / "afw_camera_repo.py"), "read-flats", self.root,
-                    "u/test/chain"])
-        self.assertEqual(read.returncode, 0, read.stderr[-3000:])
-        flats = {int(detector): flat for detector, flat in json.loads(read.stdout).items()}
+        self.assertEqual(self.chain["returncode"], 0, self.chain["stderr"][-3000:])
+        self.assertNotIn("error", self.flats)
+        flats = {int(detector): flat for detector, flat in self.flats.items()}
         vignette = VignetteConfig()
         vignette.radius = VIGNETTE_RADIUS
         camera = images_camera()
@@ -131,11 +133,10 @@ class FlatChainCameraStorageClassTestCase(lsst.utils.tests.TestCase):
             self.assertEqual(len(flats[detector.getId()]["inputs"]), 4)
 
     def test_measure_refuses_the_default_storage_class(self):
-        process = run([str(PIPETASK), "qgraph", "-b", self.root, "-i", "test/images,test/camera", "-o", "u/x",
-                       "-p", f"{CHAIN}#cpFlatMeasure", "-d", f"instrument='{INSTRUMENT}'"])
-        self.assertNotEqual(process.returncode, 0)
+        self.assertNotEqual(self.measure_default["returncode"], 0)
         self.assertIn("Incompatible definition for input dataset type 'camera'; task 'cpFlatMeasure' has "
-                      "DatasetType('camera', {instrument}, CameraModel, isCalibration=True)", process.stderr)
+                      "DatasetType('camera', {instrument}, CameraModel, isCalibration=True)",
+                      self.measure_default["stderr"])
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -151,8 +151,8 @@ class PipelineRun:
 
     @classmethod
     def pipetask(cls, output, **config):
-        """Run the pipeline's ``pipetask run`` command in this process (a real pipetask program runs
-        cp_pipe's LSSTCam pipelines in tests/test_gradient_pipelines.py)."""
+        """Run the pipeline's ``pipetask run`` command in this process (the pipetask program itself
+        runs in tests/test_end_to_end.py)."""
         pipeline = pipeline_uri(*cls.PIPELINE.split("/")) + (f"#{cls.LABELS}" if cls.LABELS else "")
         args = ["--long-log", "run", "-b", str(cls.repo.root), "-i", cls.repo.defaults_collection,
                 "-o", output, "-p", pipeline, "--register-dataset-types", "-j", "1"]

@@ -3,7 +3,8 @@
 
 """cp_pipe's LSSTCam gradient-reference and flat pipelines (ISR removed; the reference's
 visualization steps too), and the package's own gradient pipelines, run with ``pipetask run`` on
-simulated sky and dome flats.
+simulated sky and dome flats (ctrl_mpexec's command, in the test process: the pipetask program
+itself is run by tests/test_end_to_end.py).
 
 The camera is LSSTCam-sized in millimetres (a 3 x 3 grid of 64 x 64-pixel science detectors of
 2.9 mm pixels, reaching 340 mm along the axes, and two wavefront detectors), so cp_pipe's radii
@@ -14,7 +15,6 @@ spline nodes, so the fitted models can match them exactly.
 """
 
 import shutil
-import sys
 import tempfile
 import unittest
 import warnings
@@ -37,14 +37,13 @@ from lsst.cp.flatnorm.sim.illumination import (
     make_wide_sim_camera,
     sky_illumination,
 )
-from lsst.cp.flatnorm.sim.run import pipeline_uri, run_pipetask
+from lsst.cp.flatnorm.sim.run import pipeline_uri
 from lsst.daf.butler import Butler
 from lsst.pipe.base import Pipeline
-from pipetask_in_process import run_pipetask as run_in_process
+from pipetask_in_process import run_pipetask
 
 pytestmark = [pytest.mark.slow]
 
-PIPETASK = Path(sys.executable).with_name("pipetask")
 CP_PIPE_NODES = [0.0, 100.0, 200.0, 250.0, 275.0, 290.0, 300.0, 310.0, 315.0, 317.0, 320.0, 325.0, 333.0,
                  340.0, 350.0]
 """cp_pipe's default radial_spline_nodes."""
@@ -63,7 +62,6 @@ ANAGLYPH = {"cpFlatBlueNormalize:downSelectionValue": LEDS[0],
             "cpFlatRedNormalize:downSelectionValue": LEDS[1], "cpFlatRedBlueCombine:weightOne": 0.630}
 
 
-@unittest.skipUnless(PIPETASK.exists(), "pipetask is not installed beside this interpreter")
 class LSSTCamGradientPipelinesTestCase(lsst.utils.tests.TestCase):
     """Sky flats through LSSTCam/cpFlatGradientReference.yaml, the reference certified, then dome
     flats through LSSTCam/cpFlat.yaml, and through LSSTCam/cpFlatAnaglyph.yaml with the overrides of
@@ -91,9 +89,8 @@ class LSSTCamGradientPipelinesTestCase(lsst.utils.tests.TestCase):
         cls.data_id = {"instrument": "LSSTCam", "physical_filter": FILTER}
         cls.failure = None
         try:
-            # The first pipeline runs as the pipetask program, the others run its command in this process.
             cls.pipetask("LSSTCam/cpFlatGradientReference.yaml", [cls.repo.sky_collection], "u/sky",
-                         ["cpFlatFitGradientsReference"], run=run_pipetask)
+                         ["cpFlatFitGradientsReference"])
             certify_gradient_reference(cls.repo.butler, "u/sky", cls.repo.dome.calib_collection, FILTER,
                                        "LSSTCam")
             cls.pipetask("LSSTCam/cpFlat.yaml", [cls.repo.dome.defaults_collection], "u/dome",
@@ -115,14 +112,14 @@ class LSSTCamGradientPipelinesTestCase(lsst.utils.tests.TestCase):
         cls.butler = Butler.from_config(str(cls.repo.root))
 
     @classmethod
-    def pipetask(cls, relative, inputs, output, fit_labels, extra_args=(), run=run_in_process):
+    def pipetask(cls, relative, inputs, output, fit_labels, extra_args=()):
         path, _, labels = relative.partition("#")
         uri = pipeline_uri(*path.split("/")) + (f"#{labels}" if labels else "")
         log = Path(cls.root) / f"{output.replace('/', '_')}.log"
         sizes = [arg for label in fit_labels for arg in ("-c", f"{label}:bin_factor={BIN}")]
         try:
-            run(cls.repo.root, uri, inputs, output, log_path=log,
-                extra_args=[*sizes, "-d", "instrument='LSSTCam'", *extra_args])
+            run_pipetask(cls.repo.root, uri, inputs, output, log_path=log,
+                         extra_args=[*sizes, "-d", "instrument='LSSTCam'", *extra_args])
         except Exception as error:
             raise RuntimeError(f"pipetask failed on {relative}:\n{log.read_text()[-4000:]}") from error
 

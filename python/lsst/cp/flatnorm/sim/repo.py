@@ -124,12 +124,14 @@ def put_images(butler: Butler, simulator: FlatSimulator, instrument: str, run: s
     butler.registry.registerDatasetType(dataset_type)
     butler.collections.register(run)
     n_images = 0
-    for exposure in simulator.exposures:
-        for detector in simulator.camera:
-            if not simulator.has_image(exposure.id, detector.getId()):
-                continue
-            image = simulator.make_image(exposure.id, detector.getId())
-            butler.put(image, dataset_type, instrument=instrument, exposure=exposure.id,
-                       detector=detector.getId(), run=run)
-            n_images += 1
+    # One transaction: all the images or none, and one registry commit instead of one per image.
+    with butler.transaction():
+        for exposure in simulator.exposures:
+            for detector in simulator.camera:
+                if not simulator.has_image(exposure.id, detector.getId()):
+                    continue
+                image = simulator.make_image(exposure.id, detector.getId())
+                butler.put(image, dataset_type, instrument=instrument, exposure=exposure.id,
+                           detector=detector.getId(), run=run)
+                n_images += 1
     return n_images
