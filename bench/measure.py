@@ -165,7 +165,8 @@ def measure_flats(root: str, amp_size: tuple[int, int], n_exposures: int) -> Mea
         differences += [abs(mean / reference[0] - 1) for (mean, _), reference in zip(ours, expected)]
         counts_equal &= all(n == reference[2] for (_, n), reference in zip(ours, expected))
     handles = [repo.butler.getDeferred(ref) for ref in refs]
-    combiner = CpFlatCombineTask()
+    # Its own logger name: quieting it must not quiet the pipelines' cpFlatCombine in this process.
+    combiner = CpFlatCombineTask(name="benchCombine")
     combiner.log.setLevel(logging.ERROR)  # its QA logs each amplifier's defect pixels
     start = time.perf_counter()
     combiner.run(inputExpHandles=handles, camera=camera, detectorId=detector.getId())

@@ -44,7 +44,9 @@ def butler(*args: str) -> subprocess.CompletedProcess[str]:
 def _invoke(command: click.Command, name: str, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    # The command configures the root logger as in a fresh process, where it has no handler yet.
+    # The command configures the root logger as in a fresh process, where it has no handler yet and
+    # CliLog is not initialized (another click command run in this process may have left it so).
+    CliLog.resetLog()
     root.handlers.clear()
     try:
         result = CliRunner().invoke(command, list(args), catch_exceptions=True)

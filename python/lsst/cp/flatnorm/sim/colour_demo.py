@@ -119,7 +119,8 @@ def _choose(repo: SimRepo) -> tuple[int, list[float]]:
     config = CpFlatNormalizationTask.ConfigClass()
     config.colourTerms = 2
     config.chooseColourTerms = True
-    task = CpFlatNormalizationTask(config=config)
+    # Its own logger name: quieting it must not quiet the pipelines' cpFlatNormalize in this process.
+    task = CpFlatNormalizationTask(config=config, name="colourChoice")
     task.log.setLevel(logging.ERROR)  # its warnings (the shadow's rejection) are in the pipetask logs
     table = task.run(
         [repo.butler.get(ref) for ref in refs], [dict(ref.dataId.required) for ref in refs],
