@@ -6,24 +6,18 @@ science and one wavefront detector of 4 x 4-pixel amplifiers, three exposures, n
 writes; and its repository with an uninterrupted run, built once for all the modules that compare
 an interrupted run with it."""
 
-import contextlib
 import fcntl
-import io
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from lsst.cp.flatnorm.cli import main
 from lsst.cp.flatnorm.sim.camera import make_sim_camera
 from lsst.cp.flatnorm.sim.flat_simulator import FlatSimConfig, FlatSimulator
-from lsst.cp.flatnorm.sim.instrument import SimFlatCam
-from lsst.cp.flatnorm.sim.repo import SimRepo, build_sim_repo
+from lsst.cp.flatnorm.sim.repo import SimRepo, build_sim_repo, open_sim_repo
 from lsst.cp.flatnorm.sim.run import pipeline_uri
-from lsst.daf.butler import Butler
 from pipetask_in_process import run_pipetask
 
 PIPELINE = pipeline_uri("SimFlatCam", "cpFlat.yaml")
@@ -65,17 +59,4 @@ def copy_of_reference(tmp_path_factory: pytest.TempPathFactory, root: Path) -> S
     """A copy at ``root`` of `reference_root`: the simulated inputs and the run `REFERENCE`, as
     `~lsst.cp.flatnorm.sim.repo.build_sim_repo` and a run of `PIPELINE` would leave them."""
     shutil.copytree(reference_root(tmp_path_factory), root)
-    instrument = SimFlatCam(camera=CAMERA)
-    return SimRepo(root, Butler.from_config(str(root), writeable=True), instrument,
-                   FlatSimulator(CAMERA, CONFIG), instrument.makeCollectionName("flats", "sim"),
-                   instrument.makeCalibrationCollectionName(), instrument.makeUmbrellaCollectionName())
-
-
-def cp_flatnorm(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``cp-flatnorm *args`` in this process (its `~lsst.cp.flatnorm.cli.main`); return what a
-    subprocess run would (its status, and its standard output and error as text).  Where the program
-    is what is tested (a signal, its exit), run `CP_FLATNORM` instead."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(list(args))
-    return subprocess.CompletedProcess([str(CP_FLATNORM), *args], status, out.getvalue(), err.getvalue())
+    return open_sim_repo(root, FlatSimulator(CAMERA, CONFIG))

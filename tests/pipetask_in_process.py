@@ -1,7 +1,7 @@
 # This file is part of cp_flatnorm.
 # Use of this source code is governed by a 3-clause BSD-style license (see LICENSE).
 
-"""Run the ``pipetask`` (and ``butler``) command line in the test process.
+"""Run the ``pipetask`` (and ``butler``, ``cp-flatnorm``) command line in the test process.
 
 The command is ctrl_mpexec's own click command (daf_butler's for ``butler``), so its options, its
 logging set-up, its graph building and its executor (``-j 1`` runs every quantum in this process)
@@ -12,6 +12,8 @@ Tests of the command line as a program (its script, its environment, a signal) k
 subprocess.
 """
 
+import contextlib
+import io
 import logging
 import subprocess
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
+from lsst.cp.flatnorm import cli as cp_flatnorm_cli
 from lsst.ctrl.mpexec.cli.pipetask import cli as pipetask_cli
 from lsst.daf.butler.cli.butler import cli as butler_cli
 from lsst.daf.butler.cli.cliLog import CliLog
@@ -39,6 +42,15 @@ def pipetask(*args: str) -> subprocess.CompletedProcess[str]:
 def butler(*args: str) -> subprocess.CompletedProcess[str]:
     """Run ``butler *args`` in this process; return what a subprocess run would (as `pipetask`)."""
     return _invoke(butler_cli, "butler", args)
+
+
+def cp_flatnorm(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``cp-flatnorm *args`` in this process (its ``main``); return what a subprocess run would
+    (its status, and its standard output and error as text)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cp_flatnorm_cli.main(list(args))
+    return subprocess.CompletedProcess(["cp-flatnorm", *args], status, out.getvalue(), err.getvalue())
 
 
 def _invoke(command: click.Command, name: str, args: Sequence[str]) -> subprocess.CompletedProcess[str]:

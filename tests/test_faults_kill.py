@@ -23,12 +23,13 @@ from flat_files import Flats, make_flat_repo, write_mef
 
 from butler_outputs import compare_outputs, output_dataset_types
 from fault_chain import (CP_FLATNORM, EVERY_OUTPUT, NORMALIZATION_OUTPUTS, PIPELINE, REFERENCE,
-                         copy_of_reference, cp_flatnorm)
+                         copy_of_reference)
 from flat_repo import PIPETASK, hooked_env, log_lines, run_pipetask
 from lsst.cp.flatnorm.cli import main
 from lsst.cp.flatnorm.flat_ingest import INGEST_DATASET_TYPE
 from lsst.cp.flatnorm.repo_check import check_repository
 from lsst.daf.butler import Butler
+from pipetask_in_process import cp_flatnorm
 from worker_cache import built_once
 
 pytestmark = pytest.mark.slow

@@ -26,11 +26,12 @@ from flat_files import Flats, write_mef
 
 from butler_outputs import compare_outputs, output_dataset_types, run_checks
 from fault_chain import (CAMERA, CONFIG, CP_FLATNORM, EVERY_OUTPUT, NORMALIZATION_OUTPUTS, PIPELINE,
-                         REFERENCE, cp_flatnorm, reference_root)
+                         REFERENCE, reference_root)
 from flat_repo import PIPETASK, log_lines, pipetask_command, run_pipetask, run_with_fault
 from lsst.cp.flatnorm.flat_ingest import INGEST_DATASET_TYPE
 from lsst.cp.flatnorm.repo_check import check_repository
 from lsst.daf.butler import Butler
+from pipetask_in_process import cp_flatnorm
 from postgres_repo import auth_env, build_sim_repo_on_postgres, create_registry, start_server
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,6 @@ the certified flat and the normalization scales back and compares them with the 
 """
 
 import contextlib
-import io
 
 import json
 import os
@@ -34,10 +33,9 @@ import yaml
 
 import lsst.utils.tests
 from check_methods import run_check_methods
-from lsst.cp.flatnorm import cli
 from lsst.cp.flatnorm.scale_dictionary import exposure_scales
 from lsst.daf.butler import Butler, Timespan
-from pipetask_in_process import butler
+from pipetask_in_process import butler, cp_flatnorm
 
 PAGE = Path(__file__).parents[1] / "doc" / "lsst.cp.flatnorm" / "own-camera.rst"
 BIN = Path(sys.executable).parent
@@ -70,10 +68,9 @@ def run_command(command, cwd, env):
             process = butler(*argv[1:])
         return process.returncode, process.stdout, process.stderr
     if argv[0] == "cp-flatnorm":
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status = cli.main(argv[1:])
-        return status, out.getvalue(), err.getvalue()
+        with contextlib.chdir(cwd):
+            process = cp_flatnorm(*argv[1:])
+        return process.returncode, process.stdout, process.stderr
     process = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     return process.returncode, process.stdout, process.stderr
 

@@ -11,7 +11,7 @@ through the instrument's umbrella collection ``SimFlatCam/defaults``.
 
 from __future__ import annotations
 
-__all__ = ["INPUT_DATASET_TYPE", "SimRepo", "build_sim_repo", "put_images"]
+__all__ = ["INPUT_DATASET_TYPE", "SimRepo", "build_sim_repo", "open_sim_repo", "put_images"]
 
 import dataclasses
 import os
@@ -99,13 +99,40 @@ def build_sim_repo(
     instrument.register(butler.registry)
     instrument.write_camera(butler)
     insert_exposure_records(butler, instrument.getName(), simulator.exposures)
-    image_run = instrument.makeCollectionName("flats", "sim")
-    put_images(butler, simulator, instrument.getName(), image_run)
-    defaults = instrument.makeUmbrellaCollectionName()
-    calib_collection = instrument.makeCalibrationCollectionName()
-    butler.collections.register(defaults, CollectionType.CHAINED)
-    butler.collections.redefine_chain(defaults, [image_run, calib_collection])
-    return SimRepo(root, butler, instrument, simulator, image_run, calib_collection, defaults)
+    repo = _sim_repo(root, butler, instrument, simulator)
+    put_images(butler, simulator, instrument.getName(), repo.image_run)
+    butler.collections.register(repo.defaults_collection, CollectionType.CHAINED)
+    butler.collections.redefine_chain(repo.defaults_collection, [repo.image_run, repo.calib_collection])
+    return repo
+
+
+def open_sim_repo(root: str | os.PathLike[str], simulator: FlatSimulator,
+                  instrument: FlatInstrument | None = None) -> SimRepo:
+    """Open, writeable, a repository that `build_sim_repo` made (or a copy of one).
+
+    Parameters
+    ----------
+    root : `str` or `os.PathLike`
+        Directory of the repository.
+    simulator : `FlatSimulator`
+        The simulator that made its images (same camera and configuration).
+    instrument : `lsst.cp.flatnorm.instrument.FlatInstrument`, optional
+        Its instrument; ``SimFlatCam`` with the simulator's camera if `None`.
+
+    Returns
+    -------
+    repo : `SimRepo`
+    """
+    root = Path(root)
+    if instrument is None:
+        instrument = SimFlatCam(camera=simulator.camera)
+    return _sim_repo(root, Butler.from_config(str(root), writeable=True), instrument, simulator)
+
+
+def _sim_repo(root: Path, butler: Butler, instrument: FlatInstrument, simulator: FlatSimulator) -> SimRepo:
+    """The `SimRepo` of a repository, with the instrument's collection names."""
+    return SimRepo(root, butler, instrument, simulator, instrument.makeCollectionName("flats", "sim"),
+                   instrument.makeCalibrationCollectionName(), instrument.makeUmbrellaCollectionName())
 
 
 def put_images(butler: Butler, simulator: FlatSimulator, instrument: str, run: str) -> int:
